@@ -1,0 +1,39 @@
+PY ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+PIP := $(BIN)/pip install -c constraints.txt
+
+.PHONY: install test test-fast demo bench lint format clean
+
+# Creates .venv, installs Bastion with the dev/onnx/scale extras (torch pinned by constraints.txt)
+# and puts a `bastion` launcher on PATH (~/.local/bin or /usr/local/bin).
+install:
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(PIP) -q -e ".[dev,onnx,scale]"
+	@./scripts/link-cli.sh $(BIN)/bastion
+	@./scripts/install-system-deps.sh || echo "note: system packages not installed (not root?); Fashion-MNIST/chromium tests will skip"
+
+# The whole suite, slow tests included (`make test-fast` skips those marked slow).
+test:
+	$(BIN)/pytest -q --timeout=900
+
+test-fast:
+	$(BIN)/pytest -q -m "not slow" --timeout=600
+
+demo:
+	$(BIN)/bastion demo
+
+bench:
+	$(PIP) -q -e ".[bench]"
+	$(PIP) -q --no-deps torchattacks==3.5.1
+	$(BIN)/python benchmarks/bench_evasion.py
+
+lint:
+	$(BIN)/ruff check . && $(BIN)/ruff format --check .
+
+format:
+	$(BIN)/ruff format . && $(BIN)/ruff check --fix .
+
+clean:
+	rm -rf $(VENV) bastion-demo .pytest_cache

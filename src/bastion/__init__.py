@@ -1,0 +1,6 @@
+"""Bastion: security-first assurance for PyTorch models.
+
+risk → assess → harden → gate → guard → audit. See DESIGN.md in the docs.
+"""
+
+__version__ = "0.1.0"

@@ -1,0 +1,260 @@
+"""The white-box evasion probe: robust accuracy per (attack, ε), a robustness curve and the
+gradient-masking sanity checks of Carlini et al. 2019 ("On Evaluating Adversarial
+Robustness", §5).
+
+Severity (0–10) of an evasion finding is ``10 × (1 − robust_accuracy / clean_accuracy)``:
+the share of correctly classified points the attack fools. The curve finding (attack
+``threat.curve_attack``, APGD-CE by default) takes the mean robust accuracy over its ε grid.
+
+The curve shares work across ε: a point fooled at ε stays fooled at every larger ε (the
+larger ball contains the smaller one), so each ε only attacks the survivors of the previous
+one, and points misclassified when clean are never attacked.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+
+import torch
+
+from bastion.assess.probe import ProbeContext
+from bastion.assess.schema import Finding, SanityWarning, ThreatModel
+from bastion.assess.scoring import evasion_severity
+from bastion.attacks.evasion import ATTACKS, project, random_start, robust_mask
+from bastion.progress import track
+
+# Tolerances for the sanity checks, in accuracy points (fractions).
+SINGLE_STEP_TOLERANCE = 0.01
+CHANCE_MARGIN = 0.10
+CONVERGENCE_TOLERANCE = 0.02
+SANITY_POINTS = 200
+
+
+def _attack_kwargs(threat: ThreatModel, attack: str) -> dict:
+    budgets = threat.budgets
+    steps = {"fgsm": 1, "pgd": budgets.pgd_steps}.get(attack, budgets.apgd_steps)
+    return {"steps": steps, "restarts": budgets.restarts}
+
+
+def default_curve(threat: ThreatModel) -> list[float]:
+    """Ten ε values evenly spaced up to twice the largest threat ε."""
+    top = 2 * max(threat.eps) if max(threat.eps) > 0 else 0.1
+    return [round(top * k / 10, 6) for k in range(1, 11)]
+
+
+class EvasionProbe:
+    """White-box evasion: needs gradients, so only for ``access: white_box``."""
+
+    name = "evasion"
+
+    def applicable(self, threat: ThreatModel) -> str | None:
+        if threat.access != "white_box":
+            return f"needs white-box access (threat model gives {threat.access}); see the blackbox probe"
+        unknown = [a for a in [*threat.attacks, threat.curve_attack] if a not in ATTACKS]
+        if unknown:
+            return f"unknown attack(s) {unknown}: choose from {sorted(ATTACKS)}"
+        return None
+
+    def run(self, ctx: ProbeContext) -> Iterator[Finding]:
+        threat = ctx.threat
+        model = ctx.model.module.to(ctx.device)
+        x, y = ctx.eval_set()
+        bounds = ctx.data.test.bounds
+        with torch.no_grad():
+            clean = _predict(model, x).eq(y)
+        clean_acc = float(clean.float().mean())
+        base = {"norm": threat.norm, "n": len(y)}
+        strongest = threat.attacks[-1]
+        masks: dict[float, torch.Tensor] = {}
+        jobs = [(a, e) for a in threat.attacks for e in threat.eps]
+        for attack, eps in track(jobs, "evasion attacks"):
+            kw = _attack_kwargs(threat, attack)
+            finding = Finding(
+                probe=self.name, attack=attack, params={**base, "eps": eps, **kw}, severity=0
+            )
+            if finding.key in ctx.done and attack != strongest:
+                continue
+            start = time.perf_counter()
+            mask = robust_mask(
+                model, x, y, attack=attack, eps=eps, norm=threat.norm, bounds=bounds,
+                generator=ctx.generator(int(eps * 1e6)), **kw,
+            )  # fmt: skip
+            seconds = time.perf_counter() - start
+            if attack == strongest:
+                masks[eps] = mask.cpu()
+            if finding.key in ctx.done:
+                continue
+            robust_acc = float(mask.float().mean())
+            yield finding.model_copy(
+                update={
+                    "metrics": {
+                        "clean_accuracy": clean_acc,
+                        "robust_accuracy": robust_acc,
+                        "attack_success_rate": 1 - robust_acc / clean_acc if clean_acc else 1.0,
+                    },
+                    "severity": evasion_severity(clean_acc, robust_acc),
+                    "seconds": round(seconds, 3),
+                }
+            )
+        ctx.cache["evasion_robust_mask"] = masks
+        yield from self._curve(ctx, model, x, y, clean, threat.curve_attack)
+        yield from self._sanity(ctx, model, x, y, clean, masks, strongest)
+
+    def _curve(self, ctx, model, x, y, clean, attack) -> Iterator[Finding]:
+        threat = ctx.threat
+        grid = sorted(threat.curve_eps or default_curve(threat))
+        kw = _attack_kwargs(threat, attack)
+        finding = Finding(
+            probe=self.name, attack=f"{attack}-curve",
+            params={"norm": threat.norm, "n": len(y), "points": len(grid), **kw}, severity=0,
+        )  # fmt: skip
+        if finding.key in ctx.done:
+            return
+        start = time.perf_counter()
+        alive = clean.clone()
+        accs = []
+        for i, eps in enumerate(track(grid, f"robustness curve ({attack})")):
+            idx = alive.nonzero().flatten()
+            if idx.numel():
+                survived = robust_mask(
+                    model, x[idx], y[idx], attack=attack, eps=eps, norm=threat.norm,
+                    bounds=ctx.data.test.bounds, generator=ctx.generator(1000 + i), **kw,
+                )  # fmt: skip
+                alive[idx] = survived.to(alive.device)
+            accs.append(float(alive.float().mean()))
+        clean_acc = float(clean.float().mean())
+        mean_acc = sum(accs) / len(accs)
+        below = [e for e, a in zip(grid, accs, strict=True) if a < 0.5 * clean_acc]
+        yield finding.model_copy(
+            update={
+                "metrics": {
+                    "clean_accuracy": clean_acc,
+                    "mean_robust_accuracy": mean_acc,
+                    "eps_half_accuracy": below[0] if below else float("inf"),
+                },
+                "series": {"eps": grid, "robust_accuracy": accs},
+                "severity": evasion_severity(clean_acc, mean_acc),
+                "seconds": round(time.perf_counter() - start, 3),
+            }
+        )
+
+    def _sanity(self, ctx, model, x, y, clean, masks, strongest) -> Iterator[Finding]:
+        """Gradient-masking checks; each failure becomes a SanityWarning."""
+        threat = ctx.threat
+        eps = max(threat.eps)
+        finding = Finding(
+            probe=self.name,
+            attack="sanity-checks",
+            params={"norm": threat.norm, "eps": eps},
+            severity=0,
+        )
+        start = time.perf_counter()
+        n = min(SANITY_POINTS, len(y))
+        xs, ys, cs = x[:n], y[:n], clean[:n]
+        bounds = ctx.data.test.bounds
+        warn = ctx.warnings.append
+        metrics: dict[str, float] = {}
+        strong = masks.get(eps)
+        strong_acc = float(strong[:n].float().mean()) if strong is not None else None
+        if strong_acc is not None:
+            metrics["attack_accuracy"] = strong_acc
+        # 1. iterative beats single-step
+        if "fgsm" in threat.attacks and strongest != "fgsm" and strong_acc is not None:
+            fgsm_acc = (
+                float(
+                    robust_mask(model, xs, ys, attack="fgsm", eps=eps, norm="inf", bounds=bounds)
+                    .float()
+                    .mean()
+                )
+                if threat.norm == "inf"
+                else None
+            )
+            if fgsm_acc is not None:
+                metrics["single_step_accuracy"] = fgsm_acc
+                if strong_acc > fgsm_acc + SINGLE_STEP_TOLERANCE:
+                    warn(
+                        SanityWarning(
+                            check="iterative-beats-single-step",
+                            message=(
+                                f"{strongest} leaves {strong_acc:.1%} accuracy at ε={eps} but one-step FGSM only "
+                                f"{fgsm_acc:.1%}: iterative attacks should be stronger (gradient masking?)"
+                            ),
+                        )
+                    )
+        # 2. accuracy falls to chance at a large ε
+        lo, hi = bounds
+        big = (hi - lo) * (0.5 if threat.norm == "inf" else 0.5 * float(xs[0].numel()) ** 0.5)
+        big_acc = float(robust_mask(model, xs, ys, attack="pgd", eps=big, norm=threat.norm, bounds=bounds,
+                                    steps=50, generator=ctx.generator(7)).float().mean())  # fmt: skip
+        chance = 1.0 / ctx.data.test.num_classes
+        metrics["large_eps_accuracy"] = big_acc
+        if big_acc > chance + CHANCE_MARGIN:
+            warn(
+                SanityWarning(
+                    check="large-eps-reaches-chance",
+                    message=(
+                        f"PGD at a very large ε={big:.3g} still leaves {big_acc:.1%} accuracy (chance {chance:.1%}): "
+                        "the attack is not working properly or gradients are masked"
+                    ),
+                )
+            )
+        # 3. convergence: a run twice as long, on the survivors only, fools few more points
+        if strong is not None:
+            survivors = strong[:n].to(xs.device).nonzero().flatten()
+            kw = _attack_kwargs(threat, strongest)
+            attack = "apgd-ce" if strongest in {"ensemble", "apgd-t"} else strongest
+            kw = {
+                "steps": max(kw["steps"], threat.budgets.pgd_steps) * 2,
+                "restarts": kw["restarts"],
+            }
+            still = survivors.numel()
+            if still:
+                still = int(robust_mask(model, xs[survivors], ys[survivors], attack=attack, eps=eps,
+                                        norm=threat.norm, bounds=bounds, generator=ctx.generator(11),
+                                        **kw).sum())  # fmt: skip
+            more = still / n
+            metrics["more_steps_accuracy"] = more
+            if strong_acc - more > CONVERGENCE_TOLERANCE:
+                warn(SanityWarning(check="convergence", message=(
+                    f"a {attack} run with twice the steps lowers robust accuracy from "
+                    f"{strong_acc:.1%} to {more:.1%} at ε={eps}: the evaluation has not converged; "
+                    "raise the budgets")))  # fmt: skip
+        # 4. random noise of the same norm is weaker than the attack
+        with torch.no_grad():
+            delta = random_start(xs, eps, threat.norm, ctx.generator(13))
+            if threat.norm == "inf":
+                delta = delta.sign() * eps
+            else:
+                delta = project(
+                    delta / delta.flatten(1).norm(dim=1).clamp_min(1e-12).view(-1, 1, 1, 1) * eps,
+                    eps,
+                    "2",
+                )
+            noisy = (xs + delta).clamp(*bounds)
+            noise_acc = float((_predict(model, noisy).eq(ys) & cs).float().mean())
+        metrics["noise_accuracy"] = noise_acc
+        if strong_acc is not None and noise_acc < strong_acc - SINGLE_STEP_TOLERANCE:
+            warn(
+                SanityWarning(
+                    check="noise-weaker-than-attack",
+                    message=(
+                        f"random noise of norm ε={eps} leaves {noise_acc:.1%} accuracy, below the attack's "
+                        f"{strong_acc:.1%}: the attack is weaker than noise"
+                    ),
+                )
+            )
+        metrics["warnings"] = float(len(ctx.warnings))
+        if finding.key not in ctx.done:
+            yield finding.model_copy(
+                update={"metrics": metrics, "seconds": round(time.perf_counter() - start, 3)}
+            )
+
+
+@torch.no_grad()
+def _predict(model: torch.nn.Module, x: torch.Tensor, batch_size: int = 1024) -> torch.Tensor:
+    was = model.training
+    model.eval()
+    out = torch.cat([model(x[i : i + batch_size]).argmax(1) for i in range(0, len(x), batch_size)])
+    model.train(was)
+    return out

@@ -1,0 +1,184 @@
+"""The membership-inference probe: can an attacker tell training members from non-members?
+
+Protocol (Carlini et al. 2022, "Membership Inference Attacks From First Principles", §V):
+
+- Candidates: a balanced set of ``n`` target-training rows (``ctx.data.train``, members)
+  and ``n`` test rows (``ctx.data.test``, non-members), ``n = min(|train|, |test|,
+  max_candidates)``, drawn with the context's seed.
+- Population: the candidates plus further training and test rows up to ``max_population``
+  (all of train ∪ test on digits). LiRA's shadow models each train on a random half of it
+  with the target's recipe (``ctx.recipe``), so each candidate is IN half of the shadows.
+- Attacks: the loss threshold (Yeom et al. 2018) as the baseline; LiRA online and offline
+  with ``threat.budgets.shadow_models`` shadows, with the fixed-variance option when there
+  are fewer than 64 shadows (the paper's advice). With ``access: labels`` only the
+  label-only gap attack (member iff correctly classified) runs. Models without a zoo spec
+  cannot be rebuilt for shadows: LiRA is then skipped with a warning.
+
+Every finding reports ``auc``, ``tpr_at_0.1%_fpr``, ``tpr_at_1%_fpr`` (``tpr_at_fpr`` is
+the one at 0.1 %), ``balanced_accuracy`` and the ROC curve as ``series`` ``fpr``/``tpr``.
+
+Severity (0–10): the larger of
+
+- ``10 × (AUC − 0.5) / 0.5``: average-case leakage, 0 at chance, 10 at perfect separation;
+- ``10 × log(TPR / FPR) / log(1 / FPR)`` at a low FPR (0.1 % when there are at least 1 000
+  non-members, else 1 %): 0 when the attack finds members no more often than it raises
+  false alarms, 10 when it finds all of them at that FPR. Confidently identifying even a
+  few members is a privacy breach, hence the log scale (TPR 5 % at 0.1 % FPR gives 5.7).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Iterator
+
+import torch
+
+from bastion.assess.probe import ProbeContext
+from bastion.assess.schema import Finding, SanityWarning, ThreatModel
+from bastion.assess.scoring import clamp_severity
+from bastion.attacks.inference import (
+    MembershipMetrics,
+    correctness_scores,
+    loss_threshold_scores,
+    membership_metrics,
+)
+from bastion.attacks.lira import LiRA
+from bastion.data.dataset import Dataset
+from bastion.models.train import accuracy
+from bastion.models.zoo import build_model
+
+log = logging.getLogger(__name__)
+FIXED_VARIANCE_BELOW = 64
+
+
+def membership_severity(m: MembershipMetrics) -> float:
+    """Severity from AUC and TPR at low FPR (see the module docstring)."""
+    auc_part = 10.0 * (m.auc - 0.5) / 0.5
+    fpr = 0.001 if m.n_nonmembers >= 1000 else 0.01
+    tpr = float(m.tpr_at_fpr.get(fpr, 0.0))
+    low_part = 10.0 * math.log(tpr / fpr) / math.log(1.0 / fpr) if tpr > fpr else 0.0
+    return clamp_severity(max(auc_part, low_part))
+
+
+def _metrics(m: MembershipMetrics) -> dict[str, float]:
+    out = m.as_metrics()
+    out["tpr_at_fpr"] = m.tpr_at_fpr.get(0.001, float("nan"))
+    out["members"] = float(m.n_members)
+    out["nonmembers"] = float(m.n_nonmembers)
+    return out
+
+
+def _concat(parts: list[Dataset], split: str) -> Dataset:
+    first = parts[0]
+    return Dataset(
+        name=first.name, x=torch.cat([p.x for p in parts]), y=torch.cat([p.y for p in parts]),
+        class_names=first.class_names, bounds=first.bounds, source=first.source, split=split,
+    )  # fmt: skip
+
+
+class MembershipProbe:
+    """Loss threshold and LiRA (online, offline); label-only gap attack for ``labels``."""
+
+    name = "membership"
+
+    def __init__(self, *, max_candidates: int = 1000, max_population: int = 4000) -> None:
+        self.max_candidates = max_candidates
+        self.max_population = max_population
+
+    def applicable(self, threat: ThreatModel) -> str | None:
+        return None  # every access level has an attack (label-only: the gap attack)
+
+    def sets(self, ctx: ProbeContext) -> tuple[Dataset, torch.Tensor, Dataset]:
+        """(candidates, is_member, population) drawn with the context's seed."""
+        train, test = ctx.data.train, ctx.data.test
+        gen = ctx.generator(41)
+        n = min(len(train), len(test), self.max_candidates)
+        p_train = torch.randperm(len(train), generator=gen)
+        p_test = torch.randperm(len(test), generator=gen)
+        members, nonmembers = train.subset(p_train[:n]), test.subset(p_test[:n])
+        candidates = _concat([members, nonmembers], "candidates")
+        is_member = torch.cat([torch.ones(n, dtype=torch.bool), torch.zeros(n, dtype=torch.bool)])
+        rest = [d.subset(p[n:]) for d, p in ((train, p_train), (test, p_test)) if len(d) > n]
+        parts = [candidates]
+        extra = max(0, self.max_population - 2 * n)
+        if rest and extra > 0:
+            pool = _concat(rest, "rest")
+            parts.append(pool.subset(torch.randperm(len(pool), generator=gen)[:extra]))
+        return candidates, is_member, _concat(parts, "population")
+
+    def run(self, ctx: ProbeContext) -> Iterator[Finding]:
+        threat = ctx.threat
+        model = ctx.model.module.to(ctx.device)
+        cand, is_member, population = self.sets(ctx)
+        x, y = cand.x.to(ctx.device), cand.y.to(ctx.device)
+        n = int(is_member.sum())
+        base = {"n_members": n}
+        if threat.access == "labels":
+            finding = Finding(probe=self.name, attack="gap", params=base, severity=0)
+            if finding.key not in ctx.done:
+                start = time.perf_counter()
+                m = membership_metrics(correctness_scores(model, x, y), is_member)
+                yield self._finding(finding, m, start, ["label-only access: LiRA and the loss "
+                                                        "threshold need scores"])  # fmt: skip
+            return
+        finding = Finding(probe=self.name, attack="loss-threshold", params=base, severity=0)
+        if finding.key not in ctx.done:
+            start = time.perf_counter()
+            m = membership_metrics(loss_threshold_scores(model, x, y), is_member)
+            out = self._finding(finding, m, start, [])
+            out.metrics["train_accuracy"] = accuracy(model, x[is_member], y[is_member])
+            out.metrics["test_accuracy"] = accuracy(model, x[~is_member], y[~is_member])
+            yield out
+        yield from self._lira(ctx, model, cand, is_member, population)
+
+    def _lira(self, ctx, model, cand, is_member, population) -> Iterator[Finding]:
+        recipe = ctx.recipe
+        n_shadow = ctx.threat.budgets.shadow_models
+        fixed = n_shadow < FIXED_VARIANCE_BELOW
+        params = {"n_members": int(is_member.sum()), "n_shadow": n_shadow,
+                  "epochs": recipe.epochs, "fixed_variance": fixed}  # fmt: skip
+        todo = [
+            Finding(probe=self.name, attack=f"lira-{v}", params=params, severity=0)
+            for v in ("online", "offline")
+        ]
+        todo = [f for f in todo if f.key not in ctx.done]
+        if not todo:
+            return
+        if ctx.model.spec is None:
+            ctx.warnings.append(SanityWarning(
+                check="skipped", probe=self.name,
+                message="LiRA needs to rebuild the architecture for its shadow models, but the "
+                "model has no zoo spec (entry-point model): only the loss threshold ran",
+            ))  # fmt: skip
+            return
+        if n_shadow < 2:
+            ctx.warnings.append(SanityWarning(
+                check="skipped", probe=self.name,
+                message=f"LiRA needs budgets.shadow_models >= 2, got {n_shadow}: skipped",
+            ))  # fmt: skip
+            return
+        start = time.perf_counter()
+        spec = ctx.model.spec
+        lira = LiRA(
+            n_shadow=n_shadow, online=True, fixed_variance=fixed, epochs=recipe.epochs,
+            lr=recipe.lr, batch_size=recipe.batch_size, seed=ctx.seed, device=ctx.device,
+        ).fit(population, lambda: build_model(spec))  # fmt: skip
+        fit_seconds = time.perf_counter() - start
+        note = (f"{n_shadow} shadow models on random halves of {len(population)} rows "
+                f"(train ∪ test), {fit_seconds:.1f} s to train")  # fmt: skip
+        for finding in todo:
+            start = time.perf_counter() - fit_seconds
+            fit_seconds = 0.0  # the first finding carries the shadow training time
+            scorer = lira.variant(online=finding.attack == "lira-online")
+            m = membership_metrics(scorer.score(model, cand.x, cand.y), is_member)
+            yield self._finding(finding, m, start, [note])
+
+    @staticmethod
+    def _finding(finding: Finding, m: MembershipMetrics, start: float, notes: list[str]) -> Finding:
+        return finding.model_copy(update={
+            "metrics": _metrics(m), "severity": membership_severity(m),
+            "series": {"fpr": m.fpr, "tpr": m.tpr},
+            "seconds": round(time.perf_counter() - start, 3), "notes": notes,
+        })  # fmt: skip

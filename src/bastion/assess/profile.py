@@ -1,0 +1,75 @@
+"""A profile ties model, data and threat model together (YAML → pydantic)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from bastion.assess.probe import TrainingRecipe
+from bastion.assess.schema import ThreatModel
+from bastion.config import load_yaml_model, read_yaml, validate
+from bastion.errors import ConfigError
+
+
+class RecipeConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    epochs: int = Field(10, ge=1)
+    batch_size: int = Field(64, ge=1)
+    lr: float = Field(1e-3, gt=0)
+    seed: int = 0
+
+    def recipe(self) -> TrainingRecipe:
+        return TrainingRecipe(**self.model_dump())
+
+
+class Profile(BaseModel):
+    """``bastion assess --profile p.yaml``. Relative paths resolve against the file's folder."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model: str | None = Field(None, description="model directory (spec.json + weights)")
+    entry_point: str | None = Field(None, description="module:function returning an nn.Module")
+    weights: str | None = None
+    data: str = "digits"
+    data_root: str | None = None
+    threat_model: ThreatModel | str = Field(default_factory=ThreatModel)
+    training: RecipeConfig = Field(default_factory=RecipeConfig)
+    device: str = "cpu"
+    seed: int = 0
+    out: str | None = None
+
+    @model_validator(mode="after")
+    def _needs_model(self) -> Profile:
+        if not self.model and not self.entry_point:
+            raise ValueError("set `model` (a model directory) or `entry_point`")
+        return self
+
+    def resolved(self, base: Path) -> Profile:
+        """Resolve relative paths and load a threat model given as a file name."""
+
+        def rel(p: str | None) -> str | None:
+            if p is None or Path(p).is_absolute() or (":" in p and not Path(base / p).exists()):
+                return p
+            candidate = base / p
+            return str(candidate) if candidate.exists() or p.endswith((".npz", ".csv", "/")) else p
+
+        threat = self.threat_model
+        if isinstance(threat, str):
+            threat = load_yaml_model(ThreatModel, rel(threat) or threat)
+        return self.model_copy(
+            update={
+                "model": rel(self.model), "weights": rel(self.weights), "data": rel(self.data) or self.data,
+                "data_root": rel(self.data_root), "threat_model": threat,
+                "out": str(base / self.out) if self.out and not Path(self.out).is_absolute() else self.out,
+            }
+        )  # fmt: skip
+
+
+def load_profile(path: str | Path) -> Profile:
+    path = Path(path)
+    data = read_yaml(path)
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: a profile must be a mapping with at least `model:`")
+    return validate(Profile, data, str(path)).resolved(path.parent)

@@ -1,0 +1,156 @@
+"""The assessment runner: choose probes from the threat model, run them with progress,
+checkpoint each finding to ``OUT/.partial.jsonl`` so a killed run resumes, and build the
+:class:`Report`."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from pathlib import Path
+
+from bastion.assess.probe import ProbeContext
+from bastion.assess.registry import PROBES, make_probe
+from bastion.assess.schema import (
+    DatasetRef,
+    Finding,
+    ModelRef,
+    Report,
+    SanityWarning,
+    Skipped,
+    ThreatModel,
+)
+from bastion.assess.scoring import overall_score
+from bastion.errors import ConfigError
+
+log = logging.getLogger(__name__)
+PARTIAL = ".partial.jsonl"
+
+
+def run_fingerprint(ctx: ProbeContext) -> str:
+    """What must match for a checkpoint to be reused: model, data, threat model, seed."""
+    h = hashlib.sha256()
+    for part in (
+        ctx.model.sha256,
+        ctx.data.test.sha256(),
+        ctx.threat.model_dump_json(),
+        str(ctx.seed),
+    ):
+        h.update(part.encode())
+    return h.hexdigest()
+
+
+def select_probes(threat: ThreatModel) -> tuple[list[str], list[Skipped]]:
+    """Probes to run and the ones skipped with the reason, in registry order."""
+    unknown = [p for p in (threat.probes or []) + threat.skip if p not in PROBES]
+    if unknown:
+        raise ConfigError(f"unknown probe(s) {', '.join(unknown)}: choose from {', '.join(PROBES)}")
+    chosen, skipped = [], []
+    for name in PROBES:
+        if threat.probes is not None and name not in threat.probes:
+            skipped.append(Skipped(probe=name, reason="not listed in threat_model.probes"))
+            continue
+        if name in threat.skip:
+            skipped.append(Skipped(probe=name, reason="listed in threat_model.skip"))
+            continue
+        reason = make_probe(name).applicable(threat)
+        if reason:
+            skipped.append(Skipped(probe=name, reason=reason))
+        else:
+            chosen.append(name)
+    return chosen, skipped
+
+
+def _load_partial(path: Path, fingerprint: str) -> tuple[list[Finding], list[SanityWarning]]:
+    if not path.exists():
+        return [], []
+    findings, warnings = [], []
+    lines = path.read_text().splitlines()
+    if not lines or json.loads(lines[0]).get("fingerprint") != fingerprint:
+        log.warning(
+            "checkpoint in %s is for another model/data/threat model: starting afresh", path
+        )
+        path.unlink()
+        return [], []
+    for line in lines[1:]:
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError:
+            break  # a line cut short by a kill: everything before it is intact
+        if rec.get("kind") == "finding":
+            findings.append(Finding.model_validate(rec["data"]))
+        elif rec.get("kind") == "warning":
+            warnings.append(SanityWarning.model_validate(rec["data"]))
+    return findings, warnings
+
+
+def _append(path: Path, kind: str, data: dict) -> None:
+    with path.open("a") as f:
+        f.write(json.dumps({"kind": kind, "data": data}) + "\n")
+        f.flush()
+
+
+def run_assessment(ctx: ProbeContext) -> Report:
+    """Run every applicable probe; resume from ``ctx.out_dir`` when a checkpoint matches."""
+    start = time.perf_counter()
+    ctx.out_dir.mkdir(parents=True, exist_ok=True)
+    partial = ctx.out_dir / PARTIAL
+    fingerprint = run_fingerprint(ctx)
+    findings, warnings = _load_partial(partial, fingerprint)
+    if not partial.exists():
+        partial.write_text(json.dumps({"fingerprint": fingerprint}) + "\n")
+    if findings:
+        log.info("resuming: %d finding(s) already done", len(findings))
+    ctx.done = {f.key for f in findings}
+    ctx.warnings = []
+    chosen, skipped = select_probes(ctx.threat)
+    for name in chosen:
+        probe = make_probe(name)
+        for finding in probe.run(ctx):
+            findings.append(finding)
+            ctx.done.add(finding.key)
+            _append(partial, "finding", finding.model_dump(mode="json"))
+        for w in ctx.warnings:
+            _append(partial, "warning", w.model_dump(mode="json"))
+        warnings.extend(ctx.warnings)
+        ctx.warnings = []
+    test = ctx.data.test
+    report = Report(
+        model=ModelRef(
+            name=ctx.model.name, sha256=ctx.model.sha256,
+            path=str(ctx.model.path) if ctx.model.path else None,
+            spec=ctx.model.spec.model_dump() if ctx.model.spec else None,
+        ),
+        dataset=DatasetRef(
+            name=test.name, sha256=test.sha256(), n=len(test), split=test.split,
+            train_sha256=ctx.data.train.sha256(), manifest=test.manifest().model_dump(),
+        ),
+        threat_model=ctx.threat,
+        findings=findings,
+        skipped=skipped,
+        warnings=_dedupe(warnings),
+        score=overall_score(findings),
+        seconds=round(time.perf_counter() - start, 3),
+        device=str(ctx.device),
+    )  # fmt: skip
+    return report
+
+
+def _dedupe(warnings: list[SanityWarning]) -> list[SanityWarning]:
+    seen, out = set(), []
+    for w in warnings:
+        if (w.check, w.message) not in seen:
+            seen.add((w.check, w.message))
+            out.append(w)
+    return out
+
+
+def finish(report: Report, out_dir: Path) -> Path:
+    """Write report.json (and drop the checkpoint); returns its path."""
+    path = out_dir / "report.json"
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(report.model_dump_json(indent=2))
+    tmp.replace(path)
+    (out_dir / PARTIAL).unlink(missing_ok=True)
+    return path

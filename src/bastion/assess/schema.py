@@ -1,0 +1,160 @@
+"""Typed records of an assessment: the threat model, findings and the report.json contract.
+
+report.json (see DESIGN.md): ``model`` (name, sha256), ``dataset`` (name, sha256, n),
+``threat_model``, ``findings[]`` (probe, attack, params, metrics, severity 0–10, seconds),
+``score`` (0–100). Extra fields are additive; ``schema_version`` changes on breaking edits.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from bastion import __version__
+
+SCHEMA_VERSION = "1.0"
+Access = Literal["white_box", "scores", "labels"]
+
+
+class Budgets(BaseModel):
+    """How much work an attacker (and the assessment) may spend."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    n_eval: int = Field(500, ge=1, description="test points attacked per evasion finding")
+    pgd_steps: int = Field(20, ge=1)
+    apgd_steps: int = Field(100, ge=1, description="iterations per APGD run (AutoAttack: 100)")
+    restarts: int = Field(1, ge=1)
+    queries: int = Field(1000, ge=1, description="query budget per point for black-box evasion")
+    n_blackbox: int = Field(100, ge=1, description="test points attacked by black-box evasion")
+    extraction_queries: list[int] = Field(default_factory=lambda: [100, 1000, 10000])
+    shadow_models: int = Field(8, ge=1, description="LiRA shadow models")
+
+
+class ThreatModel(BaseModel):
+    """What the attacker can see and do; decides which probes run."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    access: Access = "white_box"
+    norm: Literal["inf", "2"] = "inf"
+    eps: list[float] = Field(default_factory=lambda: [0.1])
+    curve_eps: list[float] | None = Field(
+        None, description="ε values for the robustness curve (default: 10 points up to 2·max ε)"
+    )
+    curve_attack: str = Field(
+        "apgd-ce",
+        description="attack for the robustness curve (one APGD-CE run per ε costs a tenth of the ensemble)",
+    )
+    attacks: list[str] = Field(
+        default_factory=lambda: ["fgsm", "pgd", "ensemble"],
+        description="white-box evasion attacks for the evasion probe",
+    )
+    budgets: Budgets = Field(default_factory=Budgets)
+    can_poison: bool = Field(False, description="attacker can contribute training data")
+    poison_rate: float = Field(0.05, gt=0, lt=1)
+    probes: list[str] | None = Field(
+        None, description="run only these probes (default: all that fit)"
+    )
+    skip: list[str] = Field(default_factory=list, description="probes not to run")
+
+    @field_validator("norm", mode="before")
+    @classmethod
+    def _norm(cls, v: object) -> object:
+        return str(v).lower().lstrip("l") if isinstance(v, (str, int)) else v
+
+    @field_validator("eps")
+    @classmethod
+    def _eps(cls, v: list[float]) -> list[float]:
+        if not v:
+            raise ValueError("give at least one ε")
+        if any(e < 0 for e in v):
+            raise ValueError("ε values must be >= 0")
+        return sorted(v)
+
+
+class Finding(BaseModel):
+    """One probe result: what was run, what it measured, how bad it is. Non-finite metric
+    values (e.g. an ε never reached) are written as the JSON strings "Infinity"/"NaN"."""
+
+    model_config = ConfigDict(ser_json_inf_nan="strings")
+    probe: str
+    attack: str
+    params: dict[str, Any] = Field(default_factory=dict)
+    metrics: dict[str, float] = Field(default_factory=dict)
+    severity: float = Field(ge=0, le=10)
+    seconds: float = 0.0
+    series: dict[str, list[float]] = Field(
+        default_factory=dict, description="curves for plots (e.g. eps/robust_accuracy, fpr/tpr)"
+    )
+    artifacts: dict[str, str] = Field(default_factory=dict)
+    notes: list[str] = Field(default_factory=list)
+
+    @property
+    def key(self) -> str:
+        """Identity used for resuming: probe, attack and parameters."""
+        items = ",".join(f"{k}={self.params[k]}" for k in sorted(self.params))
+        return f"{self.probe}/{self.attack}/{items}"
+
+
+class Skipped(BaseModel):
+    probe: str
+    reason: str
+
+
+class SanityWarning(BaseModel):
+    """A gradient-masking or evaluation-quality warning (Carlini et al. 2019)."""
+
+    check: str
+    message: str
+    probe: str = "evasion"
+
+
+class ModelRef(BaseModel):
+    name: str
+    sha256: str
+    path: str | None = None
+    spec: dict[str, Any] | None = None
+
+
+class DatasetRef(BaseModel):
+    name: str
+    sha256: str
+    n: int
+    split: str = "test"
+    train_sha256: str | None = None
+    manifest: dict[str, Any] = Field(default_factory=dict)
+
+
+class Report(BaseModel):
+    """The assessment report; serialized as report.json."""
+
+    schema_version: str = SCHEMA_VERSION
+    bastion_version: str = __version__
+    created: datetime = Field(default_factory=lambda: datetime.now(UTC))
+    model: ModelRef
+    dataset: DatasetRef
+    threat_model: ThreatModel
+    findings: list[Finding] = Field(default_factory=list)
+    skipped: list[Skipped] = Field(default_factory=list)
+    warnings: list[SanityWarning] = Field(default_factory=list)
+    score: float = Field(0.0, ge=0, le=100)
+    seconds: float = 0.0
+    device: str = "cpu"
+
+    def metric(self, name: str, **params: Any) -> list[float]:
+        """Values of ``metrics[name]`` over findings whose params/attack/probe match ``params``."""
+        out = []
+        for f in self.findings:
+            fields = {"probe": f.probe, "attack": f.attack, **f.params}
+            if name in f.metrics and all(_same(fields.get(k), v) for k, v in params.items()):
+                out.append(f.metrics[name])
+        return out
+
+
+def _same(a: object, b: object) -> bool:
+    if isinstance(a, (int, float)) and isinstance(b, (int, float)):
+        return abs(float(a) - float(b)) < 1e-9
+    return str(a) == str(b)

@@ -1,0 +1,339 @@
+"""White-box evasion attacks: plain functions over tensors.
+
+Every attack takes ``model`` and a batch ``x`` (N, C, H, W) with labels ``y`` at call
+time, hyperparameters keyword-only, returns ``x_adv`` with ``‖x_adv − x‖ ≤ eps`` and
+``x_adv`` within ``bounds``. The model is put in eval mode and its mode restored after.
+Everything stays in torch on the inputs' device.
+
+- :func:`fgsm` — FGSM / fast gradient method (Goodfellow et al. 2015).
+- :func:`pgd` — PGD with random start and restarts, L∞ or L2 (Madry et al. 2018).
+- :func:`apgd`, :func:`apgd_targeted`, :func:`standard_ensemble` — APGD-CE, APGD-T and the
+  APGD-CE → APGD-T ensemble (Croce & Hein 2020), in :mod:`bastion.attacks._apgd`.
+
+``ATTACKS`` maps the names a threat model uses to callables with one keyword signature,
+and :func:`robust_mask` turns any of them into per-point robustness for robust-accuracy
+evaluation: clean-misclassified points are never attacked and, with the active set, a point
+stops costing forward/backward passes as soon as it is fooled.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from bastion.attacks._apgd import (
+    apgd,
+    apgd_targeted,
+    check_apgd,
+    dlr_loss,
+    standard_ensemble,
+)
+from bastion.attacks._ball import (
+    NORMS,
+    Bounds,
+    check_args,
+    check_budget,
+    eval_mode,
+    fast_layout,
+    project,
+    random_start,
+    steepest_step,
+)
+from bastion.errors import AttackError
+
+log = logging.getLogger(__name__)
+
+__all__ = [
+    "ATTACKS",
+    "NORMS",
+    "Bounds",
+    "apgd",
+    "apgd_targeted",
+    "check_args",
+    "dlr_loss",
+    "eval_mode",
+    "fgsm",
+    "pgd",
+    "project",
+    "random_start",
+    "robust_mask",
+    "standard_ensemble",
+    "steepest_step",
+]
+
+
+def fgsm(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    eps: float,
+    bounds: Bounds = (0.0, 1.0),
+    targeted: bool = False,
+    norm: str = "inf",
+) -> torch.Tensor:
+    """Fast Gradient Sign Method (Goodfellow et al. 2015, "Explaining and Harnessing
+    Adversarial Examples"): one step of size ε along the sign of the loss gradient (L∞), or
+    along the L2-normalised gradient with ``norm='2'`` (the fast gradient method).
+    ``targeted`` descends the loss towards the labels ``y`` instead."""
+    norm = check_args(x, y, eps, norm, bounds)
+    with eval_mode(model):
+        x0 = x.detach().clone().requires_grad_(True)
+        with torch.enable_grad():
+            loss = F.cross_entropy(model(x0), y, reduction="sum")
+            (grad,) = torch.autograd.grad(loss, x0)
+    step = steepest_step(grad, norm) * (-eps if targeted else eps)
+    return (x.detach() + project(step, eps, norm)).clamp(*bounds)
+
+
+def _success(logits: torch.Tensor, y: torch.Tensor, targeted: bool) -> torch.Tensor:
+    pred = logits.argmax(1)
+    return pred == y if targeted else pred != y
+
+
+def _pgd_run(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    eps: float,
+    steps: int,
+    alpha: float,
+    norm: str,
+    random_init: bool,
+    targeted: bool,
+    bounds: Bounds,
+    early_stop: bool,
+    generator: torch.Generator | None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One PGD run; returns (x_adv, success). Without ``early_stop`` success is judged on the
+    last iterate; with it, on the first successful iterate (which is what is returned)."""
+    delta = random_start(x, eps, norm, generator) if random_init else torch.zeros_like(x)
+    adv = (x + delta).clamp(*bounds)
+    success = torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
+    active = torch.arange(x.shape[0], device=x.device)
+    cur, xa, ya = adv.clone(), x, y
+    sign = -alpha if targeted else alpha
+    for _ in range(steps):
+        cur = cur.detach().requires_grad_(True)
+        with torch.enable_grad():
+            logits = model(cur)
+            loss = F.cross_entropy(logits, ya, reduction="sum")
+            (grad,) = torch.autograd.grad(loss, cur)
+        with torch.no_grad():
+            cur = cur.detach()
+            if early_stop:
+                hit = _success(logits, ya, targeted)
+                if hit.any():
+                    adv[active[hit]], success[active[hit]] = cur[hit], True
+                    keep = ~hit
+                    active, cur, grad, xa, ya = (
+                        active[keep],
+                        cur[keep],
+                        grad[keep],
+                        xa[keep],
+                        ya[keep],
+                    )
+                    if active.numel() == 0:
+                        break
+            cur = (xa + project(cur + sign * steepest_step(grad, norm) - xa, eps, norm)).clamp(
+                *bounds
+            )
+    if active.numel():
+        with torch.no_grad():
+            adv[active] = cur
+            success[active] = _success(model(cur), ya, targeted)
+    return adv, success
+
+
+def pgd(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    eps: float,
+    steps: int = 10,
+    step_size: float | None = None,
+    norm: str = "inf",
+    restarts: int = 1,
+    random_init: bool = True,
+    targeted: bool = False,
+    bounds: Bounds = (0.0, 1.0),
+    early_stop: bool = False,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """Projected Gradient Descent (Madry et al. 2018, "Towards Deep Learning Models Resistant
+    to Adversarial Attacks") under L∞ or L2 with a uniform random start and restarts (each
+    restart only on the points not yet fooled). ``step_size`` defaults to 2.5·ε/steps.
+
+    Returns the last iterate for every point (a fixed-step loop). With ``early_stop``
+    (robust-accuracy evaluation) a point leaves the active set as soon as an iterate fools the
+    model and that iterate is returned; the rest cost nothing more.
+
+    Example::
+
+        x_adv = pgd(model, x, y, eps=0.1, steps=20, step_size=0.01, norm="inf")
+    """
+    norm = check_args(x, y, eps, norm, bounds)
+    check_budget(steps=steps, restarts=restarts)
+    if step_size is not None and not step_size >= 0:
+        raise AttackError(f"step_size must be a non-negative number, got {step_size}")
+    alpha = float(step_size) if step_size is not None else 2.5 * float(eps) / steps
+    x = x.detach()
+    out = x.clone()
+    with eval_mode(model):
+        todo = torch.arange(x.shape[0], device=x.device)
+        for _ in range(restarts):
+            if todo.numel() == 0:
+                break
+            adv, hit = _pgd_run(
+                model, x[todo], y[todo], eps=float(eps), steps=steps, alpha=alpha, norm=norm,
+                random_init=random_init, targeted=targeted, bounds=bounds,
+                early_stop=early_stop, generator=generator,
+            )  # fmt: skip
+            out[todo] = adv
+            todo = todo[~hit]
+    return out
+
+
+# ---------------------------------------------------------------------------- registry
+
+AttackFn = Callable[..., torch.Tensor]
+
+
+Gen = torch.Generator | None
+
+
+def _fgsm_entry(
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, norm: str = "inf",
+    bounds: Bounds = (0.0, 1.0), steps: int = 1, restarts: int = 1, generator: Gen = None,
+    early_stop: bool = False,
+) -> torch.Tensor:  # fmt: skip
+    return fgsm(model, x, y, eps=eps, norm=norm, bounds=bounds)
+
+
+def _pgd_entry(
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, norm: str = "inf",
+    bounds: Bounds = (0.0, 1.0), steps: int = 20, restarts: int = 1, generator: Gen = None,
+    early_stop: bool = False, step_size: float | None = None, random_init: bool = True,
+) -> torch.Tensor:  # fmt: skip
+    return pgd(model, x, y, eps=eps, norm=norm, bounds=bounds, steps=steps, restarts=restarts,
+               generator=generator, early_stop=early_stop, step_size=step_size,
+               random_init=random_init)  # fmt: skip
+
+
+def _apgd_ce_entry(
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, norm: str = "inf",
+    bounds: Bounds = (0.0, 1.0), steps: int = 100, restarts: int = 1, generator: Gen = None,
+    early_stop: bool = False, loss: str = "ce", rho: float = 0.75,
+) -> torch.Tensor:  # fmt: skip
+    return apgd(model, x, y, eps=eps, norm=norm, bounds=bounds, steps=steps, restarts=restarts,
+                generator=generator, early_stop=early_stop, loss=loss, rho=rho)  # fmt: skip
+
+
+def _apgd_t_entry(
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, norm: str = "inf",
+    bounds: Bounds = (0.0, 1.0), steps: int = 100, restarts: int = 1, generator: Gen = None,
+    early_stop: bool = False, n_target_classes: int = 9, rho: float = 0.75,
+) -> torch.Tensor:  # fmt: skip
+    return apgd_targeted(model, x, y, eps=eps, norm=norm, bounds=bounds, steps=steps,
+                         restarts=restarts, generator=generator, early_stop=early_stop,
+                         n_target_classes=n_target_classes, rho=rho)  # fmt: skip
+
+
+def _ensemble_entry(
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, norm: str = "inf",
+    bounds: Bounds = (0.0, 1.0), steps: int = 100, restarts: int = 1, generator: Gen = None,
+    early_stop: bool = False, n_target_classes: int = 9,
+) -> torch.Tensor:  # fmt: skip
+    return standard_ensemble(model, x, y, eps=eps, norm=norm, bounds=bounds, steps=steps,
+                             restarts=restarts, generator=generator, early_stop=early_stop,
+                             n_target_classes=n_target_classes)  # fmt: skip
+
+
+#: Attack name → callable ``(model, x, y, *, eps, norm, bounds, steps, restarts, generator,
+#: early_stop, **attack_specific)``; keywords that do not apply (``steps`` for FGSM) are
+#: ignored. Attack-specific extras: pgd ``step_size``, ``random_init``; apgd-ce ``loss``,
+#: ``rho``; apgd-t ``n_target_classes``, ``rho``; ensemble ``n_target_classes``.
+ATTACKS: dict[str, AttackFn] = {
+    "fgsm": _fgsm_entry,
+    "pgd": _pgd_entry,
+    "apgd-ce": _apgd_ce_entry,
+    "apgd-t": _apgd_t_entry,
+    "ensemble": _ensemble_entry,
+}
+
+
+def get_attack(name: str) -> AttackFn:
+    """The registered attack ``name``; an unknown name lists the valid ones."""
+    if name not in ATTACKS:
+        raise AttackError(f"unknown attack {name!r}: choose one of {', '.join(sorted(ATTACKS))}")
+    return ATTACKS[name]
+
+
+def robust_mask(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    attack: str,
+    eps: float,
+    norm: str = "inf",
+    bounds: Bounds = (0.0, 1.0),
+    batch_size: int = 256,
+    early_stop: bool = True,
+    **kw: Any,
+) -> torch.Tensor:
+    """Per-point robustness under ``attack`` at ``eps``: a bool tensor (N,) on ``x``'s device,
+    True where the point is still correctly classified after the attack.
+
+    Points misclassified when clean are False and never attacked. The rest are attacked in
+    batches of ``batch_size`` with the active set on (``early_stop=True``): a point stops
+    costing passes once an iterate fools the model. The result equals that of the full loop
+    checking every iterate (for APGD and the ensemble, exactly AutoAttack's; for PGD it can
+    only be lower than the last-iterate accuracy of a fixed-step loop). Every adversarial
+    point is checked with one more forward pass. On CPU the convolution weights are held
+    channels-last for the duration (:func:`fast_layout`). ``kw`` goes to the attack
+    (``steps``, ``restarts``, ``generator`` and the attack-specific extras of ``ATTACKS``).
+
+    To trace a robustness curve cheaply, call it for increasing ε on the survivors of the
+    previous ε only: a point fooled at ε stays fooled at any larger ε."""
+    fn = get_attack(attack)
+    norm = check_args(x, y, eps, norm, bounds)
+    if int(batch_size) != batch_size or batch_size < 1:
+        raise AttackError(f"batch_size must be an integer >= 1, got {batch_size}")
+    allowed = [p for p in inspect.signature(fn).parameters if p not in ("model", "x", "y")]
+    unknown = sorted(set(kw) - set(allowed))
+    if unknown:
+        raise AttackError(
+            f"bad option for attack {attack!r}: {', '.join(unknown)}; it takes {', '.join(allowed)}"
+        )
+    if "steps" in kw or "restarts" in kw:
+        check_budget(steps=kw.get("steps", 1), restarts=kw.get("restarts", 1))
+    if attack.startswith("apgd") or attack == "ensemble":
+        check_apgd(steps=kw.get("steps", 100), restarts=kw.get("restarts", 1), rho=kw.get("rho", 0.75),
+                   loss=kw.get("loss", "ce"))  # fmt: skip
+    mask = torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
+    with eval_mode(model), fast_layout(model), torch.no_grad():
+        for i in range(0, x.shape[0], batch_size):
+            xb, yb = x[i : i + batch_size].detach(), y[i : i + batch_size]
+            logits = model(xb)
+            if yb.numel() and (int(yb.min()) < 0 or int(yb.max()) >= logits.shape[1]):
+                raise AttackError(f"labels must be in [0, {logits.shape[1] - 1}] for this model")
+            idx = (logits.argmax(1) == yb).nonzero().flatten()
+            if idx.numel() == 0:
+                continue
+            if float(eps) == 0:
+                mask[i + idx] = True
+                continue
+            adv = fn(model, xb[idx], yb[idx], eps=eps, norm=norm, bounds=bounds,
+                     early_stop=early_stop, **kw)  # fmt: skip
+            mask[i + idx] = model(adv).argmax(1) == yb[idx]
+    log.debug("robust_mask %s eps=%s: %d/%d robust", attack, eps, int(mask.sum()), len(mask))
+    return mask

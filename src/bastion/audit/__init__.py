@@ -1,0 +1,28 @@
+"""Tamper-evident append-only audit log: RFC 6962 Merkle tree, Ed25519 signed tree heads,
+inclusion and consistency proofs, SQLite (WAL, group commit) or PostgreSQL storage."""
+
+from bastion.audit.committer import GroupCommitter
+from bastion.audit.log import AuditLog, canonical_json
+from bastion.audit.merkle import leaf_hash, node_hash, verify_consistency, verify_inclusion
+from bastion.audit.sth import (
+    SignedTreeHead,
+    load_public_key,
+    public_pem,
+    resolve_signing_key,
+)
+from bastion.audit.verify import VerifyResult
+
+__all__ = [
+    "AuditLog",
+    "GroupCommitter",
+    "SignedTreeHead",
+    "VerifyResult",
+    "canonical_json",
+    "leaf_hash",
+    "load_public_key",
+    "node_hash",
+    "public_pem",
+    "resolve_signing_key",
+    "verify_consistency",
+    "verify_inclusion",
+]

@@ -1,0 +1,179 @@
+"""`bastion harden`: apply a hardening recipe, save the child model, compare it with its parent."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from bastion.assess.profile import Profile, load_profile
+from bastion.assess.schema import ThreatModel
+from bastion.cli.common import console, pick_device
+from bastion.config import load_yaml_model, validate
+from bastion.data import load_dataset
+from bastion.defenses.compare import Comparison
+from bastion.defenses.recipes import Recipe, SanitizeConfig, parse_recipe, recipe_names
+from bastion.errors import ConfigError
+from bastion.models.io import load_model
+
+RECIPE_HELP = (
+    f"a recipe name ({', '.join(recipe_names())}), names joined by '+' (sanitize+trades), "
+    "or a YAML file (a list of steps with their parameters)"
+)
+
+
+def with_sanitize(recipe: Recipe) -> Recipe:
+    """Prepend a default sanitize step unless the recipe already has one."""
+    if any(isinstance(s, SanitizeConfig) for s in recipe.steps):
+        return recipe
+    return Recipe(steps=[SanitizeConfig(), *recipe.steps])
+
+
+def comparison_table(c: Comparison) -> Table:
+    table = Table(title=f"hardening {c.recipe}: parent → hardened")
+    for col in ("metric", "parent", "hardened", "Δ"):
+        table.add_column(col, justify="left" if col == "metric" else "right")
+    for r in c.rows:
+        d, ok = r.delta, r.improved
+        style = "" if ok is None else ("green" if ok else "red")
+        fmt = lambda v: "–" if v is None else f"{v:.4g}"  # noqa: E731
+        table.add_row(r.metric, fmt(r.parent), fmt(r.child),
+                      f"[{style}]{d:+.3f}[/]" if d is not None and style else fmt(d))  # fmt: skip
+    return table
+
+
+def print_comparison(c: Comparison) -> None:
+    console.print(comparison_table(c))
+    if c.privacy:
+        console.print(f"DP-SGD spent ε = {c.privacy['epsilon_spent']:.3f} at δ = {c.privacy['delta']:.2e} "
+                      f"(noise multiplier {c.privacy['noise_multiplier']:.3f})")  # fmt: skip
+    if c.sanitize:
+        s = c.sanitize
+        pr = (
+            f", precision {s['precision']:.2f} / recall {s['recall']:.2f}"
+            if "precision" in s
+            else ""
+        )
+        console.print(f"sanitize ({s['method']}) dropped {s['n_flagged']} samples{pr}")
+    if c.backdoor:
+        b = c.backdoor
+        console.print(f"BadNets check: attack success {b.parent_attack_success:.1%} (natural training) → "
+                      f"{b.child_attack_success:.1%} (this recipe); flags precision "
+                      f"{b.precision if b.precision is not None else float('nan'):.2f}, recall "
+                      f"{b.recall if b.recall is not None else float('nan'):.2f}")  # fmt: skip
+    for note in c.notes:
+        console.print(f"[yellow]note[/] {note}")
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("harden")
+    def harden_cmd(
+        recipe: Annotated[str, typer.Option(help=RECIPE_HELP)],
+        out: Annotated[
+            Path, typer.Option(help="new model directory (rerun with the same OUT to resume)")
+        ],
+        profile: Annotated[
+            Path | None, typer.Option(help="profile YAML (model, data, threat model)")
+        ] = None,
+        model: Annotated[Path | None, typer.Option(help="parent model directory")] = None,
+        data: Annotated[
+            str | None, typer.Option(help="digits | fashion-mnist | mnist | file.npz | file.csv")
+        ] = None,
+        data_root: Annotated[str | None, typer.Option(help="folder holding IDX files")] = None,
+        threat: Annotated[Path | None, typer.Option(help="threat-model YAML")] = None,
+        eps: Annotated[list[float] | None, typer.Option(help="ε (repeat for several)")] = None,
+        n_eval: Annotated[int | None, typer.Option(help="test points to attack")] = None,
+        sanitize: Annotated[
+            bool, typer.Option("--sanitize", help="drop flagged suspected poisons first")
+        ] = False,
+        backdoor_check: Annotated[
+            bool | None,
+            typer.Option(
+                "--backdoor-check/--no-backdoor-check",
+                help="BadNets check of the recipe (default: on when sanitizing or can_poison)",
+            ),
+        ] = None,
+        assess: Annotated[
+            bool, typer.Option("--assess/--no-assess", help="assess parent and child")
+        ] = True,
+        device: str = "cpu",
+        seed: int | None = None,
+    ) -> None:
+        """Harden a model with a recipe and compare it with its parent under the same assessment."""
+        from bastion.defenses.workflow import harden_model
+
+        if profile is not None:
+            prof = load_profile(profile)
+        elif model is not None:
+            prof = Profile(model=str(model))
+        else:
+            raise ConfigError("give --profile FILE or --model DIR (the parent model)")
+        if prof.model is None and model is None:
+            raise ConfigError(
+                "bastion harden needs a model directory: set `model:` in the profile or --model"
+            )
+        tm = prof.threat_model if isinstance(prof.threat_model, ThreatModel) else ThreatModel()
+        if threat is not None:
+            tm = load_yaml_model(ThreatModel, threat)
+        overrides: dict = {"eps": eps} if eps else {}
+        if n_eval:
+            overrides["budgets"] = {**tm.budgets.model_dump(), "n_eval": n_eval}
+        tm = validate(ThreatModel, {**tm.model_dump(), **overrides}, "command-line options")
+        parsed = parse_recipe(recipe, "--recipe")
+        if sanitize:
+            parsed = with_sanitize(parsed)
+        parent = load_model(model or prof.model)
+        seed_ = seed if seed is not None else prof.seed
+        name = (
+            data
+            or (prof.data if profile is not None else None)
+            or parent.provenance.get("data")
+            or "digits"
+        )
+        root = data_root or prof.data_root or parent.provenance.get("data_root")
+        bundle = load_dataset(name, root=root, seed=seed_)
+        dev = pick_device(device if device != "cpu" else prof.device)
+        console.print(
+            f"hardening [bold]{parent.path}[/] with [bold]{parsed.name}[/] on {bundle.name}"
+        )
+        outcome = harden_model(
+            parent, bundle, parsed, out, threat=tm, data_spec=name, data_root=root, seed=seed_,
+            device=dev, run_assessment=assess, backdoor=backdoor_check,
+        )  # fmt: skip
+        print_comparison(outcome.comparison)
+        console.print(f"hardened model: [bold]{outcome.model_dir}[/]; comparison: "
+                      f"[bold]{outcome.json_path}[/] and [bold]{outcome.html_path}[/]")  # fmt: skip
+
+
+def demo_stage(ctx) -> None:
+    """Harden the demo's CNN with a few epochs of fast AT (fine-tuned from the parent) and
+    compare both under the same light PGD assessment."""
+    import torch
+
+    from bastion.defenses.workflow import harden_model
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # an 8×8 CNN trains faster on one thread
+    try:
+        _demo(ctx, harden_model)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _demo(ctx, harden_model) -> None:
+    parent = load_model(ctx.model_dir)
+    threat = ThreatModel(eps=[0.1], attacks=["pgd"], curve_eps=[0.05, 0.1, 0.15, 0.2],
+                         budgets={"n_eval": 200, "pgd_steps": 20}, probes=["evasion"])  # fmt: skip
+    recipe = parse_recipe(
+        [{"fast_at": {"epochs": 4, "init": "parent", "lr": 2e-3, "select_n": 256}}]
+    )
+    outcome = harden_model(parent, ctx.data, recipe, ctx.out / "harden", threat=threat,
+                           data_spec="digits", seed=ctx.seed, backdoor=False)  # fmt: skip
+    print_comparison(outcome.comparison)
+    c = outcome.comparison
+    rob = next((r for r in c.rows if r.metric.startswith("robust accuracy")), None)
+    summary = f"fast AT: robust acc {rob.parent:.2f} → {rob.child:.2f}" if rob else "fast AT"
+    ctx.extra["hardened_model_dir"] = outcome.model_dir
+    ctx.add("harden", summary, outcome.html_path)

@@ -1,0 +1,7 @@
+"""Web pages served by the gateway at ``/``: the review queue with approve/reject buttons,
+recent decisions and the drift status. Self-contained (inline CSS and JS, no CDN); the page
+calls the JSON API with a reviewer key that the user pastes in (kept in sessionStorage)."""
+
+from bastion.dashboard.pages import router
+
+__all__ = ["router"]

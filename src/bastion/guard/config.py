@@ -1,0 +1,167 @@
+"""Guard configuration: which detectors, their parameters, the drift and extraction monitors
+and the verdict policy. Written as YAML (``bastion guard fit --config guard.yaml``), validated
+into :class:`GuardConfig` and saved beside the model in ``guard.json``.
+
+The verdict policy (documented in docs/guard.md) maps the scores of one sample to a verdict:
+
+* a detector *fires* when its score exceeds its calibrated threshold; it is *extreme* when
+  the score exceeds ``extreme_factor`` × threshold;
+* ``flag`` when at least ``flag_at`` detectors fire;
+* ``hold`` when at least ``hold_at`` detectors fire, or any is extreme;
+* ``block`` when at least ``block_at`` detectors are extreme (off by default);
+* the client's extraction monitor adds ``extraction_action`` (PRADA or anomaly-rate alert)
+  and ``volume_action`` (query-volume anomaly); the most severe verdict wins.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from bastion.config import load_yaml_model
+
+Action = Literal["allow", "flag", "hold", "block"]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class MahalanobisConfig(_Strict):
+    """Class-conditional Gaussians with a tied covariance on hidden features (Lee et al. 2018):
+    ``layers: penultimate`` (the last hidden layer only) or ``all`` (the feature ensemble)."""
+
+    enabled: bool = True
+    layers: Literal["all", "penultimate"] = "all"
+    shrinkage: float = Field(0.001, ge=0.0, le=1.0)
+    max_dim: int = Field(512, ge=8, description="largest per-view feature dimension")
+    holdout: float = Field(0.2, gt=0.0, lt=1.0, description="share used to standardise views")
+    conv_views: list[Literal["mean", "grid", "rmean", "rgrid"]] = Field(
+        default_factory=lambda: ["mean", "grid", "rmean", "rgrid"],
+        description="views of each conv layer: channel means / spatial grid, r = rectified",
+    )
+    tail: float = Field(0.99, gt=0.5, lt=1.0, description="held-out quantile that scales a view")
+
+
+class ReconstructionConfig(_Strict):
+    """A small fully connected autoencoder on the flattened input; score = mean (normalised)
+    squared reconstruction error."""
+
+    enabled: bool = True
+    hidden: int = Field(256, ge=1)
+    bottleneck: int = Field(32, ge=1)
+    epochs: int = Field(150, ge=1)
+    batch_size: int = Field(128, ge=1)
+    lr: float = Field(2e-3, gt=0.0)
+    max_steps: int = Field(3000, ge=1, description="caps epochs × batches on large datasets")
+    normalise: bool = Field(True, description="divide squared errors by their clean mean")
+    min_var: float = Field(1e-4, gt=0.0)
+    holdout: float = Field(0.2, gt=0.0, lt=1.0)
+    seed: int = 0
+
+
+class ZScoreConfig(_Strict):
+    """Per-input-dimension z-scores against the training data; score = mean squared z."""
+
+    enabled: bool = True
+    min_std: float = Field(0.01, gt=0.0)
+
+
+class SqueezeConfig(_Strict):
+    """Feature squeezing (Xu et al. 2018): bit-depth reduction and median smoothing."""
+
+    enabled: bool = True
+    bit_depth: int = Field(2, ge=1, le=16)
+    median_size: int | Literal["auto"] | None = Field(
+        "auto", description="median window; auto = 2 on images of side >= 16, else off"
+    )
+
+    @model_validator(mode="after")
+    def _median(self) -> SqueezeConfig:
+        if isinstance(self.median_size, int) and not 2 <= self.median_size <= 7:
+            raise ValueError(f"median_size must be in [2, 7], got {self.median_size}")
+        return self
+
+
+class DetectorsConfig(_Strict):
+    mahalanobis: MahalanobisConfig = Field(default_factory=MahalanobisConfig)
+    reconstruction: ReconstructionConfig = Field(default_factory=ReconstructionConfig)
+    zscore: ZScoreConfig = Field(default_factory=ZScoreConfig)
+    squeeze: SqueezeConfig = Field(default_factory=SqueezeConfig)
+
+
+class DriftConfig(_Strict):
+    """Sliding-window KS tests on the top principal components of the penultimate features,
+    Bonferroni-corrected."""
+
+    enabled: bool = True
+    components: int = Field(8, ge=1)
+    window: int = Field(200, ge=10)
+    min_samples: int = Field(50, ge=5)
+    reference_size: int = Field(1000, ge=20)
+    alpha: float = Field(0.01, gt=0.0, lt=1.0)
+
+
+class ExtractionConfig(_Strict):
+    """Per-client extraction monitoring: PRADA (Juuti et al. 2019), the client's rate of
+    anomalous queries, and query volume."""
+
+    enabled: bool = True
+    delta: float | None = Field(
+        None, gt=0.0, lt=1.0,
+        description="Shapiro–Wilk threshold; None = calibrated on simulated benign clients",
+    )  # fmt: skip
+    delta_margin: float = Field(0.04, ge=0.0, description="margin below the benign minimum W")
+    calibration_clients: int = Field(12, ge=1, description="simulated benign clients for δ")
+    calibration_queries: int = Field(1000, ge=50, description="queries per simulated client")
+    min_queries: int = Field(100, ge=20, description="distances needed before testing")
+    test_every: int = Field(1, ge=1, description="run the Shapiro–Wilk test every N queries")
+    history: int = Field(1000, ge=50, description="min distances kept per client (window)")
+    growing_set: int = Field(200, ge=10, description="growing-set size kept per class")
+    project_dim: int | None = Field(
+        128, ge=8, description="random projection for PRADA distances on larger inputs"
+    )
+    sticky: bool = Field(True, description="an extraction alert stays until reset_client")
+    max_clients: int = Field(1000, ge=1)
+    anomaly_window: int = Field(50, ge=5)
+    anomaly_rate: float | None = Field(
+        0.3, gt=0.0, le=1.0, description="alert share of anomalous queries; None = off"
+    )
+    volume_window_s: float = Field(60.0, gt=0.0)
+    max_queries_per_window: int = Field(6000, ge=1)
+
+
+class PolicyConfig(_Strict):
+    flag_at: int = Field(1, ge=1)
+    hold_at: int = Field(2, ge=1)
+    extreme_factor: float = Field(3.0, gt=1.0)
+    block_at: int | None = Field(None, ge=1)
+    extraction_action: Action = "block"
+    volume_action: Action = "flag"
+
+    @model_validator(mode="after")
+    def _ordered(self) -> PolicyConfig:
+        if self.hold_at < self.flag_at:
+            raise ValueError(f"hold_at ({self.hold_at}) must be >= flag_at ({self.flag_at})")
+        return self
+
+
+class GuardConfig(_Strict):
+    """Everything ``fit_guard`` needs besides the model and the data."""
+
+    target_fpr: float = Field(0.01, gt=0.0, lt=0.5)
+    calibration_fraction: float = Field(
+        0.3, gt=0.0, lt=1.0, description="share of the fit data held out to set thresholds"
+    )
+    seed: int = 0
+    detectors: DetectorsConfig = Field(default_factory=DetectorsConfig)
+    drift: DriftConfig = Field(default_factory=DriftConfig)
+    extraction: ExtractionConfig = Field(default_factory=ExtractionConfig)
+    policy: PolicyConfig = Field(default_factory=PolicyConfig)
+
+
+def load_guard_config(path: str | Path) -> GuardConfig:
+    """Read a guard YAML file (one-line errors naming the key)."""
+    return load_yaml_model(GuardConfig, path)

@@ -1,0 +1,1 @@
+"""Human and machine outputs of an assessment: self-contained HTML, JSON, JUnit."""

@@ -1,0 +1,137 @@
+"""The gateway application: ``create_app(settings)``.
+
+Nothing is loaded at import or in ``create_app``: the model, the guard, the store, the
+rate limiter and the audit sink are opened in the lifespan and kept in ``app.state``, and
+closed when the server stops. Errors never leak a traceback: user mistakes answer 4xx with
+a ``detail`` that says what was wrong; a bug answers 500 ``{"detail": "internal server
+error", "request_id": ...}`` and is logged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import gc
+import logging
+import uuid
+from collections import deque
+from collections.abc import AsyncIterator
+
+import torch
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+
+from bastion.serve.audit_adapter import open_audit
+from bastion.serve.auth import Authenticator
+from bastion.serve.batching import MicroBatcher
+from bastion.serve.metrics import MetricsMiddleware, make_metrics
+from bastion.serve.ratelimit import RedisRateLimiter, make_rate_limiter
+from bastion.serve.reviews import ReviewQueue
+from bastion.serve.runtime import Runtime
+from bastion.serve.settings import ServeSettings
+from bastion.serve.validation import BodySizeLimitMiddleware, InputError, InputSpec
+from bastion.store.db import default_url, make_engine
+
+log = logging.getLogger(__name__)
+
+
+@contextlib.asynccontextmanager
+async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    settings: ServeSettings = app.state.settings
+    state = app.state
+    if torch.get_num_threads() != settings.torch_threads:
+        torch.set_num_threads(settings.torch_threads)
+    state.runtime = Runtime.from_settings(settings)
+    state.input_spec = InputSpec(
+        sample_shape=state.runtime.sample_shape, bounds=state.runtime.bounds,
+        max_batch=settings.limits.max_batch, tolerance=settings.limits.bounds_tolerance,
+    )  # fmt: skip
+    state.engine = make_engine(settings.db_url)
+    state.authenticator = Authenticator(
+        state.engine, ttl_s=settings.auth.cache_ttl_s, enabled=settings.auth.enabled
+    )
+    rl = settings.rate_limit
+    state.limiter = None
+    state.limiter_kind = "off"
+    if rl.enabled:
+        state.limiter = make_rate_limiter(
+            settings.redis_url, requests_per_s=rl.requests_per_s, requests_burst=rl.requests_burst,
+            samples_per_s=rl.samples_per_s, samples_burst=rl.samples_burst,
+            on_redis_error=rl.on_redis_error,
+        )  # fmt: skip
+        if isinstance(state.limiter, RedisRateLimiter):
+            await state.limiter.ping()
+            state.limiter_kind = "redis"
+        else:
+            state.limiter_kind = "local"
+    au = settings.audit
+    state.audit = await open_audit(
+        au.url or settings.db_url or default_url(), enabled=au.enabled, key_file=au.key_file,
+        checkpoint_every=au.checkpoint_every, max_batch=au.max_batch, max_delay_ms=au.max_delay_ms,
+    )  # fmt: skip
+    state.reviews = ReviewQueue(
+        state.engine, state.metrics, state.audit, escalate_after_s=settings.reviews.escalate_after_s
+    )
+    state.recent = deque(maxlen=settings.recent_decisions) if settings.recent_decisions else None
+    state.batcher = MicroBatcher(
+        state.runtime, max_samples=settings.batch_max_samples,
+        inline_max_samples=settings.inline_max_samples,
+    )  # fmt: skip
+    await state.batcher.start()
+    escalation = asyncio.create_task(state.reviews.run_escalation(settings.reviews.check_every_s))
+    gc.collect()
+    gc.freeze()  # start-up objects (torch, the model) leave the collector's scans: shorter pauses
+    log.info("serving %s (guard %s, rate limit %s)", state.runtime.loaded.name,
+             "on" if state.runtime.guard is not None else "off", state.limiter_kind)  # fmt: skip
+    try:
+        yield
+    finally:
+        escalation.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await escalation
+        await state.batcher.stop()
+        await state.audit.aclose()
+        if state.limiter is not None:
+            await state.limiter.aclose()
+        state.engine.dispose()
+
+
+async def _input_error(_request: Request, exc: Exception) -> JSONResponse:
+    status = exc.status if isinstance(exc, InputError) else 400
+    return JSONResponse({"detail": str(exc)}, status_code=status)
+
+
+async def _internal_error(request: Request, exc: Exception) -> JSONResponse:
+    error_id = uuid.uuid4().hex
+    log.error("internal error %s on %s %s", error_id, request.method, request.url.path,
+              exc_info=exc)  # fmt: skip
+    return JSONResponse({"detail": "internal server error", "error_id": error_id}, status_code=500)
+
+
+def create_app(settings: ServeSettings) -> FastAPI:
+    """Build the gateway for ``settings`` (nothing is loaded until the app starts)."""
+    from bastion.dashboard import router as dashboard_router
+    from bastion.serve import routes_admin, routes_audit, routes_predict, routes_reviews
+
+    app = FastAPI(
+        title="Bastion gateway",
+        version="0.1.0",
+        description="Guarded model serving: API keys, rate limits, input validation, runtime "
+        "detectors, human review and a tamper-evident audit log.",
+        lifespan=lifespan,
+        docs_url=None,  # Swagger UI and ReDoc load scripts from a CDN; /openapi.json stays
+        redoc_url=None,
+    )
+    app.state.settings = settings
+    app.state.metrics = make_metrics()
+    app.add_exception_handler(InputError, _input_error)
+    app.add_exception_handler(Exception, _internal_error)
+    app.include_router(routes_predict.router)
+    app.include_router(routes_reviews.router)
+    app.include_router(routes_audit.router)
+    app.include_router(routes_admin.router)
+    app.include_router(dashboard_router())
+    # Outermost last: metrics see every answer, including the body-limit's 413.
+    app.add_middleware(BodySizeLimitMiddleware, limit=settings.limits.max_body_bytes)
+    app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)
+    return app

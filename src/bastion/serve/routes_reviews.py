@@ -1,0 +1,91 @@
+"""The review queue (reviewers) and ticket polling (the client that sent the request).
+
+* ``GET /v1/reviews?status=held`` — tickets, newest first (reviewer or admin);
+* ``GET /v1/reviews/{ticket}`` — one ticket with the guard's scores and the withheld answer;
+* ``POST /v1/reviews/{ticket}/approve`` and ``/reject`` — decide (409 if already decided);
+* ``GET /v1/tickets/{ticket}`` — the client polls: ``held`` until a reviewer decides, then
+  ``approved`` with the predictions, or ``rejected``. Another client's ticket is 404.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Body, HTTPException, Query, Request, status
+from pydantic import BaseModel, Field
+
+from bastion.serve.auth import ReviewerKey
+from bastion.serve.deps import LimitedAnyKey
+from bastion.serve.reviews import TicketConflict, TicketNotFound, ticket_view
+
+router = APIRouter(prefix="/v1", tags=["reviews"])
+
+
+class Decision(BaseModel):
+    note: str = Field("", max_length=2000)
+
+
+def _not_found(ticket: str) -> HTTPException:
+    return HTTPException(status.HTTP_404_NOT_FOUND, detail=f"no ticket {ticket}")
+
+
+@router.get("/reviews")
+async def list_reviews(
+    request: Request, _key: ReviewerKey,
+    status_: Annotated[Literal["held", "approved", "rejected", "all"], Query(alias="status")] = "held",
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+) -> list[dict[str, Any]]:  # fmt: skip
+    """Tickets of one status (or all), newest first."""
+    tickets = await request.app.state.reviews.list(None if status_ == "all" else status_, limit)
+    return [ticket_view(t, detail=True) for t in tickets]
+
+
+@router.get("/reviews/{ticket}")
+async def get_review(request: Request, ticket: str, _key: ReviewerKey) -> dict[str, Any]:
+    try:
+        found = await request.app.state.reviews.get(ticket)
+    except TicketNotFound:
+        raise _not_found(ticket) from None
+    return ticket_view(found, detail=True)
+
+
+async def _decide(request: Request, ticket: str, key: Any, note: str, approve: bool) -> dict:
+    try:
+        decided = await request.app.state.reviews.decide(
+            ticket, approve=approve, reviewer=key, note=note
+        )
+    except TicketNotFound:
+        raise _not_found(ticket) from None
+    except TicketConflict as exc:
+        raise HTTPException(status.HTTP_409_CONFLICT, detail=str(exc)) from None
+    return ticket_view(decided, detail=True)
+
+
+@router.post("/reviews/{ticket}/approve")
+async def approve(
+    request: Request, ticket: str, key: ReviewerKey,
+    decision: Annotated[Decision | None, Body()] = None,
+) -> dict[str, Any]:  # fmt: skip
+    """Release the held answer to the client."""
+    return await _decide(request, ticket, key, (decision or Decision()).note, True)
+
+
+@router.post("/reviews/{ticket}/reject")
+async def reject(
+    request: Request, ticket: str, key: ReviewerKey,
+    decision: Annotated[Decision | None, Body()] = None,
+) -> dict[str, Any]:  # fmt: skip
+    """Refuse the request; its answer is discarded."""
+    return await _decide(request, ticket, key, (decision or Decision()).note, False)
+
+
+@router.get("/tickets/{ticket}", tags=["predict"])
+async def poll_ticket(request: Request, ticket: str, key: LimitedAnyKey) -> dict[str, Any]:
+    """A held request's state; once approved, its predictions."""
+    try:
+        found = await request.app.state.reviews.get(ticket)
+    except TicketNotFound:
+        raise _not_found(ticket) from None
+    if key.role == "client" and found.client_key_id != key.id:
+        raise _not_found(ticket)
+    return ticket_view(found)

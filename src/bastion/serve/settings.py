@@ -1,0 +1,126 @@
+"""Gateway settings: ``serve.yaml`` validated by pydantic, then CLI flags on top.
+
+Nothing is built at import. :func:`load_settings` reads the YAML (one-line errors naming
+the key) and applies overrides; routes read the settings through the :func:`get_settings`
+dependency, which tests replace with ``app.dependency_overrides``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+from fastapi import Request
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from bastion.config import read_yaml, validate
+from bastion.errors import ConfigError
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class RateLimitSettings(_Section):
+    """Token buckets per API key: ``*_per_s`` is the refill rate, ``*_burst`` the capacity."""
+
+    enabled: bool = True
+    requests_per_s: float = Field(50.0, gt=0)
+    requests_burst: float = Field(100.0, ge=1)
+    samples_per_s: float = Field(500.0, gt=0)
+    samples_burst: float = Field(1000.0, ge=1)
+    on_redis_error: Literal["deny", "allow"] = "deny"
+
+
+class LimitSettings(_Section):
+    """What one request may carry."""
+
+    max_batch: int = Field(64, ge=1, le=100_000)
+    max_body_bytes: int = Field(2_000_000, ge=1024)
+    bounds_tolerance: float = Field(1e-4, ge=0)
+
+
+class GuardSettings(_Section):
+    """Runtime detectors (``bastion guard fit`` writes them beside the model)."""
+
+    enabled: bool = True
+    required: bool = False  # refuse to start when no fitted guard is found
+    dir: Path | None = None  # default: the model directory
+
+
+class ReviewSettings(_Section):
+    escalate_after_s: float = Field(300.0, gt=0)
+    check_every_s: float = Field(5.0, gt=0)
+
+
+class AuditSettings(_Section):
+    """The tamper-evident log every decision, review and key change goes to."""
+
+    enabled: bool = True
+    url: str | None = None  # default: the store's database (db_url)
+    key_file: Path | None = None  # Ed25519 PEM (mode 0600); default $BASTION_AUDIT_KEY
+    checkpoint_every: int = Field(1000, ge=0)  # sign a tree head every N entries (0: never)
+    max_batch: int = Field(512, ge=1)  # group commit: most entries per transaction
+    max_delay_ms: float = Field(0.0, ge=0)  # wait for company when idle (0: commit at once;
+    # under load, entries arriving during a commit still form the next batch)
+
+
+class AuthSettings(_Section):
+    enabled: bool = True
+    cache_ttl_s: float = Field(2.0, ge=0)  # how long a looked-up key is trusted in memory
+
+
+class ServeSettings(_Section):
+    """Everything ``bastion serve`` needs; the YAML mirrors these sections."""
+
+    model_dir: Path | None = None
+    db_url: str | None = None
+    redis_url: str | None = None
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=0, le=65535)
+    ssl_certfile: Path | None = None
+    ssl_keyfile: Path | None = None
+    torch_threads: int = Field(1, ge=1, le=256)
+    batch_max_samples: int = Field(64, ge=1)  # micro-batching: most samples in one pass
+    inline_max_samples: int = Field(8, ge=0)  # passes up to this run on the event loop
+    recent_decisions: int = Field(200, ge=0)
+    auth: AuthSettings = Field(default_factory=AuthSettings)
+    rate_limit: RateLimitSettings = Field(default_factory=RateLimitSettings)
+    limits: LimitSettings = Field(default_factory=LimitSettings)
+    guard: GuardSettings = Field(default_factory=GuardSettings)
+    reviews: ReviewSettings = Field(default_factory=ReviewSettings)
+    audit: AuditSettings = Field(default_factory=AuditSettings)
+
+    @model_validator(mode="after")
+    def _tls_pair(self) -> ServeSettings:
+        if (self.ssl_certfile is None) != (self.ssl_keyfile is None):
+            raise ValueError("ssl_certfile and ssl_keyfile go together: give both or neither")
+        if self.rate_limit.enabled and self.rate_limit.samples_burst < self.limits.max_batch:
+            raise ValueError(
+                f"rate_limit.samples_burst ({self.rate_limit.samples_burst:g}) is below "
+                f"limits.max_batch ({self.limits.max_batch}): a full batch could never pass"
+            )
+        return self
+
+
+def load_settings(config: str | Path | None = None, **overrides: Any) -> ServeSettings:
+    """Settings from ``config`` (YAML) with ``overrides`` (CLI flags; None means unset)."""
+    data: dict[str, Any] = {}
+    if config is not None:
+        raw = read_yaml(config)
+        if raw is not None and not isinstance(raw, dict):
+            raise ConfigError(f"{config}: expected a mapping of settings, got {type(raw).__name__}")
+        data = dict(raw or {})
+    for key, value in overrides.items():
+        if value is not None:
+            data[key] = value
+    settings = validate(ServeSettings, data, str(config) if config else "serve settings")
+    for path in (settings.ssl_certfile, settings.ssl_keyfile):
+        if path is not None and not Path(path).is_file():
+            raise ConfigError(f"TLS file not found: {path}")
+    return settings
+
+
+def get_settings(request: Request) -> ServeSettings:
+    """Dependency: the settings the app was created with (tests override it)."""
+    return request.app.state.settings

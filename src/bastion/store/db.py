@@ -1,0 +1,66 @@
+"""Engine and session creation. Nothing is built at import; callers pass a URL or use
+``default_url()`` (``$BASTION_DB`` or ``sqlite:///~/.local/share/bastion/bastion.db``)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.exc import ArgumentError, OperationalError
+from sqlalchemy.orm import DeclarativeBase, sessionmaker
+
+from bastion.errors import StoreError
+
+
+class Base(DeclarativeBase):
+    """Declarative base shared by every table of the record store."""
+
+
+def default_url() -> str:
+    if os.environ.get("BASTION_DB"):
+        return os.environ["BASTION_DB"]
+    home = Path(os.environ.get("XDG_DATA_HOME", Path.home() / ".local" / "share")) / "bastion"
+    return f"sqlite:///{home / 'bastion.db'}"
+
+
+def _sqlite_pragmas(dbapi_conn, _record) -> None:
+    cur = dbapi_conn.cursor()
+    cur.execute("PRAGMA journal_mode=WAL")
+    cur.execute("PRAGMA synchronous=FULL")
+    cur.execute("PRAGMA foreign_keys=ON")
+    cur.execute("PRAGMA busy_timeout=10000")
+    cur.close()
+
+
+def make_engine(url: str | None = None, *, create: bool = True) -> Engine:
+    """Create an engine (WAL + synchronous=FULL for SQLite) and the tables if ``create``."""
+    url = url or default_url()
+    if url.startswith("postgresql://"):
+        url = "postgresql+psycopg://" + url.removeprefix("postgresql://")
+    if url.startswith("sqlite:///"):
+        Path(url.removeprefix("sqlite:///")).expanduser().parent.mkdir(parents=True, exist_ok=True)
+    try:
+        engine = create_engine(url, future=True)
+    except (ArgumentError, ImportError) as exc:
+        raise StoreError(f"cannot use database URL {url!r}: {exc}") from None
+    if engine.dialect.name == "sqlite":
+        event.listen(engine, "connect", _sqlite_pragmas)
+    if create:
+        _import_tables()
+        try:
+            Base.metadata.create_all(engine)
+        except OperationalError as exc:
+            raise StoreError(f"cannot open database {url!r}: {str(exc.orig).strip()}") from None
+    return engine
+
+
+def _import_tables() -> None:
+    """Import every module that declares tables so create_all sees them."""
+    import bastion.store.keys
+    import bastion.store.reviews
+    import bastion.store.runs  # noqa: F401
+
+
+def session_factory(engine: Engine) -> sessionmaker:
+    return sessionmaker(engine, expire_on_commit=False)
