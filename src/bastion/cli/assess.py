@@ -11,7 +11,15 @@ from rich.table import Table
 from bastion.assess.api import AssessmentOutput, assess
 from bastion.assess.profile import Profile, load_profile
 from bastion.assess.schema import Budgets, ThreatModel
-from bastion.cli.common import console, pick_device
+from bastion.cli.common import (
+    DataOpt,
+    DataRootOpt,
+    EpsListOpt,
+    NEvalOpt,
+    ThreatOpt,
+    console,
+    pick_device,
+)
 from bastion.config import load_yaml_model, validate
 from bastion.data import load_dataset
 from bastion.errors import ConfigError
@@ -60,19 +68,17 @@ def register(app: typer.Typer) -> None:
         weights: Annotated[
             Path | None, typer.Option(help="weights for --entry-point (.safetensors/.pt)")
         ] = None,
-        data: Annotated[
-            str | None, typer.Option(help="digits | fashion-mnist | mnist | file.npz | file.csv")
-        ] = None,
-        data_root: Annotated[str | None, typer.Option(help="folder holding IDX files")] = None,
-        threat: Annotated[Path | None, typer.Option(help="threat-model YAML")] = None,
-        eps: Annotated[list[float] | None, typer.Option(help="ε (repeat for several)")] = None,
+        data: DataOpt = None,
+        data_root: DataRootOpt = None,
+        threat: ThreatOpt = None,
+        eps: EpsListOpt = None,
         norm: Annotated[str | None, typer.Option(help="inf or 2")] = None,
         attack: Annotated[
             list[str] | None,
             typer.Option(help="evasion attack (repeat): fgsm, pgd, apgd-ce, apgd-t, ensemble"),
         ] = None,
         access: Annotated[str | None, typer.Option(help="white_box | scores | labels")] = None,
-        n_eval: Annotated[int | None, typer.Option(help="test points to attack")] = None,
+        n_eval: NEvalOpt = None,
         out: Annotated[
             Path | None, typer.Option(help="output directory (resumes if a checkpoint is there)")
         ] = None,

@@ -2,13 +2,25 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Annotated
+
 import torch
+import typer
 from rich.console import Console
 
 from bastion.errors import ConfigError
 
 console = Console()
 err_console = Console(stderr=True)
+
+# Options several commands share (Typer reads the help from the alias).
+DATA_HELP = "digits | fashion-mnist | mnist | file.npz | file.csv"
+DataOpt = Annotated[str | None, typer.Option(help=DATA_HELP)]
+DataRootOpt = Annotated[str | None, typer.Option(help="folder holding IDX files")]
+ThreatOpt = Annotated[Path | None, typer.Option(help="threat-model YAML")]
+EpsListOpt = Annotated[list[float] | None, typer.Option(help="ε (repeat for several)")]
+NEvalOpt = Annotated[int | None, typer.Option(help="test points to attack")]
 
 
 def pick_device(name: str) -> torch.device:

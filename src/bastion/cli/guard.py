@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 from rich.table import Table
 
-from bastion.cli.common import console
+from bastion.cli.common import DataRootOpt, console
 from bastion.data import DataBundle, load_dataset
 from bastion.errors import ConfigError
 from bastion.models.io import LoadedModel, load_model
@@ -93,7 +93,7 @@ def register(app: typer.Typer) -> None:
         data: Annotated[
             str | None, typer.Option(help="training data (default: the model's provenance)")
         ] = None,
-        data_root: Annotated[str | None, typer.Option(help="folder holding IDX files")] = None,
+        data_root: DataRootOpt = None,
         fpr: Annotated[
             float | None, typer.Option(help="target false-positive rate (default 0.01)")
         ] = None,
@@ -114,7 +114,7 @@ def register(app: typer.Typer) -> None:
         data: Annotated[
             str | None, typer.Option(help="data (default: the model's provenance)")
         ] = None,
-        data_root: Annotated[str | None, typer.Option(help="folder holding IDX files")] = None,
+        data_root: DataRootOpt = None,
         eps: Annotated[float, typer.Option(help="PGD L∞ ε (share of the value range)")] = 0.1,
         steps: int = 20,
         n: Annotated[int | None, typer.Option(help="test points (default: all)")] = None,

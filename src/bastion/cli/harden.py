@@ -10,7 +10,15 @@ from rich.table import Table
 
 from bastion.assess.profile import Profile, load_profile
 from bastion.assess.schema import ThreatModel
-from bastion.cli.common import console, pick_device
+from bastion.cli.common import (
+    DataOpt,
+    DataRootOpt,
+    EpsListOpt,
+    NEvalOpt,
+    ThreatOpt,
+    console,
+    pick_device,
+)
 from bastion.config import load_yaml_model, validate
 from bastion.data import load_dataset
 from bastion.defenses.compare import Comparison
@@ -78,13 +86,11 @@ def register(app: typer.Typer) -> None:
             Path | None, typer.Option(help="profile YAML (model, data, threat model)")
         ] = None,
         model: Annotated[Path | None, typer.Option(help="parent model directory")] = None,
-        data: Annotated[
-            str | None, typer.Option(help="digits | fashion-mnist | mnist | file.npz | file.csv")
-        ] = None,
-        data_root: Annotated[str | None, typer.Option(help="folder holding IDX files")] = None,
-        threat: Annotated[Path | None, typer.Option(help="threat-model YAML")] = None,
-        eps: Annotated[list[float] | None, typer.Option(help="ε (repeat for several)")] = None,
-        n_eval: Annotated[int | None, typer.Option(help="test points to attack")] = None,
+        data: DataOpt = None,
+        data_root: DataRootOpt = None,
+        threat: ThreatOpt = None,
+        eps: EpsListOpt = None,
+        n_eval: NEvalOpt = None,
         sanitize: Annotated[
             bool, typer.Option("--sanitize", help="drop flagged suspected poisons first")
         ] = False,

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from bastion.cli.common import console, pick_device
+from bastion.cli.common import DataRootOpt, console, pick_device
 from bastion.data import load_dataset
 from bastion.models.io import save_model
 from bastion.models.train import accuracy, train_model
@@ -66,7 +66,7 @@ def register(app: typer.Typer) -> None:
         batch_size: int = 64,
         lr: float = 1e-3,
         seed: int = 0,
-        data_root: Annotated[str | None, typer.Option(help="folder holding IDX files")] = None,
+        data_root: DataRootOpt = None,
         device: str = "cpu",
     ) -> None:
         """Train a zoo model and save it as safetensors + spec.json + provenance.json."""
