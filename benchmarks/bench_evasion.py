@@ -11,8 +11,11 @@ adversarially trained for 2 epochs with FGSM + random start (Wong et al. 2020). 
 - Bastion's standard ensemble (APGD-CE → APGD-T, 100 iterations each) vs torchattacks'
   ``AutoAttack(version='standard')`` and ART's ``AutoAttack`` (on ``--art-n`` images: it
   runs at a few images/s);
-- a 10-point ε curve (ε = 0.02 … 0.2, PGD-20 with step ε/10) where each ε attacks only the
-  survivors of the previous one, vs 10 independent PGD runs (torchattacks).
+- a 10-point ε curve (ε = 0.02 … 0.2) by ``bastion.attacks.curve.pgd_curve`` (PGD with
+  ε-continuation: each ε attacks only the survivors of the previous one, warm-started from
+  their last iterate), vs 10 independent PGD-20 runs with step ε/10 (torchattacks).
+
+``--tasks`` runs a subset (fgsm, pgd, ensemble, curve; the curve needs pgd for its ratios).
 
 Each row prints seconds, images/s and robust accuracy. Run with the ``bench`` extra and
 torchattacks installed without its dependencies (``make bench`` does both):
@@ -42,6 +45,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from bastion.attacks.curve import pgd_curve
 from bastion.attacks.evasion import eval_mode, pgd, robust_mask
 from bastion.data import load_dataset
 from bastion.data.dataset import Dataset
@@ -199,7 +203,7 @@ def bench_model(
     name: str, model: nn.Module, x: torch.Tensor, y: torch.Tensor, args: argparse.Namespace
 ) -> list[Row]:
     import torchattacks
-    from art.attacks.evasion import AutoAttack, FastGradientMethod, ProjectedGradientDescent
+    from art.attacks.evasion import FastGradientMethod, ProjectedGradientDescent
 
     model.eval()
     n, rows = len(x), []
@@ -220,14 +224,20 @@ def bench_model(
     clean = correct(model, x, y)
     add("clean", "-", (0.0, 0.0, clean))
 
+    tasks = set(args.tasks.split(","))
+    if "curve" in tasks:
+        tasks.add("pgd")  # the curve's ratios are to the one-ε PGD-20 evaluation
+
     # FGSM ε=0.1
     t = race({
         "bastion": lambda: robust_mask(model, x, y, attack="fgsm", eps=EPS, batch_size=B),
         "art": lambda: art_run(lambda c: FastGradientMethod(c, norm=np.inf, eps=EPS, batch_size=B), model, x, y),
         "torchattacks": lambda: ta_run(lambda mdl: torchattacks.FGSM(mdl, eps=EPS), model, x, y, B),
-    }, rep)  # fmt: skip
+    }, rep) if "fgsm" in tasks else {}  # fmt: skip
     for lib, res in t.items():
         add("FGSM ε=0.1", lib, res)
+    if "pgd" not in tasks:
+        return rows
 
     # PGD-20, L∞, ε=0.1, step 0.01, no random start: the fixed-step loops and Bastion's
     # robust-accuracy evaluation (active set), raced round-robin.
@@ -257,7 +267,45 @@ def bench_model(
     one_eps = add("PGD-20 robust-acc eval", "bastion", t["bastion-eval"], note="active set")
     ta_one = t["torchattacks"]
 
-    # The standard ensemble vs AutoAttack
+    if "ensemble" in tasks:
+        ensemble_rows(name, model, x, y, args, add)
+    if "curve" not in tasks:
+        return rows
+
+    # A 10-point ε curve: ε-continuation vs 10 independent runs
+    def curve() -> list[float]:
+        return pgd_curve(model, x, y, CURVE, batch_size=B).float().mean(1).tolist()
+
+    def independent() -> list[float]:
+        return [
+            float(ta_run(lambda mdl, e=e: ta_pgd(mdl, e), model, x, y, B).float().mean())
+            for e in CURVE
+        ]
+
+    t = race({"bastion": curve, "torchattacks": independent})
+    i = CURVE.index(EPS)
+    add("10-point ε curve", "bastion", t["bastion"], t["bastion"][2][i], "ε-continuation (pgd_curve); acc. at ε=0.1",
+        curve=t["bastion"][2], ratio_to_one_eps=t["bastion"][0] / one_eps.seconds,
+        ratio_to_fixed=t["bastion"][0] / ta_one[0], cpu_ratio_to_one_eps=t["bastion"][1] / one_eps.cpu_seconds,
+        cpu_ratio_to_fixed=t["bastion"][1] / ta_one[1])  # fmt: skip
+    add("10-point ε curve", "torchattacks", t["torchattacks"], t["torchattacks"][2][i], "10 independent runs",
+        curve=t["torchattacks"][2])  # fmt: skip
+    return rows
+
+
+def ensemble_rows(
+    name: str,
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    args: argparse.Namespace,
+    add: Callable[..., Row],
+) -> None:
+    """Bastion's standard ensemble vs torchattacks' and ART's AutoAttack."""
+    import torchattacks
+    from art.attacks.evasion import AutoAttack
+
+    n, B = len(x), args.batch
     gen = torch.Generator().manual_seed(0)
     ens_t = timed(
         lambda: robust_mask(model, x, y, attack="ensemble", eps=EPS, generator=gen, batch_size=B)
@@ -275,34 +323,6 @@ def bench_model(
                                    model, x[:k], y[:k]))  # fmt: skip
         add("ensemble / AutoAttack", "art", t1, note=f"default attacks, first {k} images",
             bastion_same_points=float(ens[:k].float().mean()))  # fmt: skip
-
-    # A 10-point ε curve: survivors only (as the evasion probe does) vs 10 independent runs
-    def curve() -> list[float]:
-        alive = clean.clone()
-        accs = []
-        for eps in CURVE:
-            idx = alive.nonzero().flatten()
-            if idx.numel():
-                alive[idx] = robust_mask(model, x[idx], y[idx], attack="pgd", eps=eps, steps=20, batch_size=B,
-                                         step_size=eps / 10, random_init=False)  # fmt: skip
-            accs.append(float(alive.float().mean()))
-        return accs
-
-    def independent() -> list[float]:
-        return [
-            float(ta_run(lambda mdl, e=e: ta_pgd(mdl, e), model, x, y, B).float().mean())
-            for e in CURVE
-        ]
-
-    t = race({"bastion": curve, "torchattacks": independent})
-    i = CURVE.index(EPS)
-    add("10-point ε curve", "bastion", t["bastion"], t["bastion"][2][i], "survivors only; acc. at ε=0.1",
-        curve=t["bastion"][2], ratio_to_one_eps=t["bastion"][0] / one_eps.seconds,
-        ratio_to_fixed=t["bastion"][0] / ta_one[0], cpu_ratio_to_one_eps=t["bastion"][1] / one_eps.cpu_seconds,
-        cpu_ratio_to_fixed=t["bastion"][1] / ta_one[1])  # fmt: skip
-    add("10-point ε curve", "torchattacks", t["torchattacks"], t["torchattacks"][2][i], "10 independent runs",
-        curve=t["torchattacks"][2])  # fmt: skip
-    return rows
 
 
 def table(rows: list[Row]) -> str:
@@ -330,6 +350,8 @@ def verdicts(rows: list[Row]) -> list[str]:
     lines = []
     for model in dict.fromkeys(r.model for r in rows):
         get = {(r.task, r.library): r for r in rows if r.model == model}
+        if ("PGD-20 robust-acc eval", "bastion") not in get:
+            continue
         fast = get[("PGD-20 robust-acc eval", "bastion")]
         fixed = {lib: get[("PGD-20 fixed-step", lib)] for lib in ("bastion", "art", "torchattacks")}
         gap = max(
@@ -343,28 +365,39 @@ def verdicts(rows: list[Row]) -> list[str]:
                      f"fixed-step accuracy gap {100 * gap:.2f} points (target <= 0.2: {_ok(gap <= 0.002 + 1e-9)}); "
                      f"active set {100 * fast.robust_accuracy:.1f}% vs fixed-step {100 * fixed['bastion'].robust_accuracy:.1f}%")  # fmt: skip
         ens, ta = (
-            get[("ensemble / AutoAttack", "bastion")],
-            get[("ensemble / AutoAttack", "torchattacks")],
+            get.get(("ensemble / AutoAttack", "bastion")),
+            get.get(("ensemble / AutoAttack", "torchattacks")),
         )
-        same = ta.extra.get("bastion_same_points", ens.robust_accuracy)
-        ta_secs = ta.seconds * ens.n / ta.n
-        lines.append(f"{model}: ensemble {100 * same:.1f}% vs torchattacks AutoAttack {100 * ta.robust_accuracy:.1f}% "
-                     f"(no higher: {_ok(same <= ta.robust_accuracy)}), {ens.seconds:.1f} s vs {ta_secs:.1f} s "
-                     f"for {ens.n} images, {ta_secs / ens.seconds:.1f}x (no more time: {_ok(ens.seconds <= ta_secs)})")  # fmt: skip
-        art = get.get(("ensemble / AutoAttack", "art"))
-        if art:
-            sp = ens.rate / art.rate
-            lines.append(f"{model}: ensemble {ens.rate:.1f} img/s vs ART AutoAttack {art.rate:.2f} img/s = {sp:.0f}x "
-                         f"(target >= 10x: {_ok(sp >= 10)}); on ART's {art.n} images the ensemble leaves "
-                         f"{100 * art.extra['bastion_same_points']:.1f}%, ART {100 * art.robust_accuracy:.1f}%")  # fmt: skip
-        cur, ind = get[("10-point ε curve", "bastion")], get[("10-point ε curve", "torchattacks")]
+        if ens is not None and ta is not None:
+            lines += ensemble_verdicts(model, ens, ta, get.get(("ensemble / AutoAttack", "art")))
+        cur, ind = (
+            get.get(("10-point ε curve", "bastion")),
+            get.get(("10-point ε curve", "torchattacks")),
+        )
+        if cur is None or ind is None:
+            continue
         e = cur.extra
         lines.append(f"{model}: 10-point curve {cur.seconds:.1f} s = {e['ratio_to_one_eps']:.1f}x Bastion's one-ε "
                      f"evaluation (CPU {e['cpu_ratio_to_one_eps']:.1f}x; target <= 2x: "
                      f"{_ok(max(e['ratio_to_one_eps'], e['cpu_ratio_to_one_eps']) <= 2)}), "
                      f"{e['ratio_to_fixed']:.1f}x one fixed-step PGD-20 run (CPU {e['cpu_ratio_to_fixed']:.1f}x); "
-                     f"10 independent runs {ind.seconds:.1f} s; max curve gap "
-                     f"{100 * max(abs(a - b) for a, b in zip(e['curve'], ind.extra['curve'], strict=True)):.1f} points")  # fmt: skip
+                     f"10 independent runs {ind.seconds:.1f} s; curve minus independent runs: "
+                     f"{', '.join(f'{100 * (a - b):+.1f}' for a, b in zip(e['curve'], ind.extra['curve'], strict=True))} points")  # fmt: skip
+    return lines
+
+
+def ensemble_verdicts(model: str, ens: Row, ta: Row, art: Row | None) -> list[str]:
+    lines = []
+    same = ta.extra.get("bastion_same_points", ens.robust_accuracy)
+    ta_secs = ta.seconds * ens.n / ta.n
+    lines.append(f"{model}: ensemble {100 * same:.1f}% vs torchattacks AutoAttack {100 * ta.robust_accuracy:.1f}% "
+                 f"(no higher: {_ok(same <= ta.robust_accuracy)}), {ens.seconds:.1f} s vs {ta_secs:.1f} s "
+                 f"for {ens.n} images, {ta_secs / ens.seconds:.1f}x (no more time: {_ok(ens.seconds <= ta_secs)})")  # fmt: skip
+    if art:
+        sp = ens.rate / art.rate
+        lines.append(f"{model}: ensemble {ens.rate:.1f} img/s vs ART AutoAttack {art.rate:.2f} img/s = {sp:.0f}x "
+                     f"(target >= 10x: {_ok(sp >= 10)}); on ART's {art.n} images the ensemble leaves "
+                     f"{100 * art.extra['bastion_same_points']:.1f}%, ART {100 * art.robust_accuracy:.1f}%")  # fmt: skip
     return lines
 
 
@@ -398,6 +431,7 @@ def main() -> None:
     )
     p.add_argument("--models", default="undefended,fgsm-at", help="comma list: undefended, fgsm-at")
     p.add_argument("--out", type=Path, default=Path("bench-out"))
+    p.add_argument("--tasks", default="fgsm,pgd,ensemble,curve", help="comma list of rows to run")
     p.add_argument(
         "--train-only", action="store_true", help="train and cache the models, then stop"
     )
@@ -441,8 +475,11 @@ def main() -> None:
     report += ["- " + v for v in verdicts(rows)]
     text = "\n".join(report)
     print(text)
-    (args.out / "bench_evasion.md").write_text(text + "\n")
-    (args.out / "bench_evasion.json").write_text(json.dumps([asdict(r) for r in rows], indent=1))
+    stem = "bench_evasion" + (
+        "" if args.tasks == "fgsm,pgd,ensemble,curve" else "-" + args.tasks.replace(",", "-")
+    )
+    (args.out / f"{stem}.md").write_text(text + "\n")
+    (args.out / f"{stem}.json").write_text(json.dumps([asdict(r) for r in rows], indent=1))
 
 
 if __name__ == "__main__":

@@ -111,10 +111,14 @@ def _pgd_run(
     bounds: Bounds,
     early_stop: bool,
     generator: torch.Generator | None,
+    x_init: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """One PGD run; returns (x_adv, success). Without ``early_stop`` success is judged on the
     last iterate; with it, on the first successful iterate (which is what is returned)."""
-    delta = random_start(x, eps, norm, generator) if random_init else torch.zeros_like(x)
+    if x_init is not None:
+        delta = project(x_init.detach() - x, eps, norm)
+    else:
+        delta = random_start(x, eps, norm, generator) if random_init else torch.zeros_like(x)
     adv = (x + delta).clamp(*bounds)
     success = torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
     active = torch.arange(x.shape[0], device=x.device)
@@ -167,10 +171,13 @@ def pgd(
     bounds: Bounds = (0.0, 1.0),
     early_stop: bool = False,
     generator: torch.Generator | None = None,
+    x_init: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Projected Gradient Descent (Madry et al. 2018, "Towards Deep Learning Models Resistant
     to Adversarial Attacks") under L∞ or L2 with a uniform random start and restarts (each
     restart only on the points not yet fooled). ``step_size`` defaults to 2.5·ε/steps.
+    ``x_init`` (same shape as ``x``) warm-starts the first run from those points, projected
+    into the ε-ball: e.g. the iterates of a smaller ε, when tracing a robustness curve.
 
     Returns the last iterate for every point (a fixed-step loop). With ``early_stop``
     (robust-accuracy evaluation) a point leaves the active set as soon as an iterate fools the
@@ -184,18 +191,21 @@ def pgd(
     check_budget(steps=steps, restarts=restarts)
     if step_size is not None and not step_size >= 0:
         raise AttackError(f"step_size must be a non-negative number, got {step_size}")
+    if x_init is not None and x_init.shape != x.shape:
+        raise AttackError(f"x_init has shape {tuple(x_init.shape)}, x has {tuple(x.shape)}")
     alpha = float(step_size) if step_size is not None else 2.5 * float(eps) / steps
     x = x.detach()
     out = x.clone()
     with eval_mode(model):
         todo = torch.arange(x.shape[0], device=x.device)
-        for _ in range(restarts):
+        for r in range(restarts):
             if todo.numel() == 0:
                 break
             adv, hit = _pgd_run(
                 model, x[todo], y[todo], eps=float(eps), steps=steps, alpha=alpha, norm=norm,
                 random_init=random_init, targeted=targeted, bounds=bounds,
                 early_stop=early_stop, generator=generator,
+                x_init=x_init[todo] if x_init is not None and r == 0 else None,
             )  # fmt: skip
             out[todo] = adv
             todo = todo[~hit]

@@ -1,0 +1,85 @@
+"""A robustness curve (robust accuracy against ε) by PGD with ε-continuation.
+
+Tracing a curve with one independent attack per ε repeats most of the work: a point fooled
+at ε stays fooled at every larger ε, and the adversarial iterate found inside a small ball
+is a good start inside the next, larger one. :func:`pgd_curve` walks an increasing ε grid
+once: the first ε gets a full PGD run (``first_steps``); each later ε attacks only the
+points still robust, warm-started from their previous iterate, for ``steps`` more steps of
+``step_fraction``·ε. Every step keeps the active set (a point leaves as soon as it is
+fooled).
+
+On the benchmark's adversarially trained Fashion-MNIST CNN, 10 ε from 0.02 to 0.2 cost 1.6×
+one PGD-20 evaluation at ε=0.1 and stay within 0.4 points of 10 independent PGD-20 runs
+(stronger than them at the larger ε): docs/benchmarks/evasion.md.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from bastion.attacks._ball import Bounds
+from bastion.attacks.evasion import check_args, eval_mode, fast_layout, pgd
+from bastion.errors import AttackError
+
+
+def pgd_curve(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    eps_grid: Sequence[float],
+    *,
+    norm: str = "inf",
+    bounds: Bounds = (0.0, 1.0),
+    first_steps: int = 10,
+    steps: int = 4,
+    step_fraction: float = 0.2,
+    batch_size: int = 256,
+) -> torch.Tensor:
+    """Per-point robustness at each ε of ``eps_grid``: a bool tensor (len(grid), N), True
+    where the point is still correctly classified after the attack at that ε (rows are
+    monotone: robust at ε implies robust at every smaller ε of the grid). Its row means are
+    the curve. Clean-misclassified points are False everywhere and never attacked.
+
+    Example::
+
+        robust = pgd_curve(model, x, y, [0.02 * k for k in range(1, 11)])
+        curve = robust.float().mean(1)
+    """
+    grid = [float(e) for e in eps_grid]
+    if not grid:
+        raise AttackError("eps_grid is empty: give at least one ε")
+    if any(b <= a for a, b in zip(grid, grid[1:], strict=False)):
+        raise AttackError(f"eps_grid must be strictly increasing, got {list(eps_grid)}")
+    for e in grid:
+        norm = check_args(x, y, e, norm, bounds)
+    if int(first_steps) < 1 or int(steps) < 1:
+        raise AttackError(f"first_steps and steps must be >= 1, got {first_steps} and {steps}")
+    if not 0 < step_fraction <= 1:
+        raise AttackError(f"step_fraction must be in (0, 1], got {step_fraction}")
+    if int(batch_size) != batch_size or batch_size < 1:
+        raise AttackError(f"batch_size must be an integer >= 1, got {batch_size}")
+    x, y = x.detach(), y.detach()
+    out = torch.zeros(len(grid), x.shape[0], dtype=torch.bool, device=x.device)
+    with eval_mode(model), fast_layout(model), torch.no_grad():
+        alive = torch.cat([
+            model(x[i : i + batch_size]).argmax(1) == y[i : i + batch_size]
+            for i in range(0, x.shape[0], batch_size)
+        ]) if x.shape[0] else torch.zeros(0, dtype=torch.bool, device=x.device)  # fmt: skip
+        current = x.clone()
+        for k, eps in enumerate(grid):
+            idx = alive.nonzero().flatten()
+            for i in range(0, idx.numel(), batch_size):
+                j = idx[i : i + batch_size]
+                if k == 0:
+                    adv = pgd(model, x[j], y[j], eps=eps, norm=norm, bounds=bounds,
+                              steps=first_steps, random_init=False, early_stop=True)  # fmt: skip
+                else:
+                    adv = pgd(model, x[j], y[j], eps=eps, norm=norm, bounds=bounds, steps=steps,
+                              step_size=step_fraction * eps, early_stop=True, x_init=current[j])  # fmt: skip
+                current[j] = adv
+                alive[j] = model(adv).argmax(1) == y[j]
+            out[k] = alive
+    return out
