@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 import torch
 
@@ -32,7 +34,7 @@ def test_curve_rows_are_monotone_and_start_below_clean(digits_module, batch):
         clean = digits_module(x).argmax(1) == y
     assert robust.shape == (len(GRID), len(x))
     assert not (robust[0] & ~clean).any()  # a misclassified point is never robust
-    for a, b in zip(robust, robust[1:], strict=False):
+    for a, b in itertools.pairwise(robust):
         assert not (b & ~a).any()  # robust at a larger ε implies robust at the smaller one
     curve = robust.float().mean(1)
     assert curve[-1] < curve[0] < clean.float().mean() + 1e-9

@@ -15,6 +15,7 @@ one PGD-20 evaluation at ε=0.1 and stay within 0.4 points of 10 independent PGD
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
 
 import torch
@@ -51,7 +52,7 @@ def pgd_curve(
     grid = [float(e) for e in eps_grid]
     if not grid:
         raise AttackError("eps_grid is empty: give at least one ε")
-    if any(b <= a for a, b in zip(grid, grid[1:], strict=False)):
+    if any(b <= a for a, b in itertools.pairwise(grid)):
         raise AttackError(f"eps_grid must be strictly increasing, got {list(eps_grid)}")
     for e in grid:
         norm = check_args(x, y, e, norm, bounds)
