@@ -117,7 +117,9 @@ class ExtractionConfig(_Strict):
     calibration_clients: int = Field(12, ge=1, description="simulated benign clients for δ")
     calibration_queries: int = Field(1000, ge=50, description="queries per simulated client")
     min_queries: int = Field(100, ge=20, description="distances needed before testing")
-    test_every: int = Field(1, ge=1, description="run the Shapiro–Wilk test every N queries")
+    test_every: int = Field(
+        5, ge=1, description="run the Shapiro–Wilk test every N queries (it costs ~1 ms)"
+    )
     history: int = Field(1000, ge=50, description="min distances kept per client (window)")
     growing_set: int = Field(200, ge=10, description="growing-set size kept per class")
     project_dim: int | None = Field(
