@@ -14,14 +14,6 @@ from bastion.errors import AttackError
 GRID = [0.02, 0.05, 0.1, 0.2]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def batch(digits):
     return digits.test.x[:150], digits.test.y[:150]

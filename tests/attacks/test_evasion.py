@@ -19,16 +19,6 @@ from bastion.attacks.evasion import (
     standard_ensemble,
 )
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: one thread is faster than two fighting over shared cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 EPS = 0.1
 FAST = {  # small budgets so the whole file stays quick on 2 cores
     "fgsm": {},

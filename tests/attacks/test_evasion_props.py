@@ -20,16 +20,6 @@ from bastion.attacks.evasion import (
 )
 from bastion.errors import AttackError
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: one thread is faster than two fighting over shared cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 CLASSES = 5
 
 
