@@ -70,7 +70,9 @@ def test_warm_start_is_projected_into_the_ball(digits_module, batch):
         ([0.1], {"steps": 0}, ">= 1"),
         ([0.1], {"step_fraction": 0.0}, r"step_fraction must be in \(0, 1\]"),
         ([0.1], {"batch_size": 0}, "batch_size"),
-        ([-0.1, 0.1], {}, "eps"),
+        ([-0.1, 0.1], {}, "every eps must be a non-negative number"),
+        ([0.1, float("nan")], {}, "every eps must be a non-negative number"),
+        (["a lot"], {}, "eps_grid must hold numbers"),
     ],
 )
 def test_curve_bad_arguments(digits_module, batch, grid, kw, match):
