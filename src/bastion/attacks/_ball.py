@@ -7,14 +7,99 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 
 from bastion.errors import AttackError
 
-Bounds = tuple[float, float]
 NORMS = ("inf", "2")
+
+
+@dataclass(frozen=True)
+class Box:
+    """The valid input region: per-feature lower and upper bounds ``lo``/``hi`` (tensors
+    broadcastable to one sample, e.g. shape () for images in [0, 1] or (D,) for a tabular
+    row) and an optional boolean ``frozen`` mask of features an attacker cannot change.
+
+    ``lo, hi = box`` unpacks the bounds, so a ``Box`` goes wherever a ``(low, high)`` pair
+    went. :meth:`clip` is the one projection every attack applies last."""
+
+    lo: torch.Tensor
+    hi: torch.Tensor
+    frozen: torch.Tensor | None = None
+
+    def __iter__(self) -> Iterator[torch.Tensor]:
+        yield self.lo
+        yield self.hi
+
+    def __len__(self) -> int:
+        return 2
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        return (self.lo, self.hi)[i]
+
+    @property
+    def span(self) -> float:
+        """The mean width ``hi − lo`` over features: a scalar scale for step-size defaults."""
+        return float((self.hi - self.lo).float().mean())
+
+    @property
+    def scalar(self) -> bool:
+        """True when the bounds are one (low, high) pair for every feature and nothing is frozen."""
+        return self.lo.numel() == 1 and self.hi.numel() == 1 and self.frozen is None
+
+    def to(self, like: torch.Tensor) -> Box:
+        """The box on ``like``'s device and dtype."""
+        frozen = None if self.frozen is None else self.frozen.to(like.device)
+        return Box(self.lo.to(like), self.hi.to(like), frozen)
+
+    def clip(self, t: torch.Tensor, ref: torch.Tensor | None = None) -> torch.Tensor:
+        """``t`` clamped into the bounds; frozen features reset to ``ref`` (the clean input)."""
+        lo, hi = self.lo.to(t), self.hi.to(t)
+        out = t.clamp(lo, hi)
+        if self.frozen is not None:
+            if ref is None:
+                raise AttackError("a box with frozen features needs the clean input to clip to")
+            out = torch.where(self.frozen.to(t.device), ref.to(t), out)
+        return out
+
+    def contains(self, x: torch.Tensor, tol: float = 1e-6) -> bool:
+        """Whether every value of the batch ``x`` lies within the bounds (up to ``tol``·span)."""
+        slack = tol * max(self.span, 1e-12)
+        lo, hi = self.lo.to(x), self.hi.to(x)
+        return bool(((x >= lo - slack) & (x <= hi + slack)).all())
+
+
+Bounds = tuple[float, float] | Box
+
+
+def as_box(bounds: Bounds) -> Box:
+    """A :class:`Box` from a ``(low, high)`` pair of numbers or tensors (a Box passes through)."""
+    if isinstance(bounds, Box):
+        return bounds
+    try:
+        lo, hi = bounds
+    except (TypeError, ValueError):
+        raise AttackError(f"bounds must be (low, high) or a Box, got {bounds!r}") from None
+    lo_t = torch.as_tensor(lo, dtype=torch.float32) if not isinstance(lo, torch.Tensor) else lo
+    hi_t = torch.as_tensor(hi, dtype=torch.float32) if not isinstance(hi, torch.Tensor) else hi
+    return Box(lo_t, hi_t)
+
+
+def clip(t: torch.Tensor, bounds: Bounds, ref: torch.Tensor | None = None) -> torch.Tensor:
+    """Clamp ``t`` into ``bounds`` (a pair or a :class:`Box`; frozen features from ``ref``)."""
+    if not isinstance(bounds, Box):
+        lo, hi = bounds
+        if not isinstance(lo, torch.Tensor) and not isinstance(hi, torch.Tensor):
+            return t.clamp(lo, hi)
+    return as_box(bounds).clip(t, ref)
+
+
+def span(bounds: Bounds) -> float:
+    """The mean width of ``bounds`` (a scalar, for step sizes and noise scales)."""
+    return as_box(bounds).span
 
 
 @contextmanager
@@ -49,8 +134,9 @@ def check_args(x: torch.Tensor, y: torch.Tensor, eps: float, norm: str, bounds: 
         raise AttackError(f"eps must be a non-negative number, got {eps!r}") from None
     if not math.isfinite(eps_f) or eps_f < 0:
         raise AttackError(f"eps must be a non-negative number, got {eps}")
-    if len(bounds) != 2 or not bounds[0] < bounds[1]:
-        raise AttackError(f"bounds must be (low, high) with low < high, got {bounds}")
+    box = as_box(bounds)
+    if not bool((box.lo <= box.hi).all()) or not box.span > 0:
+        raise AttackError(f"bounds must be (low, high) with low <= high and some width, got {bounds}")
     if x.ndim < 2:
         raise AttackError(f"x must be a batch of shape (N, ...), got shape {tuple(x.shape)}")
     if y.ndim != 1:
@@ -61,14 +147,14 @@ def check_args(x: torch.Tensor, y: torch.Tensor, eps: float, norm: str, bounds: 
         raise AttackError(f"x must be floating point, got {x.dtype}")
     if x.numel() and not torch.isfinite(x).all():
         raise AttackError("x contains NaN or Inf values: clean the inputs before attacking")
-    if x.numel():
+    if x.numel() and not box.contains(x):
         lo, hi = float(x.min()), float(x.max())
-        tol = 1e-6 * (bounds[1] - bounds[0])
-        if lo < bounds[0] - tol or hi > bounds[1] + tol:
-            raise AttackError(
-                f"x spans [{lo:.4g}, {hi:.4g}], outside bounds {tuple(bounds)}: "
-                "pass the data's bounds (Dataset.bounds)"
-            )
+        where = "bounds" if box.lo.numel() == 1 else "the per-feature bounds"
+        shown = f" {(float(box.lo), float(box.hi))}" if box.lo.numel() == 1 else ""
+        raise AttackError(
+            f"x spans [{lo:.4g}, {hi:.4g}], outside {where}{shown}: "
+            "pass the data's bounds (Dataset.box)"
+        )
     return canon
 
 

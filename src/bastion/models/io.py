@@ -13,7 +13,6 @@ import hashlib
 import importlib
 import json
 import pickle
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +21,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from bastion.errors import ModelError, UnsafeModelError
+from bastion.models.loaded import Capabilities, LoadedModel, artifact, file_sha256
 from bastion.models.zoo import ModelSpec, build_model
 
 WEIGHTS = "model.safetensors"
@@ -29,24 +29,7 @@ SPEC = "spec.json"
 PROVENANCE = "provenance.json"
 
 
-@dataclass
-class LoadedModel:
-    """A ready model plus what identifies it."""
-
-    module: nn.Module
-    name: str
-    sha256: str
-    spec: ModelSpec | None = None
-    path: Path | None = None
-    provenance: dict[str, Any] = field(default_factory=dict)
-
-
-def file_sha256(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+__all__ = ["LoadedModel", "file_sha256", "load_model", "save_model", "state_sha256"]
 
 
 def state_sha256(module: nn.Module) -> str:
@@ -130,7 +113,12 @@ def load_model(
         if wfile is not None:
             _apply_state(module, _load_state(wfile), wfile)
         module.eval()
-        return LoadedModel(module, entry_point, state_sha256(module), None, path)
+        return LoadedModel(
+            name=entry_point, sha256=state_sha256(module), form="entry-point", module=module,
+            capabilities=Capabilities(gradients=True, retrainable=True), path=path,
+            artifacts=[artifact(wfile, "weights")] if wfile is not None else [],
+            rebuild=lambda: load_entry_point(entry_point), entry_point=entry_point,
+        )
     if path is None or not path.exists():
         raise ModelError(f"model not found: {path}: pass a directory written by `bastion train`")
     if path.is_file():
@@ -153,7 +141,16 @@ def load_model(
     provenance = {}
     if (path / PROVENANCE).exists():
         provenance = json.loads((path / PROVENANCE).read_text())
-    return LoadedModel(module, path.name, file_sha256(wfile), spec, path, provenance)
+    return LoadedModel(
+        name=path.name, sha256=file_sha256(wfile), form="model-dir", module=module,
+        capabilities=Capabilities(
+            gradients=True, num_classes=spec.params.get("num_classes"),
+            input_shape=list(spec.params["input_shape"]) if "input_shape" in spec.params else None,
+            retrainable=True,
+        ),
+        artifacts=[artifact(wfile, "weights"), artifact(path / SPEC, "spec")],
+        spec=spec, path=path, provenance=provenance, rebuild=lambda: build_model(spec),
+    )
 
 
 def _apply_state(module: nn.Module, state: dict[str, torch.Tensor], source: Path) -> None:
