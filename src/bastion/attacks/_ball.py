@@ -136,7 +136,9 @@ def check_args(x: torch.Tensor, y: torch.Tensor, eps: float, norm: str, bounds: 
         raise AttackError(f"eps must be a non-negative number, got {eps}")
     box = as_box(bounds)
     if not bool((box.lo <= box.hi).all()) or not box.span > 0:
-        raise AttackError(f"bounds must be (low, high) with low <= high and some width, got {bounds}")
+        raise AttackError(
+            f"bounds must be (low, high) with low <= high and some width, got {bounds}"
+        )
     if x.ndim < 2:
         raise AttackError(f"x must be a batch of shape (N, ...), got shape {tuple(x.shape)}")
     if y.ndim != 1:

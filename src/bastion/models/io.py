@@ -114,10 +114,15 @@ def load_model(
             _apply_state(module, _load_state(wfile), wfile)
         module.eval()
         return LoadedModel(
-            name=entry_point, sha256=state_sha256(module), form="entry-point", module=module,
-            capabilities=Capabilities(gradients=True, retrainable=True), path=path,
+            name=entry_point,
+            sha256=state_sha256(module),
+            form="entry-point",
+            module=module,
+            capabilities=Capabilities(gradients=True, retrainable=True),
+            path=path,
             artifacts=[artifact(wfile, "weights")] if wfile is not None else [],
-            rebuild=lambda: load_entry_point(entry_point), entry_point=entry_point,
+            rebuild=lambda: load_entry_point(entry_point),
+            entry_point=entry_point,
         )
     if path is None or not path.exists():
         raise ModelError(f"model not found: {path}: pass a directory written by `bastion train`")
@@ -142,14 +147,21 @@ def load_model(
     if (path / PROVENANCE).exists():
         provenance = json.loads((path / PROVENANCE).read_text())
     return LoadedModel(
-        name=path.name, sha256=file_sha256(wfile), form="model-dir", module=module,
+        name=path.name,
+        sha256=file_sha256(wfile),
+        form="model-dir",
+        module=module,
         capabilities=Capabilities(
-            gradients=True, num_classes=spec.params.get("num_classes"),
+            gradients=True,
+            num_classes=spec.params.get("num_classes"),
             input_shape=list(spec.params["input_shape"]) if "input_shape" in spec.params else None,
             retrainable=True,
         ),
         artifacts=[artifact(wfile, "weights"), artifact(path / SPEC, "spec")],
-        spec=spec, path=path, provenance=provenance, rebuild=lambda: build_model(spec),
+        spec=spec,
+        path=path,
+        provenance=provenance,
+        rebuild=lambda: build_model(spec),
     )
 
 
