@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass, field
+from typing import cast
 
 import torch
 from pydantic import BaseModel
 
+from bastion.data.box import Box
+from bastion.data.spec import InputSpec, image_spec
 from bastion.errors import DataError
 
 
@@ -21,32 +24,79 @@ class DatasetManifest(BaseModel):
     shape: list[int]
     num_classes: int
     class_counts: dict[str, int]
-    bounds: tuple[float, float]
+    input_spec: InputSpec
     source: str
+
+
+def default_spec(x: torch.Tensor, bounds: tuple[float, float] | Box | None) -> InputSpec:
+    """The spec of data given without one: 4-D arrays are images (C, H, W) in ``bounds``
+    (default [0, 1]); anything else is tabular with the given per-feature bounds, or the
+    rows' own min/max."""
+    from bastion.data.spec import tabular_spec_from
+
+    if isinstance(bounds, Box):
+        lo, hi = bounds.lo.flatten().tolist(), bounds.hi.flatten().tolist()
+    elif bounds is not None:
+        lo, hi = [float(bounds[0])], [float(bounds[1])]
+    else:
+        lo = hi = None
+    if x.ndim == 4:
+        lo, hi = lo or [0.0], hi or [1.0]
+        if len(lo) == 1 and len(hi) == 1:
+            return image_spec(tuple(x.shape[1:]), bounds=(lo[0], hi[0]))
+        return InputSpec(
+            modality="image", shape=list(x.shape[1:]), lower=lo, upper=hi, bounds_source="given"
+        )
+    flat = x.reshape(x.shape[0], -1)
+    if lo is not None and len(lo) == 1:
+        lo, hi = lo * flat.shape[1], hi * flat.shape[1]
+    return tabular_spec_from(flat, lower=lo, upper=hi, integer=[])
 
 
 @dataclass(frozen=True)
 class Dataset:
-    """Images ``x`` of shape (N, C, H, W), float32 within ``bounds``; labels ``y`` int64."""
+    """Inputs ``x`` of shape (N, *spec.shape), float32 within the spec's per-feature bounds,
+    and int64 labels ``y``. Images are (N, C, H, W); tabular rows (N, D).
+
+    ``spec`` is the :class:`~bastion.data.spec.InputSpec`; without one it is derived from
+    ``x`` and ``bounds`` (see :func:`default_spec`). ``bounds`` is then always the spec's
+    :class:`~bastion.data.box.Box` (``lo, hi = data.bounds`` unpacks it)."""
 
     name: str
     x: torch.Tensor
     y: torch.Tensor
     class_names: list[str]
-    bounds: tuple[float, float] = (0.0, 1.0)
+    bounds: Box | tuple[float, float] | None = None
     source: str = ""
     split: str = "all"
+    spec: InputSpec | None = None
     _sha: list[str] = field(default_factory=list, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        validate_arrays(self.x, self.y, len(self.class_names), self.bounds, self.name)
+        spec = self.spec or default_spec(self.x, self.bounds)
+        object.__setattr__(self, "spec", spec)
+        object.__setattr__(self, "bounds", spec.box())
+        validate_arrays(self.x, self.y, len(self.class_names), spec, self.name)
 
     def __len__(self) -> int:
         return int(self.x.shape[0])
 
     @property
+    def input_spec(self) -> InputSpec:
+        return cast(InputSpec, self.spec)  # always set by __post_init__
+
+    @property
+    def box(self) -> Box:
+        """The valid input region (per-feature bounds and frozen features)."""
+        return self.input_spec.box()
+
+    @property
+    def modality(self) -> str:
+        return self.input_spec.modality
+
+    @property
     def shape(self) -> tuple[int, ...]:
-        """Shape of one sample, (C, H, W)."""
+        """Shape of one sample: (C, H, W) for images, (D,) for tabular rows."""
         return tuple(self.x.shape[1:])
 
     @property
@@ -60,9 +110,9 @@ class Dataset:
             x=self.x[index],
             y=self.y[index],
             class_names=self.class_names,
-            bounds=self.bounds,
             source=self.source,
             split=split or self.split,
+            spec=self.spec,
         )
 
     def head(self, n: int) -> Dataset:
@@ -87,7 +137,7 @@ class Dataset:
             shape=list(self.shape),
             num_classes=self.num_classes,
             class_counts={c: int(k) for c, k in zip(self.class_names, counts, strict=True)},
-            bounds=self.bounds,
+            input_spec=self.input_spec,
             source=self.source,
         )
 
@@ -105,10 +155,15 @@ class DataBundle:
 
 
 def validate_arrays(
-    x: torch.Tensor, y: torch.Tensor, num_classes: int, bounds: tuple[float, float], name: str
+    x: torch.Tensor, y: torch.Tensor, num_classes: int, spec: InputSpec, name: str
 ) -> None:
     """Raise :class:`DataError` naming the first problem with ``x``/``y``."""
-    if x.ndim != 4:
+    if list(x.shape[1:]) != list(spec.shape):
+        raise DataError(
+            f"{name}: samples have shape {tuple(x.shape[1:])} but the input spec says "
+            f"{tuple(spec.shape)}"
+        )
+    if spec.modality == "image" and x.ndim != 4:
         raise DataError(f"{name}: images must have shape (N, C, H, W), got {tuple(x.shape)}")
     if y.ndim != 1:
         raise DataError(f"{name}: labels must be one-dimensional, got shape {tuple(y.shape)}")
@@ -122,11 +177,23 @@ def validate_arrays(
         raise DataError(f"{name}: images must be floating point, got {x.dtype}")
     if not torch.isfinite(x).all():
         bad = int((~torch.isfinite(x)).flatten(1).any(1).sum())
-        raise DataError(f"{name}: {bad} image(s) contain NaN or Inf values")
-    lo, hi = bounds
-    if x.min() < lo - 1e-6 or x.max() > hi + 1e-6:
+        raise DataError(f"{name}: {bad} sample(s) contain NaN or Inf values")
+    lo, hi = spec.lower_tensor(), spec.upper_tensor()
+    below, above = x < lo - 1e-6 * (1 + lo.abs()), x > hi + 1e-6 * (1 + hi.abs())
+    if bool(below.any() or above.any()):
+        bad = (below | above).reshape(x.shape[0], -1).any(0).nonzero().flatten()
+        first = int(bad[0])
+        what = (
+            f"values span [{x.min():.4g}, {x.max():.4g}], outside [{float(lo):g}, {float(hi):g}]"
+            if lo.numel() == 1
+            else f"{len(bad)} feature(s) outside their bounds (first: feature {first}, "
+            f"values [{x.reshape(x.shape[0], -1)[:, first].min():.4g}, "
+            f"{x.reshape(x.shape[0], -1)[:, first].max():.4g}] vs "
+            f"[{lo.flatten()[first]:.4g}, {hi.flatten()[first]:.4g}])"
+        )
         raise DataError(
-            f"{name}: pixel values span [{x.min():.3g}, {x.max():.3g}], outside the bounds [{lo}, {hi}]"
+            f"{name}: {what}; give bounds that cover the data (--bounds FILE or "
+            "--lower/--upper), or --clip-to-bounds to clip the test rows"
         )
     if y.dtype != torch.int64:
         raise DataError(f"{name}: labels must be int64, got {y.dtype}")

@@ -3,21 +3,34 @@
 
 from __future__ import annotations
 
+import csv
+import zipfile
 from collections.abc import Callable
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import torch
+from pydantic import BaseModel, ConfigDict, Field
 
 from bastion.data.dataset import DataBundle, Dataset
 from bastion.data.idx import read_idx
+from bastion.data.spec import InputSpec
 from bastion.errors import DataError
 
 FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
 FASHION_CLASSES = [
-    "t-shirt/top", "trouser", "pullover", "dress", "coat",
-    "sandal", "shirt", "sneaker", "bag", "ankle boot",
-]  # fmt: skip
+    "t-shirt/top",
+    "trouser",
+    "pullover",
+    "dress",
+    "coat",
+    "sandal",
+    "shirt",
+    "sneaker",
+    "bag",
+    "ankle boot",
+]
 DIGIT_CLASSES = [str(i) for i in range(10)]
 IDX_FILES = {
     "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
@@ -82,36 +95,107 @@ def load_fashion_mnist(root: str | Path | None = None) -> DataBundle:
 
 def load_mnist(root: str | Path | None = None) -> DataBundle:
     if root is None:
-        raise DataError("MNIST needs --data-root: a folder with the four IDX files from "
-                        "http://yann.lecun.com/exdb/mnist/ (raw or .gz)")  # fmt: skip
+        raise DataError(
+            "MNIST needs --data-root: a folder with the four IDX files from "
+            "http://yann.lecun.com/exdb/mnist/ (raw or .gz)"
+        )
     return load_idx_folder(
-        root, name="mnist", class_names=DIGIT_CLASSES,
+        root,
+        name="mnist",
+        class_names=DIGIT_CLASSES,
         provider="download the four MNIST IDX files into that folder",
-    )  # fmt: skip
+    )
 
 
-def _as_images(x: np.ndarray, source: str) -> torch.Tensor:
+class DataOptions(BaseModel):
+    """How to read a user's array or CSV file (every field has a documented default).
+
+    - ``modality``: ``auto`` reads 2-D arrays as tabular rows, 3-D as greyscale images
+      (N, H, W) and 4-D as images; ``image``/``tabular`` force it (``shape`` reshapes flat
+      rows into images, e.g. ``[1, 8, 8]``).
+    - ``layout``: 4-D images are NCHW or NHWC; ``auto`` decides when only one of the two
+      readings has 1, 3 or 4 channels, and refuses when both do.
+    - ``scale``: divide every value by this (e.g. 255 for 8-bit pixels). Never applied unless
+      asked: an image format (IDX, the bundled sets) defines its own.
+    - ``lower``/``upper``: bounds, one value for all features or one per feature. Default:
+      images in [0, 1] (or [0, 255] for uint8 arrays), tabular the training rows' per-feature
+      min/max, widened to cover the test rows.
+    - ``integer``: ``auto`` (tabular columns whose values are all whole numbers), ``none``, or
+      flat feature indices; ``frozen``: feature indices an attacker cannot change.
+    - ``label_column`` (CSV): a header name or a 0-based index; default a column named
+      label/target/class/y, else the first.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    modality: Literal["auto", "image", "tabular"] = "auto"
+    shape: list[int] | None = None
+    layout: Literal["auto", "NCHW", "NHWC"] = "auto"
+    scale: float | None = Field(None, gt=0)
+    lower: list[float] | None = None
+    upper: list[float] | None = None
+    integer: Literal["auto", "none"] | list[int] = "auto"
+    frozen: list[int] = Field(default_factory=list)
+    label_column: str | int | None = None
+
+
+LABEL_NAMES = ("label", "target", "class", "y")
+CHANNELS = (1, 3, 4)
+
+
+def _to_nchw(t: torch.Tensor, layout: str, source: str) -> tuple[torch.Tensor, str]:
+    # A reading is plausible when its channel axis has 1, 3 or 4 entries and the image is at
+    # least that tall and wide: (N, 1, 4, 4) is NCHW, (N, 32, 32, 3) NHWC, (N, 4, 4, 4) either.
+    first = t.shape[1] in CHANNELS and min(t.shape[2], t.shape[3]) >= t.shape[1]
+    last = t.shape[3] in CHANNELS and min(t.shape[1], t.shape[2]) >= t.shape[3]
+    if layout == "auto":
+        if first and last:
+            raise DataError(
+                f"{source}: images of shape {tuple(t.shape)} could be NCHW or NHWC: "
+                "say which with --layout NCHW or --layout NHWC"
+            )
+        if not first and not last:
+            raise DataError(
+                f"{source}: images of shape {tuple(t.shape)} have no 1, 3 or 4 channel axis: "
+                "pass --layout NCHW or NHWC"
+            )
+        layout = "NCHW" if first else "NHWC"
+    if layout == "NHWC":
+        t = t.permute(0, 3, 1, 2).contiguous()
+    return t, layout
+
+
+def _features(x: np.ndarray, opts: DataOptions, source: str) -> tuple[torch.Tensor, str, str]:
+    """(tensor, modality, source layout) with no rescaling beyond ``opts.scale``."""
     if not np.issubdtype(x.dtype, np.number):
         raise DataError(f"{source}: x must be numeric, got dtype {x.dtype}")
     t = torch.as_tensor(np.asarray(x, dtype=np.float32))
-    if t.ndim == 2:  # flat vectors: square greyscale images if possible, else 1×1×D
-        side = int(round(t.shape[1] ** 0.5))
-        t = (
-            t.reshape(-1, 1, side, side)
-            if side * side == t.shape[1]
-            else t.reshape(-1, 1, 1, t.shape[1])
-        )
-    elif t.ndim == 3:
-        t = t.unsqueeze(1)
-    if (
-        torch.isfinite(t).all()
-        and t.numel()
-        and t.max() > 1.0
-        and t.max() <= 255.0
-        and t.min() >= 0
-    ):
-        t = t / 255.0
-    return t
+    if t.ndim < 2:
+        raise DataError(f"{source}: x must be (N, features) or images, got shape {tuple(t.shape)}")
+    if opts.scale is not None:
+        t = t / float(opts.scale)
+    modality = opts.modality
+    if modality == "auto":
+        modality = "tabular" if t.ndim == 2 else "image"
+    if modality == "tabular":
+        return t.reshape(t.shape[0], -1), "tabular", "flat"
+    if opts.shape is not None:
+        if int(np.prod(opts.shape)) != t[0].numel():
+            raise DataError(
+                f"{source}: cannot reshape samples of {t[0].numel()} values to {opts.shape}"
+            )
+        t = t.reshape(t.shape[0], *opts.shape)
+        if t.ndim == 3:
+            t = t.unsqueeze(1)
+        return t, "image", "NCHW"
+    if t.ndim == 2:
+        raise DataError(f"{source}: flat rows read as images need --shape C,H,W")
+    if t.ndim == 3:
+        return t.unsqueeze(1), "image", "NCHW"
+    if t.ndim != 4:
+        raise DataError(f"{source}: images must be (N, H, W) or 4-D, got shape {tuple(t.shape)}")
+    t, layout = _to_nchw(t, opts.layout, source)
+    return t, "image", layout
 
 
 def _as_labels(y: np.ndarray, source: str) -> torch.Tensor:
@@ -122,12 +206,88 @@ def _as_labels(y: np.ndarray, source: str) -> torch.Tensor:
         np.issubdtype(y.dtype, np.floating) and not np.all(np.mod(y, 1) == 0)
     ):
         raise DataError(f"{source}: y must hold integer class labels")
+    if y.size and y.min() < 0:
+        raise DataError(f"{source}: labels must be >= 0, found {int(y.min())}")
     return torch.as_tensor(y.astype(np.int64))
 
 
-def _bundle_from_arrays(
-    name: str, source: str, arrays: dict[str, np.ndarray], seed: int
+def _spec(
+    tensors: dict[str, tuple[torch.Tensor, torch.Tensor]],
+    modality: str,
+    layout: str,
+    opts: DataOptions,
+    raw_dtype: np.dtype,
+    feature_names: list[str] | None,
+) -> InputSpec:
+    train = tensors.get("train", tensors.get("all"))[0]
+    every = torch.cat([x for x, _ in tensors.values()])
+    if modality == "image":
+        if opts.lower is not None or opts.upper is not None:
+            lo = opts.lower or [float(every.min())]
+            hi = opts.upper or [float(every.max())]
+            return InputSpec(
+                modality="image",
+                shape=list(train.shape[1:]),
+                source_layout=layout,
+                lower=lo,
+                upper=hi,
+                bounds_source="given",
+                frozen=opts.frozen,
+            )
+        top = 255.0 if raw_dtype == np.uint8 and opts.scale is None else 1.0
+        return InputSpec(
+            modality="image",
+            shape=list(train.shape[1:]),
+            source_layout=layout,
+            lower=[0.0],
+            upper=[top],
+            bounds_source=f"image range [0, {top:g}]",
+            frozen=opts.frozen,
+        )
+    d = train.shape[1]
+    lo, hi = opts.lower, opts.upper
+    source = "given"
+    if lo is None or hi is None:
+        t_lo, t_hi = train.amin(0), train.amax(0)
+        e_lo, e_hi = every.amin(0), every.amax(0)
+        widened = bool((e_lo < t_lo).any() or (e_hi > t_hi).any())
+        lo = lo if lo is not None else e_lo.tolist()
+        hi = hi if hi is not None else e_hi.tolist()
+        source = "train-min-max" + (" widened to cover the test rows" if widened else "")
+    lo = lo * d if len(lo) == 1 else lo
+    hi = hi * d if len(hi) == 1 else hi
+    if opts.integer == "auto":
+        whole = (every == every.round()).all(0)
+        integer = [int(i) for i in whole.nonzero().flatten()]
+    elif opts.integer == "none":
+        integer = []
+    else:
+        integer = list(opts.integer)
+    try:
+        return InputSpec(
+            modality="tabular",
+            shape=[d],
+            source_layout="flat",
+            lower=lo,
+            upper=hi,
+            integer=sorted(integer),
+            frozen=sorted(opts.frozen),
+            feature_names=feature_names,
+            bounds_source=source,
+        )
+    except ValueError as exc:
+        raise DataError(f"invalid input spec: {exc}") from None
+
+
+def bundle_from_arrays(
+    name: str,
+    source: str,
+    arrays: dict[str, np.ndarray],
+    seed: int,
+    opts: DataOptions | None = None,
+    feature_names: list[str] | None = None,
 ) -> DataBundle:
+    opts = opts or DataOptions()
     if {"x_train", "y_train", "x_test", "y_test"} <= arrays.keys():
         parts = {s: (arrays[f"x_{s}"], arrays[f"y_{s}"]) for s in ("train", "test")}
     elif {"x", "y"} <= arrays.keys():
@@ -137,12 +297,22 @@ def _bundle_from_arrays(
             f"{source}: expected arrays x and y (or x_train, y_train, x_test, y_test), "
             f"found {sorted(arrays)}"
         )
-    tensors = {s: (_as_images(x, source), _as_labels(y, source)) for s, (x, y) in parts.items()}
+    tensors, modality, layout = {}, "tabular", "flat"
+    for s, (x, y) in parts.items():
+        xt, modality, layout = _features(x, opts, source)
+        tensors[s] = (xt, _as_labels(y, source))
     for x, y in tensors.values():
         if x.shape[0] != y.shape[0]:
             raise DataError(
-                f"{source}: {x.shape[0]} images but {y.shape[0]} labels (x/y length mismatch)"
+                f"{source}: {x.shape[0]} samples but {y.shape[0]} labels (x/y length mismatch)"
             )
+        if not torch.isfinite(x).all():
+            bad = int((~torch.isfinite(x)).reshape(x.shape[0], -1).any(1).sum())
+            raise DataError(f"{source}: {bad} sample(s) contain NaN or Inf values")
+    shapes = {tuple(x.shape[1:]) for x, _ in tensors.values()}
+    if len(shapes) > 1:
+        raise DataError(f"{source}: the splits have different sample shapes {sorted(shapes)}")
+    spec = _spec(tensors, modality, layout, opts, parts[next(iter(parts))][0].dtype, feature_names)
     num_classes = int(max(int(y.max()) for _, y in tensors.values()) + 1)
     if "class_names" in arrays:
         names = [str(c) for c in arrays["class_names"]]
@@ -150,18 +320,21 @@ def _bundle_from_arrays(
         names = [str(i) for i in range(max(num_classes, 2))]
     if "all" in tensors:
         x, y = tensors["all"]
-        full = Dataset(name, x, y, names, source=source)
+        full = Dataset(name, x, y, names, source=source, spec=spec)
         perm = torch.randperm(len(full), generator=torch.Generator().manual_seed(seed))
         cut = max(1, int(0.8 * len(full)))
         return DataBundle(full.subset(perm[:cut], "train"), full.subset(perm[cut:], "test"))
     return DataBundle(
-        *(Dataset(name, *tensors[s], names, source=source, split=s) for s in ("train", "test"))
+        *(
+            Dataset(name, *tensors[s], names, source=source, split=s, spec=spec)
+            for s in ("train", "test")
+        )
     )
 
 
-def load_npz(path: str | Path, *, seed: int = 0) -> DataBundle:
+def load_npz(path: str | Path, *, seed: int = 0, options: DataOptions | None = None) -> DataBundle:
     """A ``.npz`` with ``x``, ``y`` (split 80/20, seeded) or ``x_train``… ``y_test``;
-    optional ``class_names``. Pixels in [0, 255] are scaled to [0, 1]."""
+    optional ``class_names``. Values are read as they are (see :class:`DataOptions`)."""
     path = Path(path)
     try:
         with np.load(path, allow_pickle=False) as f:
@@ -170,26 +343,70 @@ def load_npz(path: str | Path, *, seed: int = 0) -> DataBundle:
         raise DataError(f"dataset file not found: {path}") from None
     except ValueError as exc:
         raise DataError(f"{path}: refusing to load pickled objects from .npz ({exc})") from None
-    except (OSError, EOFError) as exc:
+    except (OSError, EOFError, zipfile.BadZipFile) as exc:
         raise DataError(f"{path}: not a readable .npz file ({exc})") from None
-    return _bundle_from_arrays(path.stem, str(path), arrays, seed)
+    return bundle_from_arrays(path.stem, str(path), arrays, seed, options)
 
 
-def load_csv(path: str | Path, *, seed: int = 0) -> DataBundle:
-    """A CSV whose first column is the integer label and the rest the features."""
-    path = Path(path)
+def _is_number(v: str) -> bool:
     try:
-        table = np.loadtxt(path, delimiter=",", dtype=np.float64, ndmin=2)
+        float(v)
+    except ValueError:
+        return False
+    return True
+
+
+def load_csv(path: str | Path, *, seed: int = 0, options: DataOptions | None = None) -> DataBundle:
+    """A numeric CSV, with or without a header row. The label column is
+    ``options.label_column`` (a header name or 0-based index), else one named
+    label/target/class/y, else the first; every other column is a feature."""
+    path = Path(path)
+    opts = options or DataOptions()
+    try:
+        with path.open(newline="") as f:
+            rows = [r for r in csv.reader(f) if r and any(c.strip() for c in r)]
     except FileNotFoundError:
         raise DataError(f"dataset file not found: {path}") from None
-    except ValueError:
-        try:
-            table = np.loadtxt(path, delimiter=",", dtype=np.float64, ndmin=2, skiprows=1)
-        except ValueError as exc:
-            raise DataError(f"{path}: not a numeric CSV (label, features...): {exc}") from None
-    if table.shape[1] < 2:
+    except (OSError, UnicodeDecodeError) as exc:
+        raise DataError(f"{path}: not a readable CSV file ({exc})") from None
+    if not rows:
+        raise DataError(f"{path}: the CSV file is empty")
+    header = None if all(_is_number(c) for c in rows[0]) else [c.strip() for c in rows[0]]
+    body = rows[1:] if header else rows
+    width = len(rows[0])
+    if width < 2:
         raise DataError(f"{path}: need a label column and at least one feature column")
-    return _bundle_from_arrays(path.stem, str(path), {"x": table[:, 1:], "y": table[:, 0]}, seed)
+    col = _label_column(opts.label_column, header, width, path)
+    try:
+        table = np.array([[float(c) for c in r] for r in body], dtype=np.float64)
+    except ValueError as exc:
+        raise DataError(
+            f"{path}: not a numeric CSV ({exc}); encode categories as numbers"
+        ) from None
+    if table.ndim != 2 or table.shape[1] != width or not len(table):
+        raise DataError(f"{path}: every row needs {width} values, and at least one row")
+    features = [i for i in range(width) if i != col]
+    names = [header[i] for i in features] if header else None
+    arrays = {"x": table[:, features], "y": table[:, col]}
+    return bundle_from_arrays(path.stem, str(path), arrays, seed, opts, names)
+
+
+def _label_column(given: str | int | None, header: list[str] | None, width: int, path: Path) -> int:
+    if given is None:
+        if header:
+            for i, h in enumerate(header):
+                if h.lower() in LABEL_NAMES:
+                    return i
+        return 0
+    if isinstance(given, int) or str(given).lstrip("-").isdigit():
+        i = int(given)
+        i = i + width if i < 0 else i
+        if not 0 <= i < width:
+            raise DataError(f"{path}: label column {given} outside 0..{width - 1}")
+        return i
+    if header and given in header:
+        return header.index(str(given))
+    raise DataError(f"{path}: no column named {given!r} (header: {', '.join(header or [])})")
 
 
 _NAMED: dict[str, Callable[..., DataBundle]] = {
@@ -200,20 +417,31 @@ _NAMED: dict[str, Callable[..., DataBundle]] = {
 DATASET_NAMES = sorted(_NAMED)
 
 
-def load_dataset(spec: str, *, root: str | Path | None = None, seed: int = 0) -> DataBundle:
+def load_dataset(
+    spec: str,
+    *,
+    root: str | Path | None = None,
+    seed: int = 0,
+    options: DataOptions | None = None,
+) -> DataBundle:
     """Load a dataset by name or path: ``digits`` | ``fashion-mnist`` | ``mnist`` |
-    ``file.npz`` | ``file.csv`` | a folder of IDX files."""
+    ``file.npz`` | ``file.csv`` | a folder of IDX files. ``options`` (:class:`DataOptions`)
+    say how to read a user's .npz or CSV."""
     key = spec.lower().replace("_", "-")
     if key in _NAMED:
         return _NAMED[key](root=root, seed=seed)
     path = Path(spec)
     if path.suffix == ".npz":
-        return load_npz(path, seed=seed)
+        return load_npz(path, seed=seed, options=options)
     if path.suffix == ".csv":
-        return load_csv(path, seed=seed)
+        return load_csv(path, seed=seed, options=options)
     if path.is_dir():
-        return load_idx_folder(path, name=path.name, class_names=DIGIT_CLASSES,
-                               provider="expected the four MNIST-style IDX files")  # fmt: skip
+        return load_idx_folder(
+            path,
+            name=path.name,
+            class_names=DIGIT_CLASSES,
+            provider="expected the four MNIST-style IDX files",
+        )
     raise DataError(
         f"unknown dataset {spec!r}: use one of {', '.join(DATASET_NAMES)}, "
         "a .npz or .csv file, or a folder of IDX files"
