@@ -49,3 +49,7 @@ class StoreError(BastionError):
 
 class IntegrityError(BastionError):
     """A signature, hash chain or attestation does not verify."""
+
+
+class AssessmentError(BastionError):
+    """A model and its data cannot be assessed together (mismatch, model at chance)."""

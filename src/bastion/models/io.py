@@ -1,19 +1,27 @@
-"""Safe model I/O.
+"""Safe model I/O: :func:`load_model` detects the form of ``--model PATH`` and dispatches.
 
 A model directory holds ``spec.json`` (zoo name + params), ``model.safetensors`` and
 optionally ``provenance.json``. Pickled ``.pt``/``.pth`` files are loaded only through
 ``torch.load(weights_only=True)`` (an allowlist of tensor types) and only as state dicts;
 anything needing arbitrary unpickling is refused. A user's own architecture can come from
-a ``module:function`` entry point, which executes that user code on purpose.
+a ``module:function`` entry point, which executes that user code on purpose. Single files
+(TorchScript, ONNX: :mod:`bastion.models.forms_torch`; skops, XGBoost, LightGBM:
+:mod:`bastion.models.forms_trees`) are read by their own safe loaders, never unpickled.
 """
 
 from __future__ import annotations
 
 import hashlib
 import importlib
+import inspect
 import json
+import os
 import pickle
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import torch
@@ -21,12 +29,26 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from bastion.errors import ModelError, UnsafeModelError
-from bastion.models.loaded import Capabilities, LoadedModel, artifact, file_sha256
+from bastion.models import forms_torch, forms_trees
+from bastion.models.forms_torch import OnnxMode
+from bastion.models.loaded import (
+    Capabilities,
+    LoadedModel,
+    artifact,
+    artifacts_sha256,
+    file_sha256,
+)
 from bastion.models.zoo import ModelSpec, build_model
 
 WEIGHTS = "model.safetensors"
 SPEC = "spec.json"
 PROVENANCE = "provenance.json"
+WEIGHT_SUFFIXES = {".safetensors", ".pt", ".pth", ".bin"}
+ACCEPTED = (
+    "a model directory (spec.json + weights), --entry-point module:function with "
+    ".pt/.pth/.safetensors weights, TorchScript (.pt/.pth/.ts/.torchscript/.jit), ONNX (.onnx), "
+    "scikit-learn skops (.skops), XGBoost (.json/.ubj) or LightGBM (.txt/.lgb)"
+)
 
 
 __all__ = ["LoadedModel", "file_sha256", "load_model", "save_model", "state_sha256"]
@@ -82,52 +104,157 @@ def _load_state(path: Path) -> dict[str, torch.Tensor]:
     )
 
 
-def load_entry_point(target: str, **kwargs: Any) -> nn.Module:
-    """Import ``package.module:function`` and call it to build an ``nn.Module``.
-    This executes the user's code: only use entry points you trust."""
+@contextmanager
+def _cwd_on_path() -> Iterator[None]:
+    """The working directory first on the import path (if missing) while user code runs."""
+    cwd = os.getcwd()
+    added = cwd not in sys.path and "" not in sys.path
+    if added:
+        sys.path.insert(0, cwd)
+    try:
+        yield
+    finally:
+        if added and cwd in sys.path:
+            sys.path.remove(cwd)
+
+
+def _build_entry_point(target: str, **kwargs: Any) -> tuple[nn.Module, ModuleType]:
+    """Import ``package.module:function``, call it, and return the module it built and the
+    Python module it came from. The working directory is on the import path meanwhile."""
     if ":" not in target:
         raise ModelError(f"entry point {target!r} must look like 'package.module:function'")
     mod_name, fn_name = target.split(":", 1)
-    try:
-        fn = getattr(importlib.import_module(mod_name), fn_name)
-    except (ImportError, AttributeError) as exc:
-        raise ModelError(f"cannot import entry point {target!r}: {exc}") from None
-    module = fn(**kwargs)
+    with _cwd_on_path():
+        importlib.invalidate_caches()  # a module written since the last import
+        try:
+            mod = importlib.import_module(mod_name)
+            fn = getattr(mod, fn_name)
+        except (ImportError, AttributeError) as exc:
+            raise ModelError(
+                f"cannot import entry point {target!r}: {exc} (run from the directory holding "
+                "the module, or put its package on PYTHONPATH)"
+            ) from None
+        module = fn(**kwargs)
     if not isinstance(module, nn.Module):
         raise ModelError(
             f"entry point {target!r} returned {type(module).__name__}, not an nn.Module"
         )
-    return module
+    return module, mod
+
+
+def load_entry_point(target: str, **kwargs: Any) -> nn.Module:
+    """Import ``package.module:function`` and call it to build an ``nn.Module``.
+    This executes the user's code: only use entry points you trust."""
+    return _build_entry_point(target, **kwargs)[0]
+
+
+def _source_file(mod: ModuleType) -> Path | None:
+    """The ``.py`` file a module was imported from, if any."""
+    try:
+        src = inspect.getsourcefile(mod)
+    except TypeError:  # a built-in module
+        return None
+    return Path(src) if src and Path(src).is_file() else None
+
+
+def _entry_point_model(
+    entry_point: str, path: Path | None, weights: str | Path | None
+) -> LoadedModel:
+    """The user's architecture from ``entry_point`` with weights from ``weights``, a weights
+    file given as ``path``, or ``model.safetensors`` in the directory ``path``."""
+    module, mod = _build_entry_point(entry_point)
+    wfile = Path(weights) if weights else None
+    if wfile is None and path is not None:
+        if path.is_dir():
+            wfile = path / WEIGHTS if (path / WEIGHTS).exists() else None
+        elif path.is_file() and path.suffix in WEIGHT_SUFFIXES:
+            wfile = path
+        elif path.is_file():
+            raise ModelError(
+                f"{path}: with --entry-point the model path must be a weights file "
+                f"({', '.join(sorted(WEIGHT_SUFFIXES))}) or a directory holding {WEIGHTS}"
+            )
+        else:
+            raise ModelError(f"weights not found: {path}")
+    artifacts = []
+    if wfile is not None:
+        if not wfile.is_file():
+            raise ModelError(f"weights not found: {wfile}")
+        _apply_state(module, _load_state(wfile), wfile)
+        artifacts.append(artifact(wfile, "weights"))
+    notes = []
+    source = _source_file(mod)
+    if source is not None:
+        artifacts.append(artifact(source, "source"))
+    else:
+        notes.append("the entry point's source file could not be found: not hashed")
+    module.eval()
+    return LoadedModel(
+        name=entry_point,
+        sha256=artifacts_sha256(artifacts),
+        form="entry-point",
+        module=module,
+        capabilities=Capabilities(gradients=True, retrainable=True),
+        path=path,
+        artifacts=artifacts,
+        provenance={"state_sha256": state_sha256(module)},
+        rebuild=lambda: load_entry_point(entry_point),
+        entry_point=entry_point,
+        notes=notes,
+    )
 
 
 def load_model(
-    path: str | Path, *, entry_point: str | None = None, weights: str | Path | None = None
+    path: str | Path | None,
+    *,
+    entry_point: str | None = None,
+    weights: str | Path | None = None,
+    onnx_mode: OnnxMode = "auto",
+    trusted: list[str] | None = None,
 ) -> LoadedModel:
-    """Load a model directory (spec.json + weights), or an entry point with optional weights."""
+    """Load any supported model form, detected from ``path``.
+
+    A model directory (spec.json + weights); an ``entry_point`` (``module:function``) with
+    optional weights (``weights``, or ``path`` naming a .pt/.pth/.safetensors file); a
+    TorchScript archive; an ONNX graph (``onnx_mode``: ``auto`` converts to torch and falls
+    back to onnxruntime, ``torch`` or ``runtime`` force one); a skops file (``trusted`` names
+    types outside skops' allowlist); an XGBoost .json/.ubj or LightGBM .txt/.lgb booster."""
     path = Path(path) if path else None
     if entry_point:
-        module = load_entry_point(entry_point)
-        wfile = Path(weights) if weights else None
-        if wfile is None and path is not None and path.is_dir() and (path / WEIGHTS).exists():
-            wfile = path / WEIGHTS
-        if wfile is not None:
-            _apply_state(module, _load_state(wfile), wfile)
-        module.eval()
-        return LoadedModel(
-            name=entry_point,
-            sha256=state_sha256(module),
-            form="entry-point",
-            module=module,
-            capabilities=Capabilities(gradients=True, retrainable=True),
-            path=path,
-            artifacts=[artifact(wfile, "weights")] if wfile is not None else [],
-            rebuild=lambda: load_entry_point(entry_point),
-            entry_point=entry_point,
-        )
+        return _entry_point_model(entry_point, path, weights)
     if path is None or not path.exists():
-        raise ModelError(f"model not found: {path}: pass a directory written by `bastion train`")
-    if path.is_file():
-        raise ModelError(f"{path} is a file: pass the model directory holding {SPEC} and weights")
+        raise ModelError(f"model not found: {path}: pass {ACCEPTED}")
+    if path.is_dir():
+        return _load_model_dir(path, weights)
+    suffix = path.suffix.lower()
+    if suffix in {".pt", ".pth"}:
+        if forms_torch.is_torchscript(path):
+            return forms_torch.load_torchscript(path)
+        _load_state(path)  # refuses a pickle outside the tensor allowlist
+        raise ModelError(
+            f"{path} holds a state dict (weights only): pass --entry-point module:function "
+            "naming a function that builds the architecture"
+        )
+    if suffix in forms_torch.TORCHSCRIPT_SUFFIXES:
+        return forms_torch.load_torchscript(path)
+    if suffix == ".onnx":
+        return forms_torch.load_onnx(path, onnx_mode)
+    if suffix == ".skops":
+        return forms_trees.load_skops(path, trusted)
+    if suffix == ".ubj" or (suffix == ".json" and forms_trees.is_xgboost_json(path)):
+        return forms_trees.load_xgboost(path)
+    if suffix == ".lgb" or (suffix == ".txt" and forms_trees.lightgbm_header(path) is not None):
+        return forms_trees.load_lightgbm(path)
+    if suffix in WEIGHT_SUFFIXES:
+        raise ModelError(
+            f"{path} holds weights only: pass --entry-point module:function to build the "
+            f"architecture, or put it in a model directory with {SPEC}"
+        )
+    raise ModelError(f"{path}: unrecognised model file ({suffix or 'no suffix'}): pass {ACCEPTED}")
+
+
+def _load_model_dir(path: Path, weights: str | Path | None) -> LoadedModel:
+    """A directory written by ``bastion train``: spec.json, weights, provenance.json."""
     if not (path / SPEC).exists():
         raise ModelError(f"{path}: no {SPEC}; use --entry-point module:function for a custom model")
     try:
