@@ -30,7 +30,16 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from bastion.attacks._ball import Bounds, check_args, check_budget, eval_mode, expand, noise
+from bastion.attacks._ball import (
+    Bounds,
+    Box,
+    check_args,
+    check_budget,
+    clip,
+    eval_mode,
+    expand,
+    noise,
+)
 from bastion.errors import AttackError
 
 LossFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor | None], torch.Tensor]
@@ -57,6 +66,14 @@ def dlr_loss(
     return -(zy - zt) / (zs[:, -1] - 0.5 * (zs[:, -3] + zs[:, -4]) + 1e-12)
 
 
+def mask_frozen(grad: torch.Tensor, bounds: Bounds) -> torch.Tensor:
+    """``grad`` with the frozen features of a :class:`Box` zeroed (unchanged otherwise), so a
+    normalised step spends its whole budget on the features an attacker may change."""
+    if isinstance(bounds, Box) and bounds.frozen is not None:
+        return grad.masked_fill(bounds.frozen.to(grad.device), 0)
+    return grad
+
+
 def _loss_grad(
     model: nn.Module, x: torch.Tensor, y: torch.Tensor, target: torch.Tensor | None, loss_fn: LossFn
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -79,7 +96,7 @@ def _start(
     else:
         t = noise(x.shape, "randn", gen, x.device, x.dtype)
         scale = t.flatten(1).norm(dim=1)
-    return (x + eps * t / (expand(scale, x) + 1e-12)).clamp(*bounds)
+    return clip(x + eps * t / (expand(scale, x) + 1e-12), bounds, ref=x)
 
 
 def _to_ball(
@@ -87,10 +104,10 @@ def _to_ball(
 ) -> torch.Tensor:
     """Project ``z`` onto the ε-ball around ``x`` intersected with the box ``bounds``."""
     if norm == "inf":
-        return torch.minimum(torch.maximum(z, x - eps), x + eps).clamp(*bounds)
+        return clip(torch.minimum(torch.maximum(z, x - eps), x + eps), bounds, ref=x)
     d = z - x
     n = expand(d.flatten(1).norm(dim=1), x)
-    return (x + d / (n + 1e-12) * n.clamp(max=eps)).clamp(*bounds)
+    return clip(x + d / (n + 1e-12) * n.clamp(max=eps), bounds, ref=x)
 
 
 def _direction(grad: torch.Tensor, norm: str) -> torch.Tensor:
@@ -153,9 +170,8 @@ def _run(
         with torch.no_grad():
             xa, xo, xc = s["x_adv"], s["x_old"], s["x"]
             momentum = 0.75 if i > 0 else 1.0
-            z = _to_ball(
-                xc, xa + expand(s["step"], xa) * _direction(s["grad"], norm), eps, norm, bounds
-            )
+            direction = _direction(mask_frozen(s["grad"], bounds), norm)
+            z = _to_ball(xc, xa + expand(s["step"], xa) * direction, eps, norm, bounds)
             z = _to_ball(
                 xc, xa + (z - xa) * momentum + (xa - xo) * (1 - momentum), eps, norm, bounds
             )

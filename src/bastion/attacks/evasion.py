@@ -1,9 +1,11 @@
 """White-box evasion attacks: plain functions over tensors.
 
-Every attack takes ``model`` and a batch ``x`` (N, C, H, W) with labels ``y`` at call
-time, hyperparameters keyword-only, returns ``x_adv`` with ``‖x_adv − x‖ ≤ eps`` and
-``x_adv`` within ``bounds``. The model is put in eval mode and its mode restored after.
-Everything stays in torch on the inputs' device.
+Every attack takes ``model`` and a batch ``x`` (N, ...) — images (N, C, H, W) or feature
+vectors (N, D) — with labels ``y`` at call time, hyperparameters keyword-only, returns
+``x_adv`` with ``‖x_adv − x‖ ≤ eps`` and ``x_adv`` within ``bounds``: a ``(low, high)`` pair
+or a per-feature :class:`Box`, whose frozen features keep their clean values. The model is
+put in eval mode and its mode restored after. Everything stays in torch on the inputs'
+device.
 
 - :func:`fgsm` — FGSM / fast gradient method (Goodfellow et al. 2015).
 - :func:`pgd` — PGD with random start and restarts, L∞ or L2 (Madry et al. 2018).
@@ -32,6 +34,7 @@ from bastion.attacks._apgd import (
     apgd_targeted,
     check_apgd,
     dlr_loss,
+    mask_frozen,
     standard_ensemble,
 )
 from bastion.attacks._ball import (
@@ -66,6 +69,8 @@ __all__ = [
     "dlr_loss",
     "eval_mode",
     "fgsm",
+    "limits",
+    "mask_frozen",
     "pgd",
     "project",
     "random_start",
@@ -73,7 +78,32 @@ __all__ = [
     "span",
     "standard_ensemble",
     "steepest_step",
+    "width",
 ]
+
+
+def limits(
+    bounds: Bounds, like: torch.Tensor
+) -> tuple[float, float] | tuple[torch.Tensor, torch.Tensor]:
+    """``(lo, hi)`` of ``bounds`` ready for arithmetic with ``like``: the plain numbers of a
+    ``(low, high)`` pair of floats (the fast path, bit-identical to before), else the Box's
+    tensors on ``like``'s device and dtype (broadcastable to one sample)."""
+    if not isinstance(bounds, Box):
+        lo, hi = bounds
+        if not isinstance(lo, torch.Tensor) and not isinstance(hi, torch.Tensor):
+            return float(lo), float(hi)
+    box = as_box(bounds).to(like)
+    return box.lo, box.hi
+
+
+def width(bounds: Bounds) -> float:
+    """A scalar scale of ``bounds``: ``high − low`` for a pair of numbers, else the Box's
+    mean width (:func:`span`)."""
+    if not isinstance(bounds, Box):
+        lo, hi = bounds
+        if not isinstance(lo, torch.Tensor) and not isinstance(hi, torch.Tensor):
+            return float(hi) - float(lo)
+    return span(bounds)
 
 
 def fgsm(
@@ -96,8 +126,8 @@ def fgsm(
         with torch.enable_grad():
             loss = F.cross_entropy(model(x0), y, reduction="sum")
             (grad,) = torch.autograd.grad(loss, x0)
-    step = steepest_step(grad, norm) * (-eps if targeted else eps)
-    return (x.detach() + project(step, eps, norm)).clamp(*bounds)
+    step = steepest_step(mask_frozen(grad, bounds), norm) * (-eps if targeted else eps)
+    return clip(x.detach() + project(step, eps, norm), bounds, ref=x.detach())
 
 
 def _success(logits: torch.Tensor, y: torch.Tensor, targeted: bool) -> torch.Tensor:
@@ -127,7 +157,7 @@ def _pgd_run(
         delta = project(x_init.detach() - x, eps, norm)
     else:
         delta = random_start(x, eps, norm, generator) if random_init else torch.zeros_like(x)
-    adv = (x + delta).clamp(*bounds)
+    adv = clip(x + delta, bounds, ref=x)
     success = torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
     active = torch.arange(x.shape[0], device=x.device)
     cur, xa, ya = adv.clone(), x, y
@@ -154,9 +184,8 @@ def _pgd_run(
                     )
                     if active.numel() == 0:
                         break
-            cur = (xa + project(cur + sign * steepest_step(grad, norm) - xa, eps, norm)).clamp(
-                *bounds
-            )
+            step = sign * steepest_step(mask_frozen(grad, bounds), norm)
+            cur = clip(xa + project(cur + step - xa, eps, norm), bounds, ref=xa)
     if active.numel():
         with torch.no_grad():
             adv[active] = cur
@@ -306,6 +335,7 @@ def robust_mask(
     bounds: Bounds = (0.0, 1.0),
     batch_size: int = 256,
     early_stop: bool = True,
+    post: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
     **kw: Any,
 ) -> torch.Tensor:
     """Per-point robustness under ``attack`` at ``eps``: a bool tensor (N,) on ``x``'s device,
@@ -319,6 +349,12 @@ def robust_mask(
     point is checked with one more forward pass. On CPU the convolution weights are held
     channels-last for the duration (:func:`fast_layout`). ``kw`` goes to the attack
     (``steps``, ``restarts``, ``generator`` and the attack-specific extras of ``ATTACKS``).
+
+    ``post(adv, x_clean)``, when given, maps the attack's points (and the clean rows they came
+    from, same shape) to the points actually judged, before the final robustness check: e.g.
+    rounding integer features back to integers or re-applying domain constraints. A point
+    counts as fooled only if its post-processed version is misclassified; ``post`` must keep
+    the shape (it is not re-projected, so keep its output within ``bounds`` and ε yourself).
 
     To trace a robustness curve cheaply, call it for increasing ε on the survivors of the
     previous ε only: a point fooled at ε stays fooled at any larger ε."""
@@ -350,8 +386,18 @@ def robust_mask(
             if float(eps) == 0:
                 mask[i + idx] = True
                 continue
-            adv = fn(model, xb[idx], yb[idx], eps=eps, norm=norm, bounds=bounds,
-                     early_stop=early_stop, **kw)  # fmt: skip
+            xs = xb[idx]
+            adv = fn(
+                model, xs, yb[idx], eps=eps, norm=norm, bounds=bounds, early_stop=early_stop, **kw
+            )
+            if post is not None:
+                adv = post(adv, xs)
+                if not isinstance(adv, torch.Tensor) or adv.shape != xs.shape:
+                    got = tuple(adv.shape) if isinstance(adv, torch.Tensor) else type(adv).__name__
+                    raise AttackError(
+                        f"post must return a tensor shaped like its input {tuple(xs.shape)}, "
+                        f"got {got}"
+                    )
             mask[i + idx] = model(adv).argmax(1) == yb[idx]
     log.debug("robust_mask %s eps=%s: %d/%d robust", attack, eps, int(mask.sum()), len(mask))
     return mask

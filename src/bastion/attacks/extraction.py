@@ -5,18 +5,28 @@ IJCNN 2018): query the victim on a *transfer set* and train a copy on its answer
 (probabilities when the target gives scores, labels otherwise). Query sources:
 
 - ``"pool"``: held-out in-distribution data the attacker owns, in random order; a budget
-  larger than the pool is filled with augmented copies (±1 pixel shift, Gaussian noise
-  σ = 0.05 of the value range), each a new query.
+  larger than the pool is filled with augmented copies (±1 pixel shift for images, Gaussian
+  noise σ = 0.05 of the value range, per feature for a per-feature box), each a new query.
 - ``"transformed"``: another distribution made from the pool: every image rotated by a
   random multiple of 90°, transposed and intensity-inverted with probability ½ each, and
   half of them blended with another pool image (weight uniform in [0.3, 0.7]). For digits or
-  Fashion-MNIST these no longer look like the task's classes.
-- ``"noise"``: uniform noise in the value range (the weakest attacker).
+  Fashion-MNIST these no longer look like the task's classes. Feature vectors (N, D) (any
+  input that is not (N, C, H, W)) get the feature-wise analogue: each feature taken from a
+  random other pool row with probability ½ (the product of the marginals, breaking the
+  correlations), reflected within its bounds (``lo + hi − x``) for half the rows, and half
+  of the rows blended with another pool row.
+- ``"noise"``: uniform noise in the value range, per feature within a per-feature box (the
+  weakest attacker).
 - ``"jacobian"``: Jacobian-based dataset augmentation (Papernot et al., "Practical Black-Box
   Attacks against Machine Learning", AsiaCCS 2017): a small seed from the pool (at most 150
   images, as in the paper), then rounds that double the set with ``x + λ·sign(∇ₓ F[O(x)](x))``
-  on the current surrogate F (λ = 0.1 of the range, its sign flipped every τ = 3 rounds),
-  retraining after each round, until the budget is spent.
+  on the current surrogate F (λ = 0.1 of the range, of each feature's range for a
+  per-feature box; its sign flipped every τ = 3 rounds), retraining after each round, until
+  the budget is spent.
+
+``bounds`` is a ``(low, high)`` pair or a per-feature :class:`~bastion.attacks.evasion.Box`;
+every query lies within it, and a box's frozen features keep the value of the pool row a
+query was made from (of a random pool row, for noise).
 
 Fidelity is agreement between surrogate and victim labels on held-out data; the surrogate
 then serves transfer attacks (PGD on the surrogate, evaluated on the victim).
@@ -34,7 +44,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from bastion.attacks.evasion import Bounds, eval_mode, pgd
+from bastion.attacks._ball import expand
+from bastion.attacks.evasion import Bounds, Box, clip, eval_mode, limits, pgd
 from bastion.attacks.targets import QueryTarget, as_labels, as_target, refused
 from bastion.errors import AttackError, NotFittedError
 
@@ -56,10 +67,17 @@ def _shift(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     return padded[idx, ch, rows[:, None, :, None], cols[:, None, None, :]]
 
 
+def _is_image(x: torch.Tensor) -> bool:
+    return x.ndim == 4
+
+
 def augment(x: torch.Tensor, *, bounds: Bounds, generator: torch.Generator) -> torch.Tensor:
-    """Mild augmentation: ±1 pixel shifts and Gaussian noise of σ = 0.05 of the range."""
-    noise = torch.randn(x.shape, generator=generator).to(x.device) * 0.05 * (bounds[1] - bounds[0])
-    return (_shift(x, generator) + noise).clamp(*bounds)
+    """Mild augmentation: ±1 pixel shifts (images only) and Gaussian noise of σ = 0.05 of the
+    range (of each feature's range for a per-feature box); frozen features stay as in ``x``."""
+    lo, hi = limits(bounds, x)
+    noise = torch.randn(x.shape, generator=generator).to(x.device) * 0.05 * (hi - lo)
+    moved = _shift(x, generator) if _is_image(x) else x
+    return clip(moved + noise, bounds, ref=x)
 
 
 def pool_queries(
@@ -79,8 +97,11 @@ def transformed_queries(
     pool: torch.Tensor, n: int, *, bounds: Bounds, generator: torch.Generator
 ) -> torch.Tensor:
     """``n`` queries from another distribution made from the pool (see the module docstring)."""
-    lo, hi = bounds
+    if not _is_image(pool):
+        return _transformed_vectors(pool, n, bounds=bounds, generator=generator)
+    lo, hi = limits(bounds, pool)
     x = pool[torch.randint(0, pool.shape[0], (n,), generator=generator).to(pool.device)]
+    base = x.clone() if isinstance(bounds, Box) and bounds.frozen is not None else x
     square = x.shape[-1] == x.shape[-2]
     if square:
         k = torch.randint(0, 4, (n,), generator=generator)
@@ -94,15 +115,40 @@ def transformed_queries(
     other = pool[torch.randint(0, pool.shape[0], (n,), generator=generator).to(pool.device)]
     lam = 0.3 + 0.4 * torch.rand(n, generator=generator).to(x.device)
     mix = (torch.rand(n, generator=generator) < 0.5).to(x.device)
-    lam = torch.where(mix, lam, torch.ones_like(lam)).view(-1, 1, 1, 1)
-    return (lam * x + (1 - lam) * other).clamp(lo, hi)
+    lam = expand(torch.where(mix, lam, torch.ones_like(lam)), x)
+    return clip(lam * x + (1 - lam) * other, bounds, ref=base)
+
+
+def _transformed_vectors(
+    pool: torch.Tensor, n: int, *, bounds: Bounds, generator: torch.Generator
+) -> torch.Tensor:
+    """The feature-wise "transformed" source for vectors (N, ...) (module docstring)."""
+    lo, hi = limits(bounds, pool)
+    m, dev = pool.shape[0], pool.device
+    base = pool[torch.randint(0, m, (n,), generator=generator).to(dev)]
+    flat = pool.flatten(1)
+    # each feature from a random pool row with probability 1/2 (product of the marginals)
+    rows = torch.randint(0, m, (n, flat.shape[1]), generator=generator).to(dev)
+    shuffled = flat.gather(0, rows).view_as(base)
+    swap = (torch.rand(base.shape, generator=generator) < 0.5).to(dev)
+    x = torch.where(swap, shuffled, base)
+    flip = expand((torch.rand(n, generator=generator) < 0.5).to(dev), x)
+    x = torch.where(flip, lo + hi - x, x)
+    other = pool[torch.randint(0, m, (n,), generator=generator).to(dev)]
+    lam = 0.3 + 0.4 * torch.rand(n, generator=generator).to(dev)
+    mix = (torch.rand(n, generator=generator) < 0.5).to(dev)
+    lam = expand(torch.where(mix, lam, torch.ones_like(lam)), x)
+    return clip(lam * x + (1 - lam) * other, bounds, ref=base)
 
 
 def noise_queries(
     shape: tuple[int, ...], n: int, *, bounds: Bounds, generator: torch.Generator
 ) -> torch.Tensor:
-    """``n`` uniform-noise queries in ``bounds``."""
-    return bounds[0] + (bounds[1] - bounds[0]) * torch.rand((n, *shape), generator=generator)
+    """``n`` uniform-noise queries in ``bounds`` (per feature for a per-feature box; frozen
+    features are not kept: :func:`draw_queries` copies them from random pool rows)."""
+    u = torch.rand((n, *shape), generator=generator)
+    lo, hi = limits(bounds, u)
+    return lo + (hi - lo) * u
 
 
 def draw_queries(
@@ -114,9 +160,12 @@ def draw_queries(
     if source == "transformed":
         return transformed_queries(pool, n, bounds=bounds, generator=generator)
     if source == "noise":
-        return noise_queries(tuple(pool.shape[1:]), n, bounds=bounds, generator=generator).to(
-            pool.device
-        )
+        x = noise_queries(tuple(pool.shape[1:]), n, bounds=bounds, generator=generator)
+        x = x.to(pool.device)
+        if isinstance(bounds, Box) and bounds.frozen is not None:
+            ref = pool[torch.randint(0, pool.shape[0], (n,), generator=generator).to(pool.device)]
+            x = clip(x, bounds, ref=ref)
+        return x
     raise AttackError(f"unknown query source {source!r}: choose from {', '.join(SOURCES[:3])}")
 
 
@@ -194,14 +243,19 @@ def predict_labels(model: nn.Module, x: torch.Tensor, batch_size: int = 1024) ->
 
 
 def _jacobian_step(
-    model: nn.Module, x: torch.Tensor, labels: torch.Tensor, lam: float, bounds: Bounds
+    model: nn.Module,
+    x: torch.Tensor,
+    labels: torch.Tensor,
+    lam: float | torch.Tensor,
+    bounds: Bounds,
 ) -> torch.Tensor:
-    """x + λ·sign(∂F_label/∂x) on the surrogate F (Papernot et al. 2017, eq. 4)."""
+    """x + λ·sign(∂F_label/∂x) on the surrogate F (Papernot et al. 2017, eq. 4); ``lam`` may
+    be per feature (broadcastable to one sample). Frozen features do not move."""
     with eval_mode(model):
         xg = x.detach().clone().requires_grad_(True)
         out = F.log_softmax(model(xg), dim=1).gather(1, labels[:, None]).sum()
         (grad,) = torch.autograd.grad(out, xg)
-    return (x + lam * grad.sign()).clamp(*bounds).detach()
+    return clip(x + lam * grad.sign(), bounds, ref=x).detach()
 
 
 Train = Callable[..., nn.Module]
@@ -234,7 +288,8 @@ def _grow(
     x = pool[torch.randperm(pool.shape[0], generator=gen)[:seed_n].to(pool.device)]
     answers = target(x)
     model = train(model, x, answers)
-    rho, step = 0, lam * (bounds[1] - bounds[0])
+    lo, hi = limits(bounds, pool)
+    rho, step = 0, lam * (hi - lo)
     for b in budgets:
         while x.shape[0] < b:
             take = min(x.shape[0], b - x.shape[0])
@@ -299,8 +354,11 @@ class ModelExtraction:
             )
         if not budgets or min(budgets) < 1:
             raise AttackError(f"query budgets must be >= 1, got {budgets}")
-        if pool.ndim != 4 or pool.shape[0] == 0:
-            raise AttackError("the attacker's pool must be a non-empty image batch (N, C, H, W)")
+        if pool.ndim < 2 or pool.shape[0] == 0:
+            raise AttackError(
+                "the attacker's pool must be a non-empty image batch (N, C, H, W) or a batch of "
+                "feature vectors (N, D)"
+            )
 
     def steps(
         self, target: QueryTarget | nn.Module, pool: torch.Tensor, budgets: list[int]

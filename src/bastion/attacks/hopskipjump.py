@@ -1,5 +1,7 @@
 """HopSkipJump (Chen, Jordan & Wainwright, "HopSkipJumpAttack: a query-efficient
-decision-based attack", IEEE S&P 2020), L2 and L∞, labels only.
+decision-based attack", IEEE S&P 2020), L2 and L∞, labels only. Inputs are any batch
+(N, ...), images or feature vectors (N, D); ``bounds`` a ``(low, high)`` pair or a
+per-feature :class:`~bastion.attacks.evasion.Box` whose frozen features never move.
 
 Start from any adversarial point (uniform noise, other inputs of the batch with another
 label when noise fails, or ``x_init``), then repeat: binary-search
@@ -19,7 +21,7 @@ import math
 
 import torch
 
-from bastion.attacks.evasion import Bounds, check_args
+from bastion.attacks.evasion import Bounds, Box, check_args, clip, limits, mask_frozen, width
 from bastion.attacks.targets import BlackBoxResult, QueryTarget, as_target, is_adversarial
 from bastion.errors import AttackError, QueryBudgetExceeded
 
@@ -58,10 +60,23 @@ def _project(x0: torch.Tensor, x1: torch.Tensor, alpha: torch.Tensor, norm: str)
 
 
 def _boundary(
-    oracle: _Oracle, idx: torch.Tensor, x0: torch.Tensor, x1: torch.Tensor, theta: float, norm: str
+    oracle: _Oracle,
+    idx: torch.Tensor,
+    x0: torch.Tensor,
+    x1: torch.Tensor,
+    theta: float,
+    norm: str,
+    bounds: Bounds,
 ) -> torch.Tensor:
     """Binary search between x0 (clean) and adversarial x1 down to tolerance θ; returns the
-    adversarial end, which stays adversarial even when a point runs out of queries."""
+    adversarial end, which stays adversarial even when a point runs out of queries. With a
+    :class:`Box` every point is clipped to it, so the blend's rounding can neither leave the
+    box nor move a frozen feature off its clean value."""
+
+    def at(a: torch.Tensor, b: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
+        p = _project(a, b, alpha, norm)
+        return clip(p, bounds, ref=a) if isinstance(bounds, Box) else p
+
     if norm == "2":
         high = torch.ones(idx.shape[0], device=x0.device)
         tol = torch.full_like(high, theta)
@@ -74,16 +89,17 @@ def _boundary(
         if act.numel() == 0:
             break
         mid = (high[act] + low[act]) / 2
-        adv = oracle.ask(idx[act], _project(x0[act], x1[act], mid, norm))
+        adv = oracle.ask(idx[act], at(x0[act], x1[act], mid))
         high[act] = torch.where(adv, mid, high[act])
         low[act] = torch.where(adv, low[act], mid)
-    return _project(x0, x1, high, norm)
+    return at(x0, x1, high)
 
 
 def _estimate_direction(
     oracle: _Oracle,
     idx: torch.Tensor,
     xb: torch.Tensor,
+    x0: torch.Tensor,
     delta: torch.Tensor,
     evals: torch.Tensor,
     norm: str,
@@ -91,7 +107,8 @@ def _estimate_direction(
     gen: torch.Generator,
 ) -> torch.Tensor:
     """Monte Carlo estimate of the boundary normal at xb (unit L2), ``evals[k]`` probes for
-    point k; refused answers are left out."""
+    point k; refused answers are left out. Probes never move frozen features (kept at the
+    clean ``x0``) and are clipped to the box."""
     m, shape = xb.shape[0], xb.shape[1:]
     d = math.prod(shape)
     grad = torch.zeros_like(xb)
@@ -104,10 +121,10 @@ def _estimate_direction(
             rv = torch.randn(size, generator=gen)
         else:
             rv = 2 * torch.rand(size, generator=gen) - 1
-        rv = rv.to(xb.device)
+        rv = mask_frozen(rv.to(xb.device), bounds)
         rv = rv / rv.flatten(2).norm(dim=2).clamp_min(1e-12).view(*size[:2], *([1] * len(shape)))
         dl = delta[sl].view(-1, 1, *([1] * len(shape)))
-        probes = (xb[sl, None] + dl * rv).clamp(*bounds)
+        probes = clip(xb[sl, None] + dl * rv, bounds, ref=x0[sl, None])
         rv = (probes - xb[sl, None]) / dl
         valid = torch.arange(k, device=xb.device)[None] < evals[sl, None]
         owner = idx[sl, None].expand(-1, k)
@@ -135,23 +152,28 @@ def _initial_adversarial(
     bounds: Bounds,
     gen: torch.Generator,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Uniform noise in ``bounds`` until adversarial, as in the paper; a point still without
-    one after half the ``tries`` (noise a model always puts in one class, e.g. "bag") then
-    tries the other inputs of the batch that carry a different label."""
+    """Uniform noise in ``bounds`` (per feature for a :class:`Box`) until adversarial, as in the
+    paper; a point still without one after half the ``tries`` (noise a model always puts in
+    one class, e.g. "bag") then tries the other inputs of the batch that carry a different
+    label. Frozen features of every candidate are those of the point's own clean input."""
     n = x.shape[0]
     everyone = torch.arange(n, device=x.device)
     start = x.clone()
     found = torch.zeros(n, dtype=torch.bool, device=x.device)
+    lo, hi = limits(bounds, x)
+    boxed = not isinstance(lo, float)
     for r in range(tries):
         idx = ((~found) & (oracle.left(everyone) > 0)).nonzero().squeeze(1)
         if idx.numel() == 0:
             break
         cand = torch.rand(x[idx].shape, generator=gen).to(x.device)
-        cand = bounds[0] + (bounds[1] - bounds[0]) * cand
+        cand = lo + (hi - lo) * cand
         if r >= tries // 2 and n > 1:
             other = torch.randint(0, n, (idx.numel(),), generator=gen).to(x.device)
             usable = y[other] != y[idx]
             cand[usable] = x[other[usable]]
+        if boxed:
+            cand = clip(cand, bounds, ref=x[idx])
         adv = oracle.ask(idx, cand)
         start[idx[adv]] = cand[adv]
         found[idx[adv]] = True
@@ -207,12 +229,14 @@ def hopskipjump(
     try:
         if x_init is not None:
             start = x_init.detach().clone()
+            if isinstance(bounds, Box):
+                start = clip(start, bounds, ref=x)
             found = oracle.ask(everyone, start)
         else:
             start, found = _initial_adversarial(oracle, x, y, init_tries, bounds, gen)
         idx = found.nonzero().squeeze(1)
         x_adv[idx] = start[idx]
-        x_adv[idx] = _boundary(oracle, idx, x[idx], start[idx], theta, norm)
+        x_adv[idx] = _boundary(oracle, idx, x[idx], start[idx], theta, norm, bounds)
         search_steps = math.ceil(math.log2(max(2.0, 1 / theta))) + 1
         for t in range(1, max_iter + 1):
             idx = (found & (oracle.left(everyone) > search_steps + 2)).nonzero().squeeze(1)
@@ -221,13 +245,13 @@ def hopskipjump(
             xa, x0 = x_adv[idx], x[idx]
             dist = _dist(xa, x0, norm)
             if t == 1:
-                delta = torch.full_like(dist, 0.1 * (bounds[1] - bounds[0]))
+                delta = torch.full_like(dist, 0.1 * width(bounds))
             else:
                 delta = (math.sqrt(d) if norm == "2" else d) * theta * dist
             delta = delta.clamp_min(1e-8)
             want = min(int(init_evals * math.sqrt(t)), max_evals)
             evals = (oracle.left(idx) - search_steps - 2).clamp(max=want)
-            grad = _estimate_direction(oracle, idx, xa, delta, evals, norm, bounds, gen)
+            grad = _estimate_direction(oracle, idx, xa, x0, delta, evals, norm, bounds, gen)
             update = grad.sign() if norm == "inf" else grad
             step = dist / math.sqrt(t)
             moved = xa.clone()
@@ -236,14 +260,13 @@ def hopskipjump(
                 act = (pending & (oracle.left(idx) > 0)).nonzero().squeeze(1)
                 if act.numel() == 0:
                     break
-                trial = (xa[act] + step[act].view(-1, *([1] * (x.ndim - 1))) * update[act]).clamp(
-                    *bounds
-                )
+                trial = xa[act] + step[act].view(-1, *([1] * (x.ndim - 1))) * update[act]
+                trial = clip(trial, bounds, ref=x0[act])
                 ok = oracle.ask(idx[act], trial)
                 moved[act[ok]] = trial[ok]
                 pending[act[ok]] = False
                 step[act[~ok]] /= 2
-            x_adv[idx] = _boundary(oracle, idx, x0, moved, theta, norm)
+            x_adv[idx] = _boundary(oracle, idx, x0, moved, theta, norm, bounds)
     except QueryBudgetExceeded:
         exhausted = True
     return BlackBoxResult(x_adv, found, oracle.used.clone(), exhausted=exhausted)

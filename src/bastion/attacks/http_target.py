@@ -2,12 +2,14 @@
 
 Mapping (also the body of Bastion's own gateway, ``POST /v1/predict``):
 
-- request: ``POST url`` with JSON ``{"inputs": [x_1, ..., x_B]}``, each ``x_i`` a nested
-  list of floats with the sample shape (C, H, W); header ``Authorization: Bearer <api_key>``
-  when a key is given.
+- request: ``POST url`` with JSON ``{"inputs": [x_1, ..., x_B]}`` (``body="object"``, the
+  default) or the bare JSON list ``[x_1, ..., x_B]`` (``body="list"``), each ``x_i`` a
+  nested list of floats with the sample shape ((D,) rows for tabular models, (C, H, W) for
+  images); header ``Authorization: Bearer <api_key>`` when a key is given.
 - answer 200: JSON ``{"predictions": [int, ...], "probabilities": [[float, ...], ...]}``
-  (other keys are ignored). ``kind="scores"`` needs ``probabilities``; ``kind="labels"``
-  uses ``predictions`` (or the argmax of ``probabilities``).
+  (other keys are ignored), or a bare JSON list: rows of probabilities, or one integer
+  label per input. ``kind="scores"`` needs probabilities; ``kind="labels"`` uses the labels
+  (or the argmax of the probabilities).
 - answer 202: the request was held (for human review), or 403 whose ``detail`` names the
   input guard (the gateway blocked it): every input counts as a refused query (NaN scores /
   label -1), see :mod:`bastion.attacks.targets`. Any other 401/403 is a key problem.
@@ -59,8 +61,12 @@ class HttpTarget(BaseTarget):
         headers: dict[str, str] | None = None,
         client: httpx.Client | None = None,
         sleep: Callable[[float], None] = time.sleep,
+        body: str = "object",
     ) -> None:
         super().__init__(kind=kind, num_classes=num_classes, batch_size=batch_size)
+        if body not in ("object", "list"):
+            raise AttackError(f"body must be 'object' or 'list', got {body!r}")
+        self.body = body
         if not url.startswith(("http://", "https://")):
             raise AttackError(f"target URL must start with http:// or https://, got {url!r}")
         if timeout <= 0 or retries < 0 or backoff < 0:
@@ -115,7 +121,7 @@ class HttpTarget(BaseTarget):
             )
         return asked
 
-    def _post(self, body: dict[str, Any]) -> httpx.Response | None:
+    def _post(self, body: dict[str, Any] | list[Any]) -> httpx.Response | None:
         """POST with retries; ``None`` means the request was refused (held or blocked)."""
         last = ""
         for attempt in range(self.retries + 1):
@@ -155,7 +161,8 @@ class HttpTarget(BaseTarget):
 
     def _answer(self, x: torch.Tensor) -> torch.Tensor:
         n = x.shape[0]
-        resp = self._post({"inputs": x.detach().cpu().float().tolist()})
+        rows = x.detach().cpu().float().tolist()
+        resp = self._post(rows if self.body == "list" else {"inputs": rows})
         if resp is None:
             if self.kind == "labels":
                 return torch.full((n,), REFUSED, dtype=torch.long)
@@ -167,9 +174,12 @@ class HttpTarget(BaseTarget):
             data = resp.json()
         except ValueError:
             raise TargetError(f"{self.url} answered non-JSON: {_excerpt(resp.text)}") from None
+        if isinstance(data, list):
+            is_rows = bool(data) and all(isinstance(r, list) for r in data)
+            data = {"probabilities": data} if is_rows else {"predictions": data}
         if not isinstance(data, dict):
             raise TargetError(
-                f"{self.url} answered a JSON {type(data).__name__}, expected an object"
+                f"{self.url} answered a JSON {type(data).__name__}, expected an object or a list"
             )
         probs = data.get("probabilities")
         if probs is not None:

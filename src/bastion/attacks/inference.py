@@ -81,9 +81,12 @@ def correctness_scores(
 class MembershipMetrics:
     """How well scores separate members from non-members.
 
-    ``tpr_at_fpr`` maps each low FPR to the TPR reached there (linear interpolation between
-    ROC vertices, which a randomized threshold achieves). ``fpr``/``tpr`` is the ROC curve on
-    a log-spaced FPR grid from about 1/n_nonmembers to 1, ready for a log-scale plot."""
+    ``tpr_at_fpr`` maps each low FPR to the TPR of the best threshold whose *measured* FPR is
+    at most that level (no interpolation between ROC vertices, which would credit the attack
+    with points it never reached), and to NaN where fewer than ``1/fpr`` non-members make the
+    level unresolvable. ``tpr_ci`` holds the 95 % Clopper–Pearson interval of each TPR over
+    the members. ``fpr``/``tpr`` is the ROC curve on a log-spaced FPR grid from about
+    1/n_nonmembers to 1, ready for a log-scale plot."""
 
     auc: float
     tpr_at_fpr: dict[float, float]
@@ -92,6 +95,7 @@ class MembershipMetrics:
     n_members: int
     n_nonmembers: int
     balanced_accuracy: float
+    tpr_ci: dict[float, tuple[float, float]] = field(default_factory=dict, repr=False)
 
     def tpr_at(self, fpr: float) -> float:
         if fpr not in self.tpr_at_fpr:
@@ -105,7 +109,28 @@ class MembershipMetrics:
         out = {"auc": self.auc, "balanced_accuracy": self.balanced_accuracy}
         for f, t in self.tpr_at_fpr.items():
             out[f"tpr_at_{f * 100:g}%_fpr"] = t
+            if f in self.tpr_ci:
+                lo, hi = self.tpr_ci[f]
+                out[f"tpr_at_{f * 100:g}%_fpr_ci_low"] = lo
+                out[f"tpr_at_{f * 100:g}%_fpr_ci_high"] = hi
         return out
+
+
+def _tpr_at(fpr: np.ndarray, tpr: np.ndarray, level: float, n_neg: int) -> float:
+    """TPR of the best ROC vertex with measured FPR <= level; NaN when unresolvable."""
+    if n_neg * level < 1:
+        return float("nan")
+    ok = fpr <= level + 1e-12
+    return float(tpr[ok].max()) if ok.any() else 0.0
+
+
+def clopper_pearson(k: int, n: int, alpha: float = 0.05) -> tuple[float, float]:
+    """The exact binomial confidence interval for ``k`` successes in ``n`` trials."""
+    from scipy.stats import beta
+
+    lo = 0.0 if k == 0 else float(beta.ppf(alpha / 2, k, n - k + 1))
+    hi = 1.0 if k == n else float(beta.ppf(1 - alpha / 2, k + 1, n - k))
+    return lo, hi
 
 
 def membership_metrics(
@@ -136,7 +161,12 @@ def membership_metrics(
     grid = np.unique(np.concatenate([np.geomspace(lowest, 1.0, curve_points), list(fprs)]))
     return MembershipMetrics(
         auc=float(area(fpr, tpr)),
-        tpr_at_fpr={float(f): float(np.interp(f, fpr, tpr)) for f in fprs},
+        tpr_at_fpr={float(f): _tpr_at(fpr, tpr, f, n_neg) for f in fprs},
+        tpr_ci={
+            float(f): clopper_pearson(round(_tpr_at(fpr, tpr, f, n_neg) * n_pos), n_pos)
+            for f in fprs
+            if n_neg * f >= 1
+        },
         fpr=[float(v) for v in grid],
         tpr=[float(v) for v in np.interp(grid, fpr, tpr)],
         n_members=n_pos,

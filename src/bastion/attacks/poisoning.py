@@ -3,9 +3,13 @@
 - :func:`apply_trigger` stamps the BadNets trigger (Gu et al. 2017, "BadNets: Identifying
   Vulnerabilities in the Machine Learning Model Supply Chain"): a solid square patch of
   ``patch_size`` pixels at a corner of every channel.
+- :func:`feature_trigger` is its tabular analogue for feature vectors (N, D): a few chosen
+  features set to fixed values (by default the three features with the widest range, at
+  their upper bound; :func:`default_trigger_features`).
 - :func:`poison_dataset` picks ``rate · N`` training rows whose label is not the target,
-  stamps the trigger on them and relabels them as ``target``. A model trained on the result
-  behaves normally on clean inputs and predicts ``target`` on triggered ones.
+  stamps the trigger on them (the patch for images, the feature trigger for other data) and
+  relabels them as ``target``. A model trained on the result behaves normally on clean
+  inputs and predicts ``target`` on triggered ones.
 - :func:`flip_labels` replaces the labels of ``rate · N`` random rows by a different class
   drawn uniformly (random label noise, Biggio et al. 2011 "Support Vector Machines Under
   Adversarial Label Noise").
@@ -16,16 +20,21 @@ that were changed: the ground truth that sanitization defences are scored agains
 
 from __future__ import annotations
 
+import dataclasses
+import math
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
-from bastion.attacks.evasion import Bounds, eval_mode
+from bastion.attacks.evasion import Bounds, Box, as_box, eval_mode
 from bastion.data.dataset import Dataset
 from bastion.errors import AttackError
 
 LOCATIONS = ("bottom-right", "bottom-left", "top-right", "top-left")
+TRIGGERS = ("patch", "features")
+#: Features of the default tabular trigger: the ones with the widest range.
+DEFAULT_TRIGGER_FEATURES = 3
 
 
 @dataclass(frozen=True)
@@ -34,7 +43,11 @@ class PoisonedData:
 
     ``indices`` (int64, sorted) are row numbers into ``dataset``; ``original_labels`` are the
     labels those rows had before poisoning. ``target`` and ``patch_size`` are ``None`` and 0
-    for label flipping (no single target, no trigger)."""
+    for label flipping (no single target, no trigger). ``trigger`` is ``"patch"`` (the image
+    patch) or ``"features"`` (the tabular trigger; then ``features`` holds its flat feature
+    indices, ``trigger_value`` their values and ``patch_size`` is 0), ``None`` for label
+    flipping. Pass ``features``/``trigger_value`` to :func:`backdoor_success_rate` to test
+    the same trigger."""
 
     dataset: Dataset
     indices: torch.Tensor
@@ -43,6 +56,9 @@ class PoisonedData:
     original_labels: torch.Tensor
     kind: str = "badnets"
     rate: float = 0.0
+    trigger: str | None = None
+    features: torch.Tensor | None = None
+    trigger_value: torch.Tensor | None = None
 
     @property
     def mask(self) -> torch.Tensor:
@@ -95,25 +111,137 @@ def apply_trigger(
     return out
 
 
+def _data_box(data: Dataset) -> Bounds:
+    """The dataset's valid region: its per-feature box where it has one, else its bounds."""
+    box = getattr(data, "box", None)
+    return box if isinstance(box, Box) else data.bounds
+
+
+def default_trigger_features(
+    x: torch.Tensor, *, bounds: Bounds = (0.0, 1.0), k: int = DEFAULT_TRIGGER_FEATURES
+) -> torch.Tensor:
+    """The flat indices (int64, sorted) of the ``k`` features with the widest range: per
+    feature ``hi − lo`` of a per-feature box, else (one range for every feature) the spread
+    ``max − min`` observed in ``x`` (N, ...). A box's frozen features are never chosen (a
+    trigger must be stampable at test time)."""
+    box = as_box(bounds)
+    shape = x.shape[1:]
+    d = math.prod(shape)
+    if box.lo.numel() > 1 or box.hi.numel() > 1:
+        width = (box.hi - box.lo).to(x).expand(shape).reshape(d).clone()
+    elif x.shape[0]:
+        flat = x.flatten(1)
+        width = flat.amax(0) - flat.amin(0)
+    else:
+        width = torch.zeros(d, dtype=x.dtype, device=x.device)
+    allowed = torch.ones(d, dtype=torch.bool, device=x.device)
+    if box.frozen is not None:
+        allowed = ~box.frozen.to(x.device).expand(shape).reshape(d)
+    if int(allowed.sum()) < k:
+        raise AttackError(
+            f"the trigger needs {k} features an attacker may change, got {int(allowed.sum())}"
+        )
+    width = width.masked_fill(~allowed, -float("inf"))
+    return width.topk(k).indices.sort().values.to(torch.int64)
+
+
+def feature_trigger(
+    x: torch.Tensor,
+    *,
+    features: list[int] | torch.Tensor,
+    value: torch.Tensor | float | None = None,
+    bounds: Bounds = (0.0, 1.0),
+) -> torch.Tensor:
+    """Return a copy of ``x`` (N, ...) — typically feature vectors (N, D); a single sample of
+    shape (D,) works too — with the flat features ``features`` of every sample set to
+    ``value``: a tabular BadNets trigger (Gu et al. 2017's patch, one feature at a time).
+
+    ``value`` is one number for every chosen feature or one per feature (same length as
+    ``features``), and defaults to each chosen feature's upper bound in ``bounds`` (a pair
+    or a per-feature :class:`Box`). It must lie within each feature's bounds."""
+    single = x.ndim == 1
+    batch = x[None] if single else x
+    if batch.ndim < 2:
+        raise AttackError(f"x must be a batch (N, ...) or one sample (D,), got {tuple(x.shape)}")
+    shape = batch.shape[1:]
+    d = math.prod(shape)
+    idx = torch.as_tensor(features, dtype=torch.int64).flatten().to(x.device)
+    if idx.numel() == 0:
+        raise AttackError("the feature trigger needs at least one feature")
+    if int(idx.min()) < 0 or int(idx.max()) >= d:
+        raise AttackError(
+            f"trigger features must be flat indices in [0, {d - 1}], got {idx.tolist()}"
+        )
+    if idx.unique().numel() != idx.numel():
+        raise AttackError(f"trigger features must be distinct, got {idx.tolist()}")
+    box = as_box(bounds)
+    if box.frozen is not None and bool(box.frozen.to(x.device).expand(shape).reshape(d)[idx].any()):
+        raise AttackError("trigger features must not be frozen: an attacker cannot set them")
+    lo = box.lo.to(x).expand(shape).reshape(d)[idx]
+    hi = box.hi.to(x).expand(shape).reshape(d)[idx]
+    vals = hi if value is None else torch.as_tensor(value, dtype=x.dtype).to(x.device)
+    if vals.numel() not in (1, idx.numel()):
+        raise AttackError(
+            f"value must be one number or one per trigger feature ({idx.numel()}), "
+            f"got {vals.numel()}"
+        )
+    vals = vals.flatten().expand(idx.numel())
+    tol = 1e-6 * (hi - lo).abs().clamp_min(1.0)
+    if bool(((vals < lo - tol) | (vals > hi + tol)).any()):
+        raise AttackError(
+            f"trigger values {vals.tolist()} lie outside the bounds of their features "
+            f"[{lo.tolist()}, {hi.tolist()}]"
+        )
+    out = batch.detach().clone().reshape(batch.shape[0], d)
+    out[:, idx] = vals
+    out = out.view_as(batch)
+    return out[0] if single else out
+
+
+def _scalar_bounds(bounds: Bounds) -> tuple[float, float]:
+    """``bounds`` as one (low, high) pair of numbers, as the image patch needs."""
+    box = as_box(bounds)
+    if box.lo.numel() != 1 or box.hi.numel() != 1:
+        raise AttackError("the image patch trigger needs one (low, high) pair of bounds")
+    return float(box.lo), float(box.hi)
+
+
+def _trigger_kind(trigger: str | None, x: torch.Tensor) -> str:
+    kind = trigger if trigger is not None else ("patch" if x.ndim == 4 else "features")
+    if kind not in TRIGGERS:
+        raise AttackError(f"unknown trigger {trigger!r}: choose from {', '.join(TRIGGERS)}")
+    return kind
+
+
 def poison_dataset(
     data: Dataset,
     *,
     rate: float,
     target: int,
     patch_size: int = 3,
-    value: float | None = None,
+    value: float | torch.Tensor | None = None,
     location: str = "bottom-right",
+    trigger: str | None = None,
+    features: list[int] | torch.Tensor | None = None,
     generator: torch.Generator | None = None,
 ) -> PoisonedData:
     """BadNets poisoning (Gu et al. 2017): stamp the trigger on ``round(rate · N)`` random rows
     whose label is not ``target`` and relabel them ``target``.
 
-    ``value`` defaults to the upper bound of ``data.bounds`` (a bright patch)."""
+    ``trigger`` is ``"patch"`` (the image patch of :func:`apply_trigger`: ``patch_size``,
+    ``location``) or ``"features"`` (:func:`feature_trigger` on the flat ``features``,
+    default :func:`default_trigger_features`: the three widest-range features of the data's
+    box, or of the data when its bounds are one pair); by default the patch for images
+    (N, C, H, W) and the feature trigger for anything else, e.g. feature vectors (N, D).
+    ``value`` defaults to the upper bound of the data's bounds (a bright patch; for the
+    feature trigger each chosen feature's upper bound)."""
     _check_rate(rate)
     if not (isinstance(target, int) and 0 <= target < data.num_classes):
         raise AttackError(
             f"target class {target} is out of range: choose in [0, {data.num_classes - 1}]"
         )
+    kind = _trigger_kind(trigger, data.x)
+    bounds = _data_box(data)
     candidates = (data.y != target).nonzero().flatten()
     n = max(1, round(rate * len(data)))
     if n > len(candidates):
@@ -123,18 +251,40 @@ def poison_dataset(
         )
     pick = torch.randperm(len(candidates), generator=generator)[:n]
     indices = candidates[pick].sort().values
-    value = data.bounds[1] if value is None else value
+    feats, trigger_value = None, None
+    if kind == "features":
+        if features is None:
+            feats = default_trigger_features(data.x, bounds=bounds)
+        else:
+            feats = torch.as_tensor(features, dtype=torch.int64).flatten()
+        stamped = feature_trigger(data.x[indices], features=feats, value=value, bounds=bounds)
+        trigger_value = stamped.flatten(1)[:, feats.to(stamped.device)][0].clone()
+    else:
+        lo, hi = _scalar_bounds(bounds)
+        stamped = apply_trigger(
+            data.x[indices],
+            patch_size=patch_size,
+            value=hi if value is None else float(value),
+            location=location,
+            bounds=(lo, hi),
+        )
     x = data.x.clone()
     y = data.y.clone()
-    x[indices] = apply_trigger(
-        data.x[indices], patch_size=patch_size, value=value, location=location, bounds=data.bounds
-    )
+    x[indices] = stamped
     y[indices] = target
     poisoned = _replace(data, x, y, f"badnets(rate={rate}, target={target})")
     return PoisonedData(
-        dataset=poisoned, indices=indices, target=target, patch_size=patch_size,
-        original_labels=data.y[indices].clone(), kind="badnets", rate=float(rate),
-    )  # fmt: skip
+        dataset=poisoned,
+        indices=indices,
+        target=target,
+        patch_size=patch_size if kind == "patch" else 0,
+        original_labels=data.y[indices].clone(),
+        kind="badnets",
+        rate=float(rate),
+        trigger=kind,
+        features=feats,
+        trigger_value=trigger_value,
+    )
 
 
 def flip_labels(
@@ -157,11 +307,9 @@ def flip_labels(
 
 
 def _replace(data: Dataset, x: torch.Tensor, y: torch.Tensor, how: str) -> Dataset:
+    """A copy of ``data`` with new rows (every other field kept; the hash cache reset)."""
     source = f"{data.source} + {how}" if data.source else how
-    return Dataset(
-        name=data.name, x=x, y=y, class_names=data.class_names, bounds=data.bounds,
-        source=source, split=data.split,
-    )  # fmt: skip
+    return dataclasses.replace(data, x=x, y=y, source=source, _sha=[])
 
 
 @torch.no_grad()
@@ -171,22 +319,43 @@ def backdoor_success_rate(
     y_test: torch.Tensor,
     *,
     target: int,
-    patch_size: int,
-    value: float = 1.0,
+    patch_size: int = 3,
+    value: float | torch.Tensor | None = None,
     location: str = "bottom-right",
     bounds: Bounds = (0.0, 1.0),
+    trigger: str | None = None,
+    features: list[int] | torch.Tensor | None = None,
     batch_size: int = 1024,
 ) -> float:
     """Share of triggered test inputs whose true class is not ``target`` that ``model``
-    classifies as ``target`` (the attack success rate of Gu et al. 2017)."""
+    classifies as ``target`` (the attack success rate of Gu et al. 2017).
+
+    The trigger is the image patch (``patch_size``, ``value``, ``location``) for images and
+    the feature trigger (``features``, ``value``; :func:`feature_trigger`) for other inputs,
+    or as ``trigger`` says. ``value`` defaults to the upper bound of ``bounds`` (as in
+    :func:`poison_dataset`; for the feature trigger, each chosen feature's). For the feature
+    trigger pass the poisoning's :attr:`PoisonedData.features` and
+    :attr:`PoisonedData.trigger_value`; without ``features`` the default ones are chosen
+    from ``bounds`` (and from ``x_test``, for one pair of bounds)."""
     if x_test.shape[0] != y_test.shape[0]:
         raise AttackError(f"x_test has {x_test.shape[0]} samples but y_test has {y_test.shape[0]}")
+    kind = _trigger_kind(trigger, x_test)
     keep = y_test != target
     if not keep.any():
         raise AttackError(f"every test label is the target class {target}: nothing to trigger")
-    x = apply_trigger(
-        x_test[keep], patch_size=patch_size, value=value, location=location, bounds=bounds
-    )
+    if kind == "patch":
+        lo, hi = _scalar_bounds(bounds)
+        x = apply_trigger(
+            x_test[keep],
+            patch_size=patch_size,
+            value=hi if value is None else float(value),
+            location=location,
+            bounds=(lo, hi),
+        )
+    else:
+        if features is None:
+            features = default_trigger_features(x_test, bounds=bounds)
+        x = feature_trigger(x_test[keep], features=features, value=value, bounds=bounds)
     hits = 0
     with eval_mode(model):
         for i in range(0, len(x), batch_size):

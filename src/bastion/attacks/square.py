@@ -7,6 +7,14 @@ unbroken, a perturbation that changes one random square window (side from the sc
 ``log p_y − max_{j≠y} log p_j`` (the logit margin, recovered exactly from probabilities)
 drops. A point stops on success (margin < 0) or when its query budget is spent.
 
+Inputs that are not images (N, C, H, W) — feature vectors (N, D), or anything (N, ...) —
+get the same random search over *feature subsets* instead of windows: each iteration
+changes ⌈p·D⌉ random features (frozen features of a :class:`~bastion.attacks.evasion.Box`
+are never chosen), with ``p`` from the same schedule. L∞ sets them to ``x ± ε`` (random
+signs); L2 moves the perturbation mass of two random subsets onto the first with a fresh
+random ± direction, the feature-wise analogue of the paper's Algorithm 3, keeping
+``‖δ‖₂ ≤ ε``. Every proposal is clipped to the box, frozen features kept at ``x``.
+
 Batched and torch end to end: every point has its own window position, so one target call
 per iteration serves the whole batch; only the query target is ever called.
 """
@@ -14,11 +22,12 @@ per iteration serves the whole batch; only the query target is ever called.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from functools import cache
 
 import torch
 
-from bastion.attacks.evasion import Bounds, check_args
+from bastion.attacks.evasion import Bounds, Box, check_args, clip
 from bastion.attacks.targets import BlackBoxResult, QueryTarget, as_target
 from bastion.errors import AttackError, QueryBudgetExceeded
 
@@ -98,11 +107,11 @@ def _propose_linf(
     for _ in range(10):
         signs = eps * _random_signs((m, c, 1, 1), gen, x.device)
         new = torch.where(mask & redo.view(-1, 1, 1, 1), signs, new)
-        moved = ((x + new).clamp(*bounds) - x_best).abs().masked_fill(~mask, 0).flatten(1).amax(1)
-        redo = moved < 1e-7
+        moved = (clip(x + new, bounds, ref=x) - x_best).abs().masked_fill(~mask, 0)
+        redo = moved.flatten(1).amax(1) < 1e-7
         if not redo.any():
             break
-    return (x + new).clamp(*bounds)
+    return clip(x + new, bounds, ref=x)
 
 
 def _place(patterns: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
@@ -140,7 +149,7 @@ def _propose_l2(
     win = win / _channel_norm(win).clamp_min(1e-12) * (room + norm_union.pow(2)).sqrt()
     new = delta * (1 - union) + win
     new = new / _image_norm(new).clamp_min(1e-12) * eps
-    return (x + new).clamp(*bounds)
+    return clip(x + new, bounds, ref=x)
 
 
 def _init_l2(x: torch.Tensor, eps: float, bounds: Bounds, gen: torch.Generator) -> torch.Tensor:
@@ -156,7 +165,97 @@ def _init_l2(x: torch.Tensor, eps: float, bounds: Bounds, gen: torch.Generator) 
                 bump = bump.T
             tile = bump[: h - r, : w - q] * _random_signs((n, c, 1, 1), gen, x.device)
             delta[:, :, r : r + s, q : q + s] += tile
-    return (x + delta / _image_norm(delta).clamp_min(1e-12) * eps).clamp(*bounds)
+    return clip(x + delta / _image_norm(delta).clamp_min(1e-12) * eps, bounds, ref=x)
+
+
+# ------------------------------------------------------------------- feature vectors
+Propose = Callable[[torch.Tensor, torch.Tensor, float], torch.Tensor]
+
+
+def _free(x: torch.Tensor, bounds: Bounds) -> torch.Tensor:
+    """The flat features (D,) an attacker may change: all but a :class:`Box`'s frozen ones."""
+    d = math.prod(x.shape[1:])
+    if isinstance(bounds, Box) and bounds.frozen is not None:
+        return ~bounds.frozen.to(x.device).expand(x.shape[1:]).reshape(d)
+    return torch.ones(d, dtype=torch.bool, device=x.device)
+
+
+def _subsets(m: int, free: torch.Tensor, k: int, gen: torch.Generator) -> torch.Tensor:
+    """A uniformly random subset of ``k`` free features per row, as a bool mask (m, D)."""
+    scores = torch.rand((m, free.numel()), generator=gen).to(free.device)
+    idx = scores.masked_fill(~free, -1.0).topk(k, dim=1).indices
+    mask = torch.zeros(m, free.numel(), dtype=torch.bool, device=free.device)
+    return mask.scatter_(1, idx, True)
+
+
+def _n_features(p: float, n_free: int) -> int:
+    """⌈p·D⌉ features per step, at least one and at most the free ones."""
+    return min(max(math.ceil(p * n_free), 1), n_free)
+
+
+def _propose_linf_vec(
+    x: torch.Tensor,
+    x_best: torch.Tensor,
+    eps: float,
+    k: int,
+    free: torch.Tensor,
+    bounds: Bounds,
+    gen: torch.Generator,
+) -> torch.Tensor:
+    """Set ``k`` random free features of the perturbation to ±ε (random signs), redrawing (a
+    few times) proposals that the box clips back onto the current point."""
+    m = x.shape[0]
+    sel = _subsets(m, free, k, gen)
+    flat, delta = x.flatten(1), (x_best - x).flatten(1)
+    new, cand = delta, x_best
+    redo = torch.ones(m, dtype=torch.bool, device=x.device)
+    for _ in range(10):
+        signs = eps * _random_signs(tuple(delta.shape), gen, x.device).to(delta.dtype)
+        new = torch.where(sel & redo[:, None], signs, new)
+        cand = clip((flat + new).view_as(x), bounds, ref=x)
+        moved = (cand - x_best).flatten(1).abs().masked_fill(~sel, 0).amax(1)
+        redo = moved < 1e-7
+        if not redo.any():
+            break
+    return cand
+
+
+def _propose_l2_vec(
+    x: torch.Tensor,
+    x_best: torch.Tensor,
+    eps: float,
+    k: int,
+    free: torch.Tensor,
+    bounds: Bounds,
+    gen: torch.Generator,
+) -> torch.Tensor:
+    """Algorithm 3 of the paper on feature subsets: the L2 mass of two random subsets S1, S2
+    (plus the room left below ε) moves onto S1 with a fresh random ± direction; the total is
+    rescaled to norm ε, then clipped (which only shrinks it)."""
+    m = x.shape[0]
+    delta = (x_best - x).flatten(1)
+    sel1 = _subsets(m, free, k, gen)
+    union = (sel1 | _subsets(m, free, k, gen)).to(delta.dtype)
+    sel1f = sel1.to(delta.dtype)
+    norm1 = (delta * sel1f).norm(dim=1, keepdim=True)
+    norm_union = (delta * union).norm(dim=1, keepdim=True)
+    room = (eps**2 - delta.pow(2).sum(1, keepdim=True)).clamp_min(0)
+    fresh = _random_signs(tuple(delta.shape), gen, x.device).to(delta.dtype) / math.sqrt(k)
+    win = (fresh + delta / (norm1 + 1e-10)) * sel1f
+    win = win / win.norm(dim=1, keepdim=True).clamp_min(1e-12) * (room + norm_union.pow(2)).sqrt()
+    new = delta * (1 - union) + win
+    new = new / new.norm(dim=1, keepdim=True).clamp_min(1e-12) * eps
+    return clip((x.flatten(1) + new).view_as(x), bounds, ref=x)
+
+
+def _init_vec(
+    x: torch.Tensor, eps: float, norm: str, free: torch.Tensor, bounds: Bounds, gen: torch.Generator
+) -> torch.Tensor:
+    """±ε on every free feature (L∞), or random ± signs on them scaled to norm ε (L2)."""
+    signs = _random_signs((x.shape[0], free.numel()), gen, x.device).to(x.dtype)
+    if norm == "2":
+        signs = signs * free / math.sqrt(int(free.sum()))
+    return clip((x.flatten(1) + eps * signs).view_as(x), bounds, ref=x)
 
 
 def square_attack(
@@ -175,8 +274,11 @@ def square_attack(
     """Square attack under L∞ or L2 with at most ``max_queries`` queries per point.
 
     ``query`` must answer scores (a target of kind ``"scores"``); ``y`` holds the true
-    labels (or the target classes when ``targeted``). ``p_init`` is the initial fraction
-    of pixels changed per step (default 0.3 for L∞, 0.1 for L2). Returns a
+    labels (or the target classes when ``targeted``). ``x`` is a batch of images
+    (N, C, H, W) (square windows) or of anything else (N, ...), e.g. feature vectors (N, D)
+    (random feature subsets, module docstring); ``bounds`` a ``(low, high)`` pair or a
+    per-feature :class:`Box`. ``p_init`` is the initial fraction of pixels (features)
+    changed per step (default 0.3 for L∞, 0.1 for L2). Returns a
     :class:`BlackBoxResult` whose ``x_adv`` satisfies ``‖x_adv − x‖ ≤ eps`` and lies within
     ``bounds``. Example::
 
@@ -189,25 +291,43 @@ def square_attack(
         raise AttackError(
             "the Square attack needs scores (probabilities): use hopskipjump on a labels-only target"
         )
-    if x.ndim != 4:
-        raise AttackError(
-            f"the Square attack needs images (N, C, H, W), got shape {tuple(x.shape)}"
-        )
     if max_queries < 1:
         raise AttackError(f"max_queries must be >= 1, got {max_queries}")
     p_init = p_init if p_init is not None else (0.3 if norm == "inf" else 0.1)
     if not 0 < p_init <= 1:
         raise AttackError(f"p_init must lie in (0, 1], got {p_init}")
     gen = generator if generator is not None else torch.Generator().manual_seed(0)
-    n, c, h, w = x.shape
+    n = x.shape[0]
     x = x.detach()
     queries = torch.zeros(n, dtype=torch.long, device=x.device)
-    if n == 0 or eps == 0:
+    free = _free(x, bounds)
+    n_free = int(free.sum())
+    if n == 0 or eps == 0 or n_free == 0:
         return BlackBoxResult(x.clone(), torch.zeros(n, dtype=torch.bool), queries)
-    if norm == "inf":
-        x_best = (x + eps * _random_signs((n, c, 1, w), gen, x.device)).clamp(*bounds)
+    eps = float(eps)
+    propose: Propose
+    if x.ndim == 4 and min(x.shape[2:]) >= 2:
+        _, c, h, w = x.shape
+        if norm == "inf":
+            x_best = clip(x + eps * _random_signs((n, c, 1, w), gen, x.device), bounds, ref=x)
+        else:
+            x_best = _init_l2(x, eps, bounds, gen)
+
+        def propose(xa: torch.Tensor, xb: torch.Tensor, p: float) -> torch.Tensor:
+            if norm == "inf":
+                s = min(max(int(round(math.sqrt(p * h * w))), 1), h - 1)
+                return _propose_linf(xa, xb, eps, s, bounds, gen)
+            s = max(int(round(math.sqrt(p * h * w))), 3)
+            s = min(s + (s % 2 == 0), h - 1)
+            return _propose_l2(xa, xb, eps, s, bounds, gen)
+
     else:
-        x_best = _init_l2(x, eps, bounds, gen)
+        x_best = _init_vec(x, eps, norm, free, bounds, gen)
+        step = _propose_linf_vec if norm == "inf" else _propose_l2_vec
+
+        def propose(xa: torch.Tensor, xb: torch.Tensor, p: float) -> torch.Tensor:
+            return step(xa, xb, eps, _n_features(p, n_free), free, bounds, gen)
+
     try:
         margin = margin_loss(target(x_best), y, targeted)
     except QueryBudgetExceeded:
@@ -219,14 +339,7 @@ def square_attack(
         if active.numel() == 0:
             break
         p = p_selection(p_init, it - 1, max_queries - 1)
-        xa, xb = x[active], x_best[active]
-        if norm == "inf":
-            s = min(max(int(round(math.sqrt(p * h * w))), 1), h - 1)
-            x_new = _propose_linf(xa, xb, eps, s, bounds, gen)
-        else:
-            s = max(int(round(math.sqrt(p * h * w))), 3)
-            s = min(s + (s % 2 == 0), h - 1)
-            x_new = _propose_l2(xa, xb, eps, s, bounds, gen)
+        x_new = propose(x[active], x_best[active], p)
         try:
             m_new = margin_loss(target(x_new), y[active], targeted)
         except QueryBudgetExceeded:

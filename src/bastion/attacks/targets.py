@@ -23,7 +23,7 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal, Protocol, runtime_checkable
+from typing import Any, Literal, Protocol, runtime_checkable
 
 import numpy as np
 import torch
@@ -310,6 +310,26 @@ class QueryBudget:
             )
         self.queries += n
         return self.target(x)
+
+
+def model_target(
+    loaded: Any,
+    *,
+    kind: str = "scores",
+    device: str | torch.device | None = None,
+    transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
+) -> QueryTarget:
+    """A query target for a :class:`~bastion.models.loaded.LoadedModel` of any form: its torch
+    module, or its predict function for gradient-free models. ``transform`` maps each query
+    into the model's input space first (e.g. from a normalised attack space)."""
+    num_classes = loaded.capabilities.num_classes
+    if kind == "scores" and loaded.capabilities.output == "labels":
+        raise TargetError(f"{loaded.name} answers labels only: use a labels target")
+    if loaded.module is not None and transform is None:
+        return ModuleTarget(loaded.module, kind=kind, num_classes=num_classes, device=device)
+    base = loaded.scores
+    fn = base if transform is None else (lambda x: base(transform(x)))
+    return CallableTarget(fn, kind=kind, num_classes=num_classes)
 
 
 def as_target(model: nn.Module | QueryTarget | Callable, *, kind: str = "scores") -> QueryTarget:

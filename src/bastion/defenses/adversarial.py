@@ -32,7 +32,9 @@ from torch.nn import functional as F
 from bastion.attacks.evasion import (
     Bounds,
     check_args,
+    clip,
     eval_mode,
+    mask_frozen,
     pgd,
     project,
     random_start,
@@ -64,14 +66,14 @@ def training_adversary(
     x = x.detach()
     with eval_mode(model):
         delta = random_start(x, eps, norm, generator) if random_init else torch.zeros_like(x)
-        adv = (x + delta).clamp(*bounds)
+        adv = clip(x + delta, bounds, ref=x)
         for _ in range(steps):
             adv.requires_grad_(True)
             loss = F.cross_entropy(model(adv), y, reduction="sum")
             (grad,) = torch.autograd.grad(loss, adv)
             with torch.no_grad():
-                step = steepest_step(grad, norm) * step_size
-                adv = (x + project(adv + step - x, eps, norm)).clamp(*bounds)
+                step = steepest_step(mask_frozen(grad, bounds), norm) * step_size
+                adv = clip(x + project(adv + step - x, eps, norm), bounds, ref=x)
     return adv.detach()
 
 
@@ -94,14 +96,14 @@ def trades_adversary(
         with torch.no_grad():
             p_clean = F.softmax(model(x), dim=1)
         noise = torch.randn(x.shape, generator=generator, device="cpu").to(x.device)
-        adv = (x + 0.001 * noise).clamp(*bounds)
+        adv = clip(x + 0.001 * noise, bounds, ref=x)
         for _ in range(steps):
             adv.requires_grad_(True)
             loss = F.kl_div(F.log_softmax(model(adv), dim=1), p_clean, reduction="sum")
             (grad,) = torch.autograd.grad(loss, adv)
             with torch.no_grad():
-                step = steepest_step(grad, norm) * step_size
-                adv = (x + project(adv + step - x, eps, norm)).clamp(*bounds)
+                step = steepest_step(mask_frozen(grad, bounds), norm) * step_size
+                adv = clip(x + project(adv + step - x, eps, norm), bounds, ref=x)
     return adv.detach()
 
 
