@@ -4,3 +4,7 @@ risk → assess → harden → gate → guard → audit. See DESIGN.md in the do
 """
 
 __version__ = "0.1.0"
+
+from bastion import assess  # callable: bastion.assess(model, data, threat=...)
+
+__all__ = ["__version__", "assess"]

@@ -132,7 +132,7 @@ def test_masked_model_raises_sanity_warnings(digits_module, digits, tmp_path):
 
     from bastion.models.io import LoadedModel
 
-    masked = LoadedModel(Masked(digits_module), "masked", "0" * 64)
+    masked = LoadedModel(name="masked", sha256="0" * 64, module=Masked(digits_module))
     report = run_assessment(
         ProbeContext(
             model=masked,
@@ -145,9 +145,13 @@ def test_masked_model_raises_sanity_warnings(digits_module, digits, tmp_path):
     assert "large-eps-reaches-chance" in checks or "noise-weaker-than-attack" in checks
 
 
-def test_threat_selects_probes():
-    chosen, skipped = select_probes(ThreatModel(access="labels"))
+def test_threat_selects_probes(digits, digits_model, tmp_path):
+    def ctx(threat):
+        return ProbeContext(model=digits_model, data=digits, threat=threat, out_dir=tmp_path)
+
+    chosen, skipped = select_probes(ctx(ThreatModel(access="labels")))
     assert "evasion" not in chosen
     assert any(s.probe == "evasion" and "white-box" in s.reason for s in skipped)
+    assert any(s.probe == "poisoning" and s.status == "excluded" for s in skipped)
     with pytest.raises(ConfigError, match="unknown probe"):
-        select_probes(ThreatModel(probes=["nope"]))
+        select_probes(ctx(ThreatModel(probes=["nope"])))

@@ -28,17 +28,20 @@ def ctx(digits_model, digits, tmp_path):
     return make
 
 
-def test_probes_are_registered_and_chosen_by_the_threat_model():
+def test_probes_are_registered_and_chosen_by_the_threat_model(digits, digits_model, tmp_path):
+    def ctx(threat):
+        return ProbeContext(model=digits_model, data=digits, threat=threat, out_dir=tmp_path)
+
     assert {"blackbox", "extraction"} <= set(probe_names())
     assert make_probe("blackbox").name == "blackbox"
     assert make_probe("extraction").name == "extraction"
     for access in ("white_box", "scores", "labels"):
-        chosen, _ = select_probes(ThreatModel(access=access))
+        chosen, _ = select_probes(ctx(ThreatModel(access=access)))
         assert {"blackbox", "extraction"} <= set(chosen)
     assert "empty" in ExtractionProbe().applicable(
-        ThreatModel(budgets=Budgets(extraction_queries=[]))
+        ctx(ThreatModel(budgets=Budgets(extraction_queries=[])))
     )
-    assert "below" in BlackBoxProbe().applicable(ThreatModel(budgets=Budgets(queries=5)))
+    assert "below" in BlackBoxProbe().applicable(ctx(ThreatModel(budgets=Budgets(queries=5))))
 
 
 def test_blackbox_probe_findings_and_resume(ctx):
@@ -72,12 +75,12 @@ def test_labels_only_access_runs_hopskipjump_only(ctx):
 def test_blackbox_beating_whitebox_raises_a_sanity_warning(ctx):
     c = ctx()
     n = len(c.eval_set()[1])
-    c.cache["evasion_robust_mask"] = {0.3: torch.ones(n, dtype=torch.bool)}  # "all robust"
+    c.robust_masks = {0.3: torch.ones(n, dtype=torch.bool)}  # "all robust"
     list(BlackBoxProbe().run(c))
     checks = [w for w in c.warnings if w.check == "blackbox-beats-whitebox"]
     assert checks and all(w.probe == "blackbox" and "ε=0.3" in w.message for w in checks)
     c = ctx()
-    c.cache["evasion_robust_mask"] = {0.3: torch.zeros(n, dtype=torch.bool)}
+    c.robust_masks = {0.3: torch.zeros(n, dtype=torch.bool)}
     list(BlackBoxProbe().run(c))
     assert not c.warnings
 

@@ -12,7 +12,7 @@ from scipy import stats
 from torch.nn import functional as F
 
 from bastion.assess.membership_probe import MembershipProbe, membership_severity
-from bastion.assess.probe import ProbeContext
+from bastion.assess.probe import Members, ProbeContext
 from bastion.assess.runner import run_assessment
 from bastion.assess.schema import Budgets, Report, ThreatModel
 from bastion.attacks.inference import (
@@ -34,7 +34,10 @@ def test_perfect_separation():
     member = torch.arange(1000) < 500
     m = membership_metrics(scores, member)
     assert m.auc == 1.0
-    assert m.tpr_at(0.001) == 1.0 and m.tpr_at(0.01) == 1.0
+    # 500 non-members cannot resolve an FPR of 0.1 %: reported as NaN, never interpolated
+    assert math.isnan(m.tpr_at(0.001)) and m.tpr_at(0.01) == 1.0
+    lo, hi = m.tpr_ci[0.01]
+    assert 0.99 < lo < 1.0 and hi == 1.0
     assert m.balanced_accuracy == 1.0
     assert membership_severity(m) == 10.0
     inverted = membership_metrics(-scores, member)
@@ -198,14 +201,27 @@ def test_lira_user_errors(digits_module, digits):
 # -------------------------------------------------------------------------------- probe
 def _ctx(model, digits, tmp_path, recipe, **threat) -> ProbeContext:
     tm = ThreatModel(probes=["membership"], budgets=Budgets(shadow_models=4), **threat)
-    return ProbeContext(model=model, data=digits, threat=tm, out_dir=tmp_path, recipe=recipe)
+    return ProbeContext(
+        model=model,
+        data=digits,
+        threat=tm,
+        out_dir=tmp_path,
+        recipe=recipe,
+        members=Members.train_split(digits, "test: trained on the train split"),
+    )
 
 
 def test_probe_findings_and_report(digits, small_cnn_spec, fast_recipe, tmp_path):
     torch.manual_seed(0)
     module = build_model(small_cnn_spec)
     train_model(module, digits.train, epochs=fast_recipe.epochs, lr=fast_recipe.lr, seed=0)
-    model = LoadedModel(module.eval(), "small", "0" * 64, spec=small_cnn_spec)
+    model = LoadedModel(
+        name="small",
+        sha256="0" * 64,
+        module=module.eval(),
+        spec=small_cnn_spec,
+        rebuild=lambda: build_model(small_cnn_spec),
+    )
     report = run_assessment(_ctx(model, digits, tmp_path, fast_recipe))
     by_attack = {f.attack: f for f in report.findings}
     assert set(by_attack) == {"loss-threshold", "lira-online", "lira-offline"}
@@ -216,19 +232,30 @@ def test_probe_findings_and_report(digits, small_cnn_spec, fast_recipe, tmp_path
         assert len(f.series["fpr"]) == len(f.series["tpr"]) > 50
     assert by_attack["lira-online"].params["n_shadow"] == 4
     assert by_attack["lira-online"].params["fixed_variance"] is True
-    assert Report.model_validate_json(report.model_dump_json()).findings == report.findings
+    # NaN (an FPR level too low for 450 non-members) survives the JSON round trip
+    assert math.isnan(by_attack["loss-threshold"].metrics["tpr_at_0.1%_fpr"])
+    again = Report.model_validate_json(report.model_dump_json())
+    assert again.model_dump_json() == report.model_dump_json()
     # the candidate sets are balanced, disjoint members / non-members
     _, is_member, population = MembershipProbe().sets(_ctx(model, digits, tmp_path, fast_recipe))
     assert int(is_member.sum()) == int((~is_member).sum()) == len(digits.test)
     assert len(population) == len(digits.train) + len(digits.test)
 
 
+def test_membership_is_not_measured_without_members(digits, digits_model, tmp_path):
+    ctx = ProbeContext(model=digits_model, data=digits, threat=ThreatModel(), out_dir=tmp_path)
+    verdict = MembershipProbe().applicable(ctx)
+    assert verdict.status == "not_measured" and "--members" in verdict.reason
+
+
 def test_probe_label_only_and_no_spec(digits, digits_model, fast_recipe, tmp_path):
     ctx = _ctx(digits_model, digits, tmp_path, fast_recipe, access="labels")
     assert [f.attack for f in MembershipProbe().run(ctx)] == ["gap"]
-    custom = LoadedModel(digits_model.module, "custom", digits_model.sha256, spec=None)
+    custom = LoadedModel(
+        name="custom", sha256=digits_model.sha256, module=digits_model.module, form="module"
+    )
     ctx = _ctx(custom, digits, tmp_path, fast_recipe)
     assert [f.attack for f in MembershipProbe().run(ctx)] == ["loss-threshold"]
-    assert "no zoo spec" in ctx.warnings[0].message
+    assert "cannot be rebuilt untrained" in ctx.warnings[0].message
     ctx.done = {f.key for f in MembershipProbe().run(ctx)}
     assert list(MembershipProbe().run(ctx)) == []

@@ -159,10 +159,13 @@ def test_backdoor_success_errors(digits_module, digits):
 
 
 # -------------------------------------------------------------------------------- probe
-def test_probe_needs_can_poison():
-    reason = PoisoningProbe().applicable(ThreatModel())
-    assert reason and "can_poison" in reason
-    assert PoisoningProbe().applicable(ThreatModel(can_poison=True)) is None
+def test_probe_needs_can_poison(digits, digits_model, tmp_path):
+    def ctx(threat):
+        return ProbeContext(model=digits_model, data=digits, threat=threat, out_dir=tmp_path)
+
+    verdict = PoisoningProbe().applicable(ctx(ThreatModel()))
+    assert verdict.status == "excluded" and "can_poison" in verdict.reason
+    assert PoisoningProbe().applicable(ctx(ThreatModel(can_poison=True))) is None
 
 
 def test_probe_findings_artifacts_and_resume(digits, digits_model, fast_recipe, tmp_path):
@@ -197,9 +200,11 @@ def test_probe_findings_artifacts_and_resume(digits, digits_model, fast_recipe, 
 
 
 def test_probe_skips_models_without_spec(digits, digits_model, tmp_path):
-    model = LoadedModel(digits_model.module, "custom", digits_model.sha256, spec=None)
+    model = LoadedModel(
+        name="custom", sha256=digits_model.sha256, module=digits_model.module, form="module"
+    )
     ctx = ProbeContext(
         model=model, data=digits, threat=ThreatModel(can_poison=True), out_dir=tmp_path
     )
-    assert list(PoisoningProbe().run(ctx)) == []
-    assert ctx.warnings and "no zoo spec" in ctx.warnings[0].message
+    reason = PoisoningProbe().applicable(ctx)
+    assert isinstance(reason, str) and "cannot be rebuilt untrained" in reason

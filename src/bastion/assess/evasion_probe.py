@@ -18,10 +18,11 @@ from collections.abc import Iterator
 
 import torch
 
+from bastion.assess.checks import chance_rate
 from bastion.assess.probe import ProbeContext
 from bastion.assess.schema import Finding, SanityWarning, ThreatModel
 from bastion.assess.scoring import evasion_severity
-from bastion.attacks.evasion import ATTACKS, project, random_start, robust_mask
+from bastion.attacks.evasion import ATTACKS, project, random_start, robust_mask, span
 from bastion.progress import track
 
 # Tolerances for the sanity checks, in accuracy points (fractions).
@@ -37,6 +38,31 @@ def _attack_kwargs(threat: ThreatModel, attack: str) -> dict:
     return {"steps": steps, "restarts": budgets.restarts}
 
 
+def fit_attacks(attacks: list[str], num_classes: int) -> tuple[list[str], list[str]]:
+    """The threat model's attacks as they apply to a model with ``num_classes`` outputs,
+    and notes on what changed. APGD-T attacks the 2nd … ``min(9, K − 1) + 1``-th classes,
+    and its targeted DLR loss needs 4 classes: below that it does not apply, and the
+    ensemble (APGD-CE → APGD-T) runs as APGD-CE, then APGD with the untargeted DLR loss
+    where that is defined (3 classes)."""
+    if num_classes >= 4:
+        return list(attacks), []
+    out, notes = [], []
+    for a in attacks:
+        if a == "apgd-t":
+            notes.append(
+                f"apgd-t not run: its targeted DLR loss needs >= 4 classes, the model has {num_classes}"
+            )
+        elif a == "ensemble":
+            sub = "apgd-ce+dlr" if num_classes == 3 else "apgd-ce"
+            notes.append(
+                f"ensemble run as {sub}: APGD-T needs >= 4 classes, the model has {num_classes}"
+            )
+            out.append(sub)
+        else:
+            out.append(a)
+    return list(dict.fromkeys(out)), notes
+
+
 def default_curve(threat: ThreatModel) -> list[float]:
     """Ten ε values evenly spaced up to twice the largest threat ε."""
     top = 2 * max(threat.eps) if max(threat.eps) > 0 else 0.1
@@ -48,26 +74,49 @@ class EvasionProbe:
 
     name = "evasion"
 
-    def applicable(self, threat: ThreatModel) -> str | None:
+    def applicable(self, ctx: ProbeContext) -> str | None:
+        threat = ctx.threat
         if threat.access != "white_box":
             return f"needs white-box access (threat model gives {threat.access}); see the blackbox probe"
+        if not ctx.model.differentiable:
+            return (
+                f"needs gradients, and the {ctx.model.form} model {ctx.model.name} offers none: "
+                "the blackbox probe (Square, HopSkipJump) and the extraction probe's transfer "
+                "attack assess it instead"
+            )
         unknown = [a for a in [*threat.attacks, threat.curve_attack] if a not in ATTACKS]
         if unknown:
             return f"unknown attack(s) {unknown}: choose from {sorted(ATTACKS)}"
         return None
 
+    def _mask(self, ctx: ProbeContext, model, x, y, attack: str, eps: float, **kw) -> torch.Tensor:
+        """Per-point robustness in the attack space, integer features made whole again."""
+        space = ctx.space
+        opts = dict(eps=eps, norm=ctx.threat.norm, bounds=space.box, post=space.finalize, **kw)
+        if attack == "apgd-t" or attack == "ensemble":
+            opts["n_target_classes"] = min(9, ctx.num_classes - 1)
+        if attack == "apgd-ce+dlr":
+            alive = robust_mask(model, x, y, attack="apgd-ce", **opts)
+            idx = alive.nonzero().flatten()
+            if idx.numel():
+                alive[idx] = robust_mask(
+                    model, x[idx], y[idx], attack="apgd-ce", loss="dlr", **opts
+                )
+            return alive
+        return robust_mask(model, x, y, attack=attack, **opts)
+
     def run(self, ctx: ProbeContext) -> Iterator[Finding]:
         threat = ctx.threat
-        model = ctx.model.module.to(ctx.device)
-        x, y = ctx.eval_set()
-        bounds = ctx.data.test.bounds
-        with torch.no_grad():
-            clean = _predict(model, x).eq(y)
+        model = ctx.space.model(ctx.model.require_module("white-box evasion").to(ctx.device))
+        x_raw, y = ctx.eval_set()
+        x = ctx.space.to_z(x_raw)
+        clean = ctx.model.predict(x_raw).to(y.device).eq(y)
         clean_acc = float(clean.float().mean())
-        base = {"norm": threat.norm, "n": len(y)}
-        strongest = threat.attacks[-1]
+        base = {"norm": threat.norm, "n": len(y), "eps_mode": ctx.space.mode}
+        attacks, notes = fit_attacks(threat.attacks, ctx.num_classes)
+        strongest = attacks[-1]
         masks: dict[float, torch.Tensor] = {}
-        jobs = [(a, e) for a in threat.attacks for e in threat.eps]
+        jobs = [(a, e) for a in attacks for e in threat.eps]
         for attack, eps in track(jobs, "evasion attacks"):
             kw = _attack_kwargs(threat, attack)
             finding = Finding(
@@ -76,10 +125,10 @@ class EvasionProbe:
             if finding.key in ctx.done and attack != strongest:
                 continue
             start = time.perf_counter()
-            mask = robust_mask(
-                model, x, y, attack=attack, eps=eps, norm=threat.norm, bounds=bounds,
-                generator=ctx.generator(int(eps * 1e6)), **kw,
-            )  # fmt: skip
+            kw_attack = kw if attack != "apgd-ce+dlr" else _attack_kwargs(threat, "apgd-ce")
+            mask = self._mask(
+                ctx, model, x, y, attack, eps, generator=ctx.generator(int(eps * 1e6)), **kw_attack
+            )
             seconds = time.perf_counter() - start
             if attack == strongest:
                 masks[eps] = mask.cpu()
@@ -93,12 +142,14 @@ class EvasionProbe:
                         "robust_accuracy": robust_acc,
                         "attack_success_rate": 1 - robust_acc / clean_acc if clean_acc else 1.0,
                     },
-                    "severity": evasion_severity(clean_acc, robust_acc),
+                    "severity": evasion_severity(clean_acc, robust_acc, chance_rate(y)),
                     "seconds": round(seconds, 3),
+                    "notes": [ctx.space.describe(eps), *notes],
                 }
             )
-        ctx.cache["evasion_robust_mask"] = masks
-        yield from self._curve(ctx, model, x, y, clean, threat.curve_attack)
+        ctx.robust_masks = masks
+        curve_attack = fit_attacks([threat.curve_attack], ctx.num_classes)[0][0]
+        yield from self._curve(ctx, model, x, y, clean, curve_attack)
         yield from self._sanity(ctx, model, x, y, clean, masks, strongest)
 
     def _curve(self, ctx, model, x, y, clean, attack) -> Iterator[Finding]:
@@ -106,9 +157,11 @@ class EvasionProbe:
         grid = sorted(threat.curve_eps or default_curve(threat))
         kw = _attack_kwargs(threat, attack)
         finding = Finding(
-            probe=self.name, attack=f"{attack}-curve",
-            params={"norm": threat.norm, "n": len(y), "points": len(grid), **kw}, severity=0,
-        )  # fmt: skip
+            probe=self.name,
+            attack=f"{attack}-curve",
+            params={"norm": threat.norm, "n": len(y), "points": len(grid), **kw},
+            severity=0,
+        )
         if finding.key in ctx.done:
             return
         start = time.perf_counter()
@@ -117,10 +170,16 @@ class EvasionProbe:
         for i, eps in enumerate(track(grid, f"robustness curve ({attack})")):
             idx = alive.nonzero().flatten()
             if idx.numel():
-                survived = robust_mask(
-                    model, x[idx], y[idx], attack=attack, eps=eps, norm=threat.norm,
-                    bounds=ctx.data.test.bounds, generator=ctx.generator(1000 + i), **kw,
-                )  # fmt: skip
+                survived = self._mask(
+                    ctx,
+                    model,
+                    x[idx],
+                    y[idx],
+                    attack,
+                    eps,
+                    generator=ctx.generator(1000 + i),
+                    **kw,
+                )
                 alive[idx] = survived.to(alive.device)
             accs.append(float(alive.float().mean()))
         clean_acc = float(clean.float().mean())
@@ -134,7 +193,7 @@ class EvasionProbe:
                     "eps_half_accuracy": below[0] if below else float("inf"),
                 },
                 "series": {"eps": grid, "robust_accuracy": accs},
-                "severity": evasion_severity(clean_acc, mean_acc),
+                "severity": evasion_severity(clean_acc, mean_acc, chance_rate(y)),
                 "seconds": round(time.perf_counter() - start, 3),
             }
         )
@@ -152,7 +211,7 @@ class EvasionProbe:
         start = time.perf_counter()
         n = min(SANITY_POINTS, len(y))
         xs, ys, cs = x[:n], y[:n], clean[:n]
-        bounds = ctx.data.test.bounds
+        bounds = ctx.space.box
         warn = ctx.warnings.append
         metrics: dict[str, float] = {}
         strong = masks.get(eps)
@@ -162,11 +221,7 @@ class EvasionProbe:
         # 1. iterative beats single-step
         if "fgsm" in threat.attacks and strongest != "fgsm" and strong_acc is not None:
             fgsm_acc = (
-                float(
-                    robust_mask(model, xs, ys, attack="fgsm", eps=eps, norm="inf", bounds=bounds)
-                    .float()
-                    .mean()
-                )
+                float(self._mask(ctx, model, xs, ys, "fgsm", eps).float().mean())
                 if threat.norm == "inf"
                 else None
             )
@@ -183,11 +238,11 @@ class EvasionProbe:
                         )
                     )
         # 2. accuracy falls to chance at a large ε
-        lo, hi = bounds
-        big = (hi - lo) * (0.5 if threat.norm == "inf" else 0.5 * float(xs[0].numel()) ** 0.5)
-        big_acc = float(robust_mask(model, xs, ys, attack="pgd", eps=big, norm=threat.norm, bounds=bounds,
-                                    steps=50, generator=ctx.generator(7)).float().mean())  # fmt: skip
-        chance = 1.0 / ctx.data.test.num_classes
+        width = span(bounds)
+        big = width * (0.5 if threat.norm == "inf" else 0.5 * float(xs[0].numel()) ** 0.5)
+        big_mask = self._mask(ctx, model, xs, ys, "pgd", big, steps=50, generator=ctx.generator(7))
+        big_acc = float(big_mask.float().mean())
+        chance = max(1.0 / ctx.num_classes, chance_rate(ys))
         metrics["large_eps_accuracy"] = big_acc
         if big_acc > chance + CHANCE_MARGIN:
             warn(
@@ -203,35 +258,46 @@ class EvasionProbe:
         if strong is not None:
             survivors = strong[:n].to(xs.device).nonzero().flatten()
             kw = _attack_kwargs(threat, strongest)
-            attack = "apgd-ce" if strongest in {"ensemble", "apgd-t"} else strongest
+            attack = "apgd-ce" if strongest in {"ensemble", "apgd-t", "apgd-ce+dlr"} else strongest
             kw = {
                 "steps": max(kw["steps"], threat.budgets.pgd_steps) * 2,
                 "restarts": kw["restarts"],
             }
             still = survivors.numel()
             if still:
-                still = int(robust_mask(model, xs[survivors], ys[survivors], attack=attack, eps=eps,
-                                        norm=threat.norm, bounds=bounds, generator=ctx.generator(11),
-                                        **kw).sum())  # fmt: skip
+                still_mask = self._mask(
+                    ctx,
+                    model,
+                    xs[survivors],
+                    ys[survivors],
+                    attack,
+                    eps,
+                    generator=ctx.generator(11),
+                    **kw,
+                )
+                still = int(still_mask.sum())
             more = still / n
             metrics["more_steps_accuracy"] = more
             if strong_acc - more > CONVERGENCE_TOLERANCE:
-                warn(SanityWarning(check="convergence", message=(
-                    f"a {attack} run with twice the steps lowers robust accuracy from "
-                    f"{strong_acc:.1%} to {more:.1%} at ε={eps}: the evaluation has not converged; "
-                    "raise the budgets")))  # fmt: skip
+                warn(
+                    SanityWarning(
+                        check="convergence",
+                        message=(
+                            f"a {attack} run with twice the steps lowers robust accuracy from "
+                            f"{strong_acc:.1%} to {more:.1%} at ε={eps}: the evaluation has not converged; "
+                            "raise the budgets"
+                        ),
+                    )
+                )
         # 4. random noise of the same norm is weaker than the attack
         with torch.no_grad():
             delta = random_start(xs, eps, threat.norm, ctx.generator(13))
             if threat.norm == "inf":
                 delta = delta.sign() * eps
             else:
-                delta = project(
-                    delta / delta.flatten(1).norm(dim=1).clamp_min(1e-12).view(-1, 1, 1, 1) * eps,
-                    eps,
-                    "2",
-                )
-            noisy = (xs + delta).clamp(*bounds)
+                norms = delta.flatten(1).norm(dim=1).clamp_min(1e-12)
+                delta = project(delta / norms.view(-1, *([1] * (delta.ndim - 1))) * eps, eps, "2")
+            noisy = ctx.space.finalize(bounds.clip(xs + delta, xs), xs)
             noise_acc = float((_predict(model, noisy).eq(ys) & cs).float().mean())
         metrics["noise_accuracy"] = noise_acc
         if strong_acc is not None and noise_acc < strong_acc - SINGLE_STEP_TOLERANCE:

@@ -25,10 +25,10 @@ from torch import nn
 
 from bastion.assess.blackbox_probe import make_target, predict, target_kind
 from bastion.assess.probe import ProbeContext
-from bastion.assess.schema import Finding, ThreatModel
+from bastion.assess.schema import Finding
 from bastion.assess.scoring import rate_severity
 from bastion.attacks.extraction import extraction_curve, transfer_attack
-from bastion.attacks.targets import ModuleTarget, QueryBudget
+from bastion.attacks.targets import QueryBudget
 from bastion.models.zoo import build_model, zoo_spec
 from bastion.progress import task
 
@@ -40,11 +40,13 @@ TRANSFER_POINTS = 200
 
 
 def surrogate_builder(ctx: ProbeContext) -> tuple[Callable[[], nn.Module], str]:
-    """Same zoo architecture as the victim when it has a spec, else the zoo CNN."""
+    """Same zoo architecture as the victim when it has a spec, else the zoo model that fits
+    the modality: a CNN for images, an MLP for tabular rows."""
     spec = ctx.model.spec
     if spec is None:
         test = ctx.data.test
-        spec = zoo_spec("cnn", test.shape, test.num_classes)
+        arch = "cnn" if test.modality == "image" else "mlp"
+        spec = zoo_spec(arch, test.shape, ctx.num_classes)
     device = ctx.device
     return (lambda: build_model(spec).to(device)), spec.name
 
@@ -54,7 +56,8 @@ class ExtractionProbe:
 
     name = "extraction"
 
-    def applicable(self, threat: ThreatModel) -> str | None:
+    def applicable(self, ctx: ProbeContext) -> str | None:
+        threat = ctx.threat
         if not threat.budgets.extraction_queries:
             return "budgets.extraction_queries is empty: give the query budgets to try"
         if min(threat.budgets.extraction_queries) < 1:
@@ -64,14 +67,13 @@ class ExtractionProbe:
     def run(self, ctx: ProbeContext) -> Iterator[Finding]:
         threat = ctx.threat
         budgets = sorted(set(threat.budgets.extraction_queries))
-        kind = target_kind(threat)
+        kind = target_kind(threat, ctx)
         test = ctx.data.test
         perm = torch.randperm(len(test), generator=ctx.generator(61))
         half = len(test) // 2
         pool = test.x[perm[:half]].to(ctx.device)
         x_eval, y_eval = test.x[perm[half:]].to(ctx.device), test.y[perm[half:]].to(ctx.device)
-        victim = ctx.model.module.to(ctx.device)
-        victim_eval = predict(victim, x_eval)
+        victim_eval = predict(ctx, x_eval)
         build, arch = surrogate_builder(ctx)
         for source in SOURCES:
             params = {"source": source, "answers": kind, "budgets": budgets, "surrogate": arch}
@@ -84,12 +86,22 @@ class ExtractionProbe:
             target = QueryBudget(make_target(ctx, kind), budgets[-1])
             with task(f"extraction: {source}", len(budgets)) as advance:
                 curve = extraction_curve(
-                    target, build, pool, x_eval, y_eval, victim_eval, source=source,
-                    budgets=budgets, progress=advance, bounds=test.bounds, seed=ctx.seed,
-                    min_steps=MIN_STEPS, max_steps=MAX_STEPS,
-                )  # fmt: skip
-            transfer = self._transfer(ctx, curve.surrogate, victim, x_eval, y_eval, victim_eval)
-            chance = 1.0 / test.num_classes
+                    target,
+                    build,
+                    pool,
+                    x_eval,
+                    y_eval,
+                    victim_eval,
+                    source=source,
+                    budgets=budgets,
+                    progress=advance,
+                    bounds=test.bounds,
+                    seed=ctx.seed,
+                    min_steps=MIN_STEPS,
+                    max_steps=MAX_STEPS,
+                )
+            transfer = self._transfer(ctx, curve.surrogate, x_eval, y_eval, victim_eval)
+            chance = 1.0 / ctx.num_classes
             fidelity = curve.fidelity[-1]
             metrics = {
                 "fidelity": fidelity,
@@ -113,25 +125,34 @@ class ExtractionProbe:
                     "severity": rate_severity(fidelity, chance),
                     "seconds": round(time.perf_counter() - start, 3),
                     "notes": [
-                        f"pool: {half} held-out test images; fidelity on the other {len(y_eval)}",
+                        f"pool: {half} held-out test samples; fidelity on the other {len(y_eval)}",
                         f"transfer: PGD on the {budgets[-1]}-query surrogate, replayed on the victim",
                     ],
                 }
             )
 
-    def _transfer(self, ctx, surrogate, victim, x_eval, y_eval, victim_eval) -> list[float]:
-        """Transfer success rate per threat ε: the share of victim-correct points fooled."""
+    def _transfer(self, ctx, surrogate, x_eval, y_eval, victim_eval) -> list[float]:
+        """Transfer success rate per threat ε (in the attack space): the share of
+        victim-correct points that PGD on the surrogate fools on the victim."""
         threat = ctx.threat
         ok = (victim_eval == y_eval).nonzero().squeeze(1)[:TRANSFER_POINTS]
         if ok.numel() == 0 or surrogate is None:
             return [0.0 for _ in threat.eps]
-        xs, ys = x_eval[ok], y_eval[ok]
+        space = ctx.space
+        zs, ys = space.to_z(x_eval[ok]), y_eval[ok]
+        victim = make_target(ctx, "labels", in_space=True)
         out = []
         for i, eps in enumerate(threat.eps):
             fooled = transfer_attack(
-                surrogate, ModuleTarget(victim, kind="labels"), xs, ys, eps=eps, norm=threat.norm,
-                steps=threat.budgets.pgd_steps, bounds=ctx.data.test.bounds,
+                space.model(surrogate),
+                victim,
+                zs,
+                ys,
+                eps=eps,
+                norm=threat.norm,
+                steps=threat.budgets.pgd_steps,
+                bounds=space.box,
                 generator=ctx.generator(71 + i),
-            )  # fmt: skip
+            )
             out.append(float(fooled.float().mean()))
         return out

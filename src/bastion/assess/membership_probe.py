@@ -36,7 +36,7 @@ from collections.abc import Iterator
 import torch
 
 from bastion.assess.probe import ProbeContext
-from bastion.assess.schema import Finding, SanityWarning, ThreatModel
+from bastion.assess.schema import Finding, SanityWarning, Skipped
 from bastion.assess.scoring import clamp_severity
 from bastion.attacks.inference import (
     MembershipMetrics,
@@ -46,8 +46,8 @@ from bastion.attacks.inference import (
 )
 from bastion.attacks.lira import LiRA
 from bastion.data.dataset import Dataset
+from bastion.errors import AssessmentError
 from bastion.models.train import accuracy
-from bastion.models.zoo import build_model
 
 log = logging.getLogger(__name__)
 FIXED_VARIANCE_BELOW = 64
@@ -70,12 +70,18 @@ def _metrics(m: MembershipMetrics) -> dict[str, float]:
     return out
 
 
-def _concat(parts: list[Dataset], split: str) -> Dataset:
+def concat(parts: list[Dataset], split: str) -> Dataset:
+    """One dataset of the rows of ``parts`` (same spec and classes), in order."""
     first = parts[0]
     return Dataset(
-        name=first.name, x=torch.cat([p.x for p in parts]), y=torch.cat([p.y for p in parts]),
-        class_names=first.class_names, bounds=first.bounds, source=first.source, split=split,
-    )  # fmt: skip
+        name=first.name,
+        x=torch.cat([p.x for p in parts]),
+        y=torch.cat([p.y for p in parts]),
+        class_names=first.class_names,
+        source=first.source,
+        split=split,
+        spec=first.spec,
+    )
 
 
 class MembershipProbe:
@@ -87,30 +93,49 @@ class MembershipProbe:
         self.max_candidates = max_candidates
         self.max_population = max_population
 
-    def applicable(self, threat: ThreatModel) -> str | None:
+    def applicable(self, ctx: ProbeContext) -> str | Skipped | None:
+        if ctx.members is None:
+            return Skipped(
+                probe=self.name,
+                status="not_measured",
+                reason="the model's training rows are unknown: pass --members FILE (row "
+                "indices of the rows it was trained on) or --members train-split when the "
+                "data's train split is its training set; without them membership inference "
+                "measures nothing",
+            )
+        if ctx.model.module is None:
+            return (
+                f"the loss-threshold and LiRA attacks need a torch model's scores; the "
+                f"{ctx.model.form} model has none here"
+            )
+        if ctx.members.train.sum() + ctx.members.test.sum() < 2:
+            return Skipped(probe=self.name, status="not_measured", reason="fewer than 2 members")
         return None  # every access level has an attack (label-only: the gap attack)
 
     def sets(self, ctx: ProbeContext) -> tuple[Dataset, torch.Tensor, Dataset]:
-        """(candidates, is_member, population) drawn with the context's seed."""
-        train, test = ctx.data.train, ctx.data.test
+        """(candidates, is_member, population) drawn with the context's seed, members and
+        non-members from ``ctx.members``."""
+        if ctx.members is None:
+            raise AssessmentError("membership inference needs the model's members")
+        train, test = ctx.members.split(ctx.data)
         gen = ctx.generator(41)
         n = min(len(train), len(test), self.max_candidates)
         p_train = torch.randperm(len(train), generator=gen)
         p_test = torch.randperm(len(test), generator=gen)
         members, nonmembers = train.subset(p_train[:n]), test.subset(p_test[:n])
-        candidates = _concat([members, nonmembers], "candidates")
+        candidates = concat([members, nonmembers], "candidates")
         is_member = torch.cat([torch.ones(n, dtype=torch.bool), torch.zeros(n, dtype=torch.bool)])
         rest = [d.subset(p[n:]) for d, p in ((train, p_train), (test, p_test)) if len(d) > n]
         parts = [candidates]
         extra = max(0, self.max_population - 2 * n)
         if rest and extra > 0:
-            pool = _concat(rest, "rest")
+            pool = concat(rest, "rest")
             parts.append(pool.subset(torch.randperm(len(pool), generator=gen)[:extra]))
-        return candidates, is_member, _concat(parts, "population")
+        return candidates, is_member, concat(parts, "population")
 
     def run(self, ctx: ProbeContext) -> Iterator[Finding]:
         threat = ctx.threat
-        model = ctx.model.module.to(ctx.device)
+        model = ctx.model.require_module("membership inference").to(ctx.device)
         cand, is_member, population = self.sets(ctx)
         x, y = cand.x.to(ctx.device), cand.y.to(ctx.device)
         n = int(is_member.sum())
@@ -146,11 +171,11 @@ class MembershipProbe:
         todo = [f for f in todo if f.key not in ctx.done]
         if not todo:
             return
-        if ctx.model.spec is None:
+        if ctx.model.rebuild is None:
             ctx.warnings.append(SanityWarning(
                 check="skipped", probe=self.name,
-                message="LiRA needs to rebuild the architecture for its shadow models, but the "
-                "model has no zoo spec (entry-point model): only the loss threshold ran",
+                message=f"LiRA trains shadow copies of the architecture, and a {ctx.model.form} "
+                "model cannot be rebuilt untrained (give --entry-point): only the loss threshold ran",
             ))  # fmt: skip
             return
         if n_shadow < 2:
@@ -160,11 +185,10 @@ class MembershipProbe:
             ))  # fmt: skip
             return
         start = time.perf_counter()
-        spec = ctx.model.spec
         lira = LiRA(
             n_shadow=n_shadow, online=True, fixed_variance=fixed, epochs=recipe.epochs,
             lr=recipe.lr, batch_size=recipe.batch_size, seed=ctx.seed, device=ctx.device,
-        ).fit(population, lambda: build_model(spec))  # fmt: skip
+        ).fit(population, ctx.model.rebuild)  # fmt: skip
         fit_seconds = time.perf_counter() - start
         note = (f"{n_shadow} shadow models on random halves of {len(population)} rows "
                 f"(train ∪ test), {fit_seconds:.1f} s to train")  # fmt: skip

@@ -38,7 +38,7 @@ import torch
 from torch import nn
 
 from bastion.assess.probe import ProbeContext
-from bastion.assess.schema import Finding, SanityWarning, ThreatModel
+from bastion.assess.schema import Finding, Skipped
 from bastion.assess.scoring import clamp_severity, rate_severity
 from bastion.attacks.poisoning import (
     PoisonedData,
@@ -48,10 +48,9 @@ from bastion.attacks.poisoning import (
 )
 from bastion.data.dataset import Dataset
 from bastion.models.train import accuracy, train_model
-from bastion.models.zoo import build_model
 
 log = logging.getLogger(__name__)
-CLEAN_KEY = "poisoning_clean_retrain"
+TABULAR_TRIGGER_FEATURES = 3
 
 
 def save_indices(poisoned: PoisonedData, path: Path) -> Path:
@@ -80,22 +79,25 @@ class PoisoningProbe:
         self.target = target
         self.patch_size = patch_size
 
-    def applicable(self, threat: ThreatModel) -> str | None:
-        if not threat.can_poison:
-            return "the attacker cannot contribute training data (set can_poison: true to test it)"
+    def applicable(self, ctx: ProbeContext) -> str | Skipped | None:
+        if not ctx.threat.can_poison:
+            return Skipped(
+                probe=self.name,
+                status="excluded",
+                reason="the attacker cannot contribute training data (set can_poison: true to test it)",
+            )
+        if ctx.model.rebuild is None:
+            return (
+                f"retrains a fresh copy of the architecture, and a {ctx.model.form} model cannot "
+                "be rebuilt untrained: give the architecture with --entry-point module:function"
+            )
         return None
 
     def run(self, ctx: ProbeContext) -> Iterator[Finding]:
-        if ctx.model.spec is None:
-            ctx.warnings.append(SanityWarning(
-                check="skipped", probe=self.name,
-                message="poisoning needs to retrain the architecture, but the model has no zoo "
-                "spec (entry-point model): skipped",
-            ))  # fmt: skip
-            return
         rate = ctx.threat.poison_rate
         train, test = ctx.data.train, ctx.data.test
-        patch = min(self.patch_size, min(train.shape[-2:]) // 2)
+        image = train.modality == "image"
+        patch = min(self.patch_size, min(train.shape[-2:]) // 2) if image else 0
         recipe = ctx.recipe
         common = {"rate": rate, "epochs": recipe.epochs, "seed": recipe.seed}
         badnets = Finding(
@@ -103,19 +105,21 @@ class PoisoningProbe:
             params={**common, "target": self.target, "patch_size": patch},
         )  # fmt: skip
         flip = Finding(probe=self.name, attack="label-flip", params=common, severity=0)
-        target_acc = accuracy(ctx.model.module.to(ctx.device), *_on(test, ctx.device))
+        x_test, y_test = _on(test, ctx.device)
+        target_acc = float((ctx.model.predict(x_test).to(y_test.device) == y_test).float().mean())
         if badnets.key not in ctx.done:
             start = time.perf_counter()
+            trig = self._trigger(test, patch)
             poisoned = poison_dataset(
-                train, rate=rate, target=self.target, patch_size=patch, generator=ctx.generator(31)
+                train, rate=rate, target=self.target, generator=ctx.generator(31), **trig
             )
             clean = self._clean(ctx)
             model = self._retrain(ctx, poisoned.dataset, "BadNets retrain")
-            trig = {"target": self.target, "patch_size": patch, "bounds": test.bounds,
-                    "value": test.bounds[1]}  # fmt: skip
             x, y = _on(test, ctx.device)
-            asr = backdoor_success_rate(model, x, y, **trig)
-            base_asr = backdoor_success_rate(clean, x, y, **trig)
+            asr = backdoor_success_rate(model, x, y, target=self.target, bounds=test.bounds, **trig)
+            base_asr = backdoor_success_rate(
+                clean, x, y, target=self.target, bounds=test.bounds, **trig
+            )
             acc, base_acc = accuracy(model, x, y), accuracy(clean, x, y)
             path = save_indices(
                 poisoned, ctx.out_dir / "poisoning" / f"indices_badnets_rate{rate:g}.json"
@@ -131,7 +135,7 @@ class PoisoningProbe:
                 "seconds": round(time.perf_counter() - start, 3),
                 "artifacts": {"poisoned_indices": str(path.relative_to(ctx.out_dir))},
                 "notes": [f"{len(poisoned.indices)} of {len(train)} training rows poisoned "
-                          f"({patch}×{patch} patch, target class {self.target})"],
+                          f"({self._describe(trig)}, target class {self.target})"],
             })  # fmt: skip
         if flip.key not in ctx.done:
             start = time.perf_counter()
@@ -159,11 +163,31 @@ class PoisoningProbe:
                 "artifacts": {"poisoned_indices": str(path.relative_to(ctx.out_dir))},
             })  # fmt: skip
 
+    @staticmethod
+    def _trigger(test: Dataset, patch: int) -> dict:
+        """The BadNets trigger for the modality: a bright ``patch``×``patch`` square on
+        images; on tabular rows the 3 widest-range features set to their upper bounds."""
+        if test.modality == "image":
+            return {"patch_size": patch, "value": float(test.bounds.hi.max()), "trigger": "patch"}
+        width = (test.bounds.hi - test.bounds.lo).flatten()
+        if test.input_spec.frozen:
+            width[torch.tensor(test.input_spec.frozen)] = -1.0
+        k = min(TABULAR_TRIGGER_FEATURES, int((width > 0).sum()))
+        features = width.argsort(descending=True)[:k].sort().values
+        return {"trigger": "features", "features": features.tolist(),
+                "value": test.bounds.hi.flatten()[features]}  # fmt: skip
+
+    @staticmethod
+    def _describe(trig: dict) -> str:
+        if trig["trigger"] == "patch":
+            return f"{trig['patch_size']}×{trig['patch_size']} patch"
+        return f"features {trig['features']} set to their upper bounds"
+
     def _retrain(self, ctx: ProbeContext, data: Dataset, description: str) -> nn.Module:
         """A fresh copy of the target's architecture trained on ``data`` with the recipe."""
         recipe = ctx.recipe
         torch.manual_seed(recipe.seed)
-        model = build_model(ctx.model.spec)
+        model = ctx.model.rebuild()
         train_model(
             model, data, epochs=recipe.epochs, batch_size=recipe.batch_size, lr=recipe.lr,
             seed=recipe.seed, device=ctx.device, description=description,
@@ -171,9 +195,9 @@ class PoisoningProbe:
         return model.eval()
 
     def _clean(self, ctx: ProbeContext) -> nn.Module:
-        if CLEAN_KEY not in ctx.cache:
-            ctx.cache[CLEAN_KEY] = self._retrain(ctx, ctx.data.train, "clean retrain")
-        return ctx.cache[CLEAN_KEY]
+        if ctx.clean_retrain is None:
+            ctx.clean_retrain = self._retrain(ctx, ctx.data.train, "clean retrain")
+        return ctx.clean_retrain
 
 
 def _on(data: Dataset, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:

@@ -1,8 +1,14 @@
 """The probe contract: a probe turns an attack into evidence (Findings).
 
-A probe is any object with a ``name``, ``applicable(threat) -> str | None`` (a reason to
-skip, or None) and ``run(ctx) -> list[Finding]``. Long probes yield findings one by one so
-the runner can checkpoint after each; ``done`` holds finding keys already finished (resume).
+A probe is any object with a ``name``, ``applicable(ctx) -> str | Skipped | None`` (why it
+does not apply to this model, data and threat model — a string means "not applicable" — or
+None) and ``run(ctx) -> Iterable[Finding]``. Long probes yield findings one by one so the
+runner can checkpoint after each; ``done`` holds finding keys already finished (resume).
+
+What probes share is typed: ``robust_masks`` (the white-box per-point results the black-box
+sanity check reads), ``query_target`` (a remote target that replaces the local model as the
+thing attacked), ``space`` (where ε means what the threat model says) and ``members`` (the
+model's known training rows, for membership inference).
 """
 
 from __future__ import annotations
@@ -14,9 +20,42 @@ from typing import Any, Protocol
 
 import torch
 
-from bastion.assess.schema import Finding, SanityWarning, ThreatModel
-from bastion.data.dataset import DataBundle
-from bastion.models.io import LoadedModel
+from bastion.assess.schema import Finding, SanityWarning, Skipped, ThreatModel
+from bastion.assess.space import AttackSpace
+from bastion.data.dataset import DataBundle, Dataset
+from bastion.models.loaded import LoadedModel
+
+
+@dataclass(frozen=True)
+class Members:
+    """The model's real training rows among the assessment data: ``train`` and ``test``
+    are boolean masks over ``data.train`` / ``data.test`` (True = trained on), ``source``
+    says how they are known (``bastion train`` provenance, ``--members FILE``, or the user
+    declaring the train split to be the training set)."""
+
+    train: torch.Tensor
+    test: torch.Tensor
+    source: str
+
+    @classmethod
+    def train_split(cls, data: DataBundle, source: str) -> Members:
+        return cls(
+            torch.ones(len(data.train), dtype=torch.bool),
+            torch.zeros(len(data.test), dtype=torch.bool),
+            source,
+        )
+
+    def split(self, data: DataBundle) -> tuple[Dataset, Dataset]:
+        """(members, non-members) drawn from both splits."""
+        from bastion.assess.membership_probe import concat
+
+        mem, non = [], []
+        for d, m in ((data.train, self.train), (data.test, self.test)):
+            if m.any():
+                mem.append(d.subset(m.nonzero().flatten()))
+            if (~m).any():
+                non.append(d.subset((~m).nonzero().flatten()))
+        return concat(mem, "members"), concat(non, "nonmembers")
 
 
 @dataclass
@@ -43,10 +82,25 @@ class ProbeContext:
     recipe: TrainingRecipe = field(default_factory=TrainingRecipe)
     done: set[str] = field(default_factory=set)
     warnings: list[SanityWarning] = field(default_factory=list)
-    cache: dict[str, Any] = field(default_factory=dict)
+    members: Members | None = None
+    query_target: Any = None  # a bastion.attacks.targets.QueryTarget replacing the local model
+    robust_masks: dict[float, torch.Tensor] = field(default_factory=dict)
+    clean_retrain: Any = None  # the poisoning probe's clean baseline (an nn.Module)
+    _space: list[AttackSpace] = field(default_factory=list, repr=False)
 
     def generator(self, salt: int = 0) -> torch.Generator:
         return torch.Generator().manual_seed(self.seed * 1_000_003 + salt)
+
+    @property
+    def space(self) -> AttackSpace:
+        """The attack space of the test data's input spec and the threat's ε mode."""
+        if not self._space:
+            self._space.append(AttackSpace.build(self.data.test.input_spec, self.threat.eps_mode))
+        return self._space[0]
+
+    @property
+    def num_classes(self) -> int:
+        return self.model.capabilities.num_classes or self.data.test.num_classes
 
     def eval_set(self) -> tuple[torch.Tensor, torch.Tensor]:
         """The first ``budgets.n_eval`` test points, on the context's device."""
@@ -57,7 +111,7 @@ class ProbeContext:
 class Probe(Protocol):
     name: str
 
-    def applicable(self, threat: ThreatModel) -> str | None: ...
+    def applicable(self, ctx: ProbeContext) -> str | Skipped | None: ...
 
     def run(self, ctx: ProbeContext) -> Iterable[Finding]: ...
 

@@ -29,7 +29,7 @@ class Profile(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    model: str | None = Field(None, description="model directory (spec.json + weights)")
+    model: str | None = Field(None, description="a model path of any form, or an http(s) URL")
     entry_point: str | None = Field(None, description="module:function returning an nn.Module")
     weights: str | None = None
     data: str = "digits"
@@ -39,6 +39,9 @@ class Profile(BaseModel):
     device: str = "cpu"
     seed: int = 0
     out: str | None = None
+    members: str | None = Field(
+        None, description="the model's training rows: a file or train-split"
+    )
 
     @model_validator(mode="after")
     def _needs_model(self) -> Profile:
@@ -60,7 +63,7 @@ class Profile(BaseModel):
             threat = load_yaml_model(ThreatModel, rel(threat) or threat)
         return self.model_copy(
             update={
-                "model": rel(self.model), "weights": rel(self.weights), "data": rel(self.data) or self.data,
+                "model": rel(self.model), "weights": rel(self.weights), "members": rel(self.members), "data": rel(self.data) or self.data,
                 "data_root": rel(self.data_root), "threat_model": threat,
                 "out": str(base / self.out) if self.out and not Path(self.out).is_absolute() else self.out,
             }

@@ -10,6 +10,7 @@ import logging
 import time
 from pathlib import Path
 
+from bastion.assess.checks import check_clean_accuracy, check_compatible
 from bastion.assess.probe import ProbeContext
 from bastion.assess.registry import PROBES, make_probe
 from bastion.assess.schema import (
@@ -19,7 +20,6 @@ from bastion.assess.schema import (
     Report,
     SanityWarning,
     Skipped,
-    ThreatModel,
 )
 from bastion.assess.scoring import overall_score
 from bastion.errors import ConfigError
@@ -41,25 +41,43 @@ def run_fingerprint(ctx: ProbeContext) -> str:
     return h.hexdigest()
 
 
-def select_probes(threat: ThreatModel) -> tuple[list[str], list[Skipped]]:
-    """Probes to run and the ones skipped with the reason, in registry order."""
+def select_probes(ctx: ProbeContext) -> tuple[list[str], list[Skipped]]:
+    """Probes to run and the ones that do not, each with its status and reason, in registry
+    order: chosen from the threat model and what the model and data offer."""
+    threat = ctx.threat
     unknown = [p for p in (threat.probes or []) + threat.skip if p not in PROBES]
     if unknown:
         raise ConfigError(f"unknown probe(s) {', '.join(unknown)}: choose from {', '.join(PROBES)}")
     chosen, skipped = [], []
     for name in PROBES:
         if threat.probes is not None and name not in threat.probes:
-            skipped.append(Skipped(probe=name, reason="not listed in threat_model.probes"))
+            skipped.append(
+                Skipped(probe=name, reason="not listed in threat_model.probes", status="excluded")
+            )
             continue
         if name in threat.skip:
-            skipped.append(Skipped(probe=name, reason="listed in threat_model.skip"))
+            skipped.append(
+                Skipped(probe=name, reason="listed in threat_model.skip", status="excluded")
+            )
             continue
-        reason = make_probe(name).applicable(threat)
-        if reason:
-            skipped.append(Skipped(probe=name, reason=reason))
+        verdict = make_probe(name).applicable(ctx)
+        if isinstance(verdict, Skipped):
+            skipped.append(verdict)
+        elif verdict:
+            skipped.append(Skipped(probe=name, reason=verdict))
         else:
             chosen.append(name)
     return chosen, skipped
+
+
+def preflight(ctx: ProbeContext) -> float:
+    """Model/data compatibility and the chance-level guard; returns the clean accuracy on
+    the evaluation set."""
+    check_compatible(ctx.model, ctx.data)
+    x, y = ctx.eval_set()
+    acc = float((ctx.model.predict(x).to(y.device) == y).float().mean())
+    check_clean_accuracy(acc, y, ctx.threat.min_clean_accuracy, ctx.model.name)
+    return acc
 
 
 def _load_partial(path: Path, fingerprint: str) -> tuple[list[Finding], list[SanityWarning]]:
@@ -94,6 +112,7 @@ def _append(path: Path, kind: str, data: dict) -> None:
 def run_assessment(ctx: ProbeContext) -> Report:
     """Run every applicable probe; resume from ``ctx.out_dir`` when a checkpoint matches."""
     start = time.perf_counter()
+    preflight(ctx)
     ctx.out_dir.mkdir(parents=True, exist_ok=True)
     partial = ctx.out_dir / PARTIAL
     fingerprint = run_fingerprint(ctx)
@@ -104,7 +123,7 @@ def run_assessment(ctx: ProbeContext) -> Report:
         log.info("resuming: %d finding(s) already done", len(findings))
     ctx.done = {f.key for f in findings}
     ctx.warnings = []
-    chosen, skipped = select_probes(ctx.threat)
+    chosen, skipped = select_probes(ctx)
     for name in chosen:
         probe = make_probe(name)
         for finding in probe.run(ctx):
@@ -121,6 +140,8 @@ def run_assessment(ctx: ProbeContext) -> Report:
             name=ctx.model.name, sha256=ctx.model.sha256,
             path=str(ctx.model.path) if ctx.model.path else None,
             spec=ctx.model.spec.model_dump() if ctx.model.spec else None,
+            form=ctx.model.form, capabilities=ctx.model.capabilities.model_dump(),
+            artifacts=[a.model_dump() for a in ctx.model.artifacts], notes=ctx.model.notes,
         ),
         dataset=DatasetRef(
             name=test.name, sha256=test.sha256(), n=len(test), split=test.split,

@@ -41,6 +41,18 @@ class ThreatModel(BaseModel):
     access: Access = "white_box"
     norm: Literal["inf", "2"] = "inf"
     eps: list[float] = Field(default_factory=lambda: [0.1])
+    eps_mode: Literal["absolute", "relative"] | None = Field(
+        None,
+        description="absolute (input units) or relative to each feature's range; default: "
+        "relative for tabular data, absolute for images",
+    )
+    min_clean_accuracy: float | None = Field(
+        None,
+        ge=0,
+        le=1,
+        description="refuse to assess a model whose clean accuracy is below this (default: "
+        "the majority-class rate + 0.05)",
+    )
     curve_eps: list[float] | None = Field(
         None, description="ε values for the robustness curve (default: 10 points up to 2·max ε)"
     )
@@ -100,8 +112,14 @@ class Finding(BaseModel):
 
 
 class Skipped(BaseModel):
+    """A probe that did not run. ``not_applicable``: it cannot apply to this model or data
+    (the reason says why); ``not_measured``: it could, but what it needs is missing (e.g.
+    the model's training members); ``excluded``: the threat model left it out. None of them
+    is evidence: the score, the gate and the risk register treat them as not measured."""
+
     probe: str
     reason: str
+    status: Literal["not_applicable", "not_measured", "excluded"] = "not_applicable"
 
 
 class SanityWarning(BaseModel):
@@ -117,6 +135,10 @@ class ModelRef(BaseModel):
     sha256: str
     path: str | None = None
     spec: dict[str, Any] | None = None
+    form: str = "model-dir"
+    capabilities: dict[str, Any] = Field(default_factory=dict)
+    artifacts: list[dict[str, str]] = Field(default_factory=list)
+    notes: list[str] = Field(default_factory=list)
 
 
 class DatasetRef(BaseModel):

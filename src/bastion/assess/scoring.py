@@ -1,8 +1,12 @@
 """Severity (0–10) per finding and the overall vulnerability score (0–100).
 
 Severity scales (documented in docs/scoring.md):
-- evasion: ``10 × attack_success_rate`` where the success rate is the fraction of points
-  correctly classified when clean that the attack fools (1 − robust/clean accuracy).
+- evasion: ``10 × (1 − (robust − chance) / (1 − chance))``, robust accuracy measured over
+  *every* evaluation point (a point misclassified when clean is not robust either) and
+  ``chance`` the majority-class rate: 0 only for a model that is right on every point under
+  attack, 10 for one the attack leaves no better than a constant answer. So a model whose
+  "robustness" comes from being wrong anyway, or a hardening that buys it by collapsing
+  clean accuracy, scores as the weakness it is.
 - other probes define their own in terms of the success of the attack they run, always
   mapping "attack as good as it can be" to 10 and "no better than chance" to 0.
 
@@ -22,10 +26,12 @@ def clamp_severity(value: float) -> float:
     return round(min(10.0, max(0.0, float(value))), 2)
 
 
-def evasion_severity(clean_accuracy: float, robust_accuracy: float) -> float:
-    if clean_accuracy <= 0:
+def evasion_severity(clean_accuracy: float, robust_accuracy: float, chance: float = 0.0) -> float:
+    """See the module docstring; ``clean_accuracy`` only bounds ``robust_accuracy``."""
+    if clean_accuracy <= chance or chance >= 1:
         return 10.0
-    return clamp_severity(10.0 * (1.0 - robust_accuracy / clean_accuracy))
+    robust = min(robust_accuracy, clean_accuracy)
+    return clamp_severity(10.0 * (1.0 - (robust - chance) / (1.0 - chance)))
 
 
 def rate_severity(rate: float, chance: float = 0.0) -> float:

@@ -12,12 +12,23 @@ from bastion.assess.api import AssessmentOutput, assess
 from bastion.assess.profile import Profile, load_profile
 from bastion.assess.schema import Budgets, ThreatModel
 from bastion.cli.common import (
+    BoundsOpt,
     DataOpt,
     DataRootOpt,
     EpsListOpt,
+    FrozenOpt,
+    IntegerOpt,
+    LabelColumnOpt,
+    LayoutOpt,
+    LowerOpt,
+    ModalityOpt,
     NEvalOpt,
+    ScaleOpt,
+    ShapeOpt,
     ThreatOpt,
+    UpperOpt,
     console,
+    data_options,
     pick_device,
 )
 from bastion.config import load_yaml_model, validate
@@ -48,7 +59,8 @@ def print_outcome(out: AssessmentOutput) -> None:
     for w in out.report.warnings:
         console.print(f"[yellow]warning[/] {w.check}: {w.message}")
     for s in out.report.skipped:
-        console.print(f"[dim]skipped {s.probe}: {s.reason}[/]")
+        label = s.status.replace("_", " ")
+        console.print(f"[dim]{s.probe}: {label}: {s.reason}[/]")
     run = f" (run {out.run_id})" if out.run_id is not None else ""
     console.print(f"report: [bold]{out.json_path}[/] and [bold]{out.html_path}[/]{run}")
 
@@ -60,7 +72,12 @@ def register(app: typer.Typer) -> None:
             Path | None, typer.Option(help="profile YAML tying model, data and threat model")
         ] = None,
         model: Annotated[
-            Path | None, typer.Option(help="model directory (spec.json + weights)")
+            str | None,
+            typer.Option(
+                help="a model: directory (spec.json + weights), TorchScript .pt, .onnx, .skops, "
+                "XGBoost .json/.ubj, LightGBM .txt, a .pt state dict with --entry-point, "
+                "or an http(s):// endpoint"
+            ),
         ] = None,
         entry_point: Annotated[
             str | None, typer.Option(help="module:function returning an nn.Module (runs that code)")
@@ -68,8 +85,44 @@ def register(app: typer.Typer) -> None:
         weights: Annotated[
             Path | None, typer.Option(help="weights for --entry-point (.safetensors/.pt)")
         ] = None,
+        onnx_mode: Annotated[
+            str,
+            typer.Option(
+                help="ONNX: auto (convert for gradients, else onnxruntime) | torch | runtime"
+            ),
+        ] = "auto",
+        trust: Annotated[
+            list[str] | None, typer.Option(help="skops: a type to trust when loading (repeat)")
+        ] = None,
+        target_output: Annotated[
+            str, typer.Option(help="http endpoint answers: scores | labels")
+        ] = "scores",
+        target_body: Annotated[
+            str, typer.Option(help='http request body: object ({"inputs": [...]}) | list')
+        ] = "object",
+        api_key_env: Annotated[
+            str | None, typer.Option(help="environment variable holding the endpoint's API key")
+        ] = None,
         data: DataOpt = None,
         data_root: DataRootOpt = None,
+        modality: ModalityOpt = None,
+        shape: ShapeOpt = None,
+        layout: LayoutOpt = None,
+        scale: ScaleOpt = None,
+        lower: LowerOpt = None,
+        upper: UpperOpt = None,
+        bounds: BoundsOpt = None,
+        integer: IntegerOpt = None,
+        frozen: FrozenOpt = None,
+        label_column: LabelColumnOpt = None,
+        eps_mode: Annotated[
+            str | None,
+            typer.Option(help="absolute | relative (to each feature's range; tabular default)"),
+        ] = None,
+        members: Annotated[
+            str | None,
+            typer.Option(help="the model's training rows: FILE of row indices, or train-split"),
+        ] = None,
         threat: ThreatOpt = None,
         eps: EpsListOpt = None,
         norm: Annotated[str | None, typer.Option(help="inf or 2")] = None,
@@ -99,7 +152,13 @@ def register(app: typer.Typer) -> None:
             tm = load_yaml_model(ThreatModel, threat)
         overrides = {
             k: v
-            for k, v in {"eps": eps, "norm": norm, "attacks": attack, "access": access}.items()
+            for k, v in {
+                "eps": eps,
+                "norm": norm,
+                "attacks": attack,
+                "access": access,
+                "eps_mode": eps_mode,
+            }.items()
             if v
         }
         if n_eval:
@@ -108,18 +167,60 @@ def register(app: typer.Typer) -> None:
         out_dir = out or (Path(prof.out) if prof.out else None)
         if out_dir is None:
             raise ConfigError("give --out DIR (or `out:` in the profile)")
-        loaded = load_model(
-            model or prof.model,
-            entry_point=entry_point or prof.entry_point,
-            weights=weights or prof.weights,
+        opts = data_options(
+            modality=modality,
+            shape=shape,
+            layout=layout,
+            scale=scale,
+            lower=lower,
+            upper=upper,
+            bounds=bounds,
+            integer=integer,
+            frozen=frozen,
+            label_column=label_column,
         )
-        name = data or prof.data or loaded.provenance.get("data") or "digits"
-        bundle = load_dataset(
-            name, root=data_root or prof.data_root, seed=seed if seed is not None else prof.seed
+        the_seed = seed if seed is not None else prof.seed
+        where = model or prof.model
+        if where and where.startswith(("http://", "https://")):
+            if not data and not prof.data:
+                raise ConfigError("an http(s) endpoint needs --data: the rows to query it with")
+            loaded = None
+        else:
+            loaded = load_model(
+                where,
+                entry_point=entry_point or prof.entry_point,
+                weights=weights or prof.weights,
+                onnx_mode=onnx_mode,
+                trusted=trust,
+            )
+        name = data or prof.data or (loaded.provenance.get("data") if loaded else None) or "digits"
+        bundle = load_dataset(name, root=data_root or prof.data_root, seed=the_seed, options=opts)
+        if loaded is None:
+            from bastion.assess.remote import http_model
+
+            loaded = http_model(
+                where,
+                num_classes=bundle.test.num_classes,
+                output=target_output,
+                body=target_body,
+                api_key_env=api_key_env,
+            )
+        console.print(
+            f"model [bold]{loaded.name}[/] ({loaded.form}, "
+            f"{'gradients' if loaded.differentiable else 'no gradients'}); data {bundle.name}: "
+            f"{bundle.test.input_spec.describe()}"
         )
         dev = pick_device(device if device != "cpu" else prof.device)
-        result = assess(loaded, bundle, tm, out_dir, device=dev, seed=seed if seed is not None else prof.seed,
-                        recipe=prof.training.recipe() if profile is not None else None)  # fmt: skip
+        result = assess(
+            loaded,
+            bundle,
+            tm,
+            out_dir,
+            device=dev,
+            seed=the_seed,
+            recipe=prof.training.recipe() if profile is not None else None,
+            members=members or prof.members,
+        )
         print_outcome(result)
 
 

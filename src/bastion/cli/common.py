@@ -15,7 +15,7 @@ console = Console()
 err_console = Console(stderr=True)
 
 # Options several commands share (Typer reads the help from the alias).
-DATA_HELP = "digits | fashion-mnist | mnist | file.npz | file.csv"
+DATA_HELP = "digits | fashion-mnist | mnist | file.npz | file.csv (see the --modality … options)"
 DataOpt = Annotated[str | None, typer.Option(help=DATA_HELP)]
 DataRootOpt = Annotated[str | None, typer.Option(help="folder holding IDX files")]
 ThreatOpt = Annotated[Path | None, typer.Option(help="threat-model YAML")]
@@ -33,3 +33,95 @@ def pick_device(name: str) -> torch.device:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError("--device cuda asked for but no CUDA GPU is available: use --device cpu")
     return device
+
+
+def _int_list(text: str | None, what: str) -> list[int] | None:
+    if text is None:
+        return None
+    try:
+        return [int(v) for v in text.replace(" ", "").split(",") if v]
+    except ValueError:
+        raise ConfigError(
+            f"{what}: expected comma-separated feature indices, got {text!r}"
+        ) from None
+
+
+def _float_list(text: str | None, what: str) -> list[float] | None:
+    if text is None:
+        return None
+    try:
+        return [float(v) for v in text.replace(" ", "").split(",") if v]
+    except ValueError:
+        raise ConfigError(f"{what}: expected comma-separated numbers, got {text!r}") from None
+
+
+def data_options(
+    *,
+    modality: str | None = None,
+    shape: str | None = None,
+    layout: str | None = None,
+    scale: float | None = None,
+    lower: str | None = None,
+    upper: str | None = None,
+    bounds: Path | None = None,
+    integer: str | None = None,
+    frozen: str | None = None,
+    label_column: str | None = None,
+):
+    """:class:`~bastion.data.loaders.DataOptions` from the CLI's data flags (validated)."""
+    from bastion.config import read_yaml, validate
+    from bastion.data.loaders import DataOptions
+
+    fields: dict = {}
+    if bounds is not None:
+        table = read_yaml(bounds)
+        if not isinstance(table, dict) or not {"lower", "upper"} <= set(table):
+            raise ConfigError(f"{bounds}: a bounds file needs `lower:` and `upper:` lists")
+        fields["lower"], fields["upper"] = table["lower"], table["upper"]
+    for key, val in (
+        ("lower", _float_list(lower, "--lower")),
+        ("upper", _float_list(upper, "--upper")),
+    ):
+        if val is not None:
+            fields[key] = val
+    if integer is not None:
+        fields["integer"] = (
+            integer if integer in ("auto", "none") else _int_list(integer, "--integer")
+        )
+    if frozen is not None:
+        fields["frozen"] = _int_list(frozen, "--frozen")
+    if shape is not None:
+        fields["shape"] = _int_list(shape, "--shape")
+    for key, val in (
+        ("modality", modality),
+        ("layout", layout),
+        ("scale", scale),
+        ("label_column", label_column),
+    ):
+        if val is not None:
+            fields[key] = val
+    return validate(DataOptions, fields, "data options")
+
+
+ModalityOpt = Annotated[
+    str | None, typer.Option(help="auto | image | tabular (how to read a .npz/CSV)")
+]
+ShapeOpt = Annotated[
+    str | None, typer.Option(help="sample shape for flat rows read as images, e.g. 1,8,8")
+]
+LayoutOpt = Annotated[str | None, typer.Option(help="auto | NCHW | NHWC for 4-D image arrays")]
+ScaleOpt = Annotated[
+    float | None, typer.Option(help="divide every value by this (e.g. 255); never implied")
+]
+LowerOpt = Annotated[
+    str | None, typer.Option(help="lower bound(s): one value or one per feature, comma-separated")
+]
+UpperOpt = Annotated[str | None, typer.Option(help="upper bound(s): one value or one per feature")]
+BoundsOpt = Annotated[
+    Path | None, typer.Option(help="YAML/JSON file with `lower:` and `upper:` lists")
+]
+IntegerOpt = Annotated[str | None, typer.Option(help="integer features: auto | none | i,j,k")]
+FrozenOpt = Annotated[str | None, typer.Option(help="features an attacker cannot change: i,j,k")]
+LabelColumnOpt = Annotated[
+    str | None, typer.Option(help="CSV label column: a header name or index")
+]

@@ -249,7 +249,10 @@ def fit_guard(
         x_fit, y_fit, x_cal = train.x[fit_idx], train.y[fit_idx], train.x[cal_idx]
     else:
         x_fit, y_fit, x_cal = train.x, train.y, calibration.x
-    detectors = build_detectors(config, tap, bounds=train.bounds)
+    spec = train.input_spec
+    lo, hi = spec.lower_tensor(), spec.upper_tensor()
+    bounds = spec.scalar_bounds() or (float(lo.min()), float(hi.max()))
+    detectors = build_detectors(config, tap, bounds=bounds)
     for name, det in detectors.items():
         start = time.perf_counter()
         det.fit(x_fit, y_fit).calibrate(x_cal, config.target_fpr)
@@ -272,6 +275,6 @@ def fit_guard(
     meta = {
         "model_sha256": model_sha256, "data": train.name, "n_fit": len(x_fit),
         "n_calibration": len(x_cal), "input_shape": list(train.shape),
-        "bounds": list(train.bounds), "fitted_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "bounds": list(bounds), "input_spec": spec.model_dump(), "fitted_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }  # fmt: skip
     return Guard(tap, detectors, config, drift=drift, extraction=extraction, meta=meta)

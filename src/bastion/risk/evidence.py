@@ -196,6 +196,9 @@ def measure(risk: Risk, report: Report) -> Measurement | str:
     ]  # fmt: skip
     attack = f" with attack {spec.attack}" if spec.attack else ""
     if not found:
+        skip = next((s for s in report.skipped if s.probe == spec.probe), None)
+        if skip is not None:  # not applicable / not measured: never evidence either way
+            return f"{spec.probe} {skip.status.replace('_', ' ')}: {skip.reason}"
         return f"no {spec.probe} finding{attack} in the report"
     best: Measurement | None = None
     for f in found:

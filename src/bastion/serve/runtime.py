@@ -157,7 +157,10 @@ def _inference(logits: torch.Tensor, vds: list[dict[str, Any]]) -> Inference:
 def _bounds(loaded: LoadedModel, guard: Any | None) -> tuple[float, float]:
     """Valid input range: the training manifest's, else the guard's, else [0, 1]."""
     manifest = loaded.provenance.get("train_manifest") or {}
-    if manifest.get("bounds"):
+    spec = manifest.get("input_spec")
+    if spec:
+        return min(spec["lower"]), max(spec["upper"])
+    if manifest.get("bounds"):  # manifests written before the input spec
         lo, hi = manifest["bounds"]
         return float(lo), float(hi)
     meta = getattr(guard, "meta", None) or {}
