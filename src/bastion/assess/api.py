@@ -87,9 +87,9 @@ def as_bundle(data: Any, *, seed: int = 0, options: DataOptions | None = None) -
 def resolve_members(
     members: str | Path | list[int] | None, model: LoadedModel, data: DataBundle
 ) -> Members | None:
-    """The model's training rows: ``train-split``, a file of row indices (JSON list or one
-    per line) into the train split followed by the test split, a list of such indices, or
-    — for a model ``bastion train`` wrote on this very training split — its provenance."""
+    """The model's training rows: ``train-split``, a file of row numbers of the data file
+    (a JSON list, or one integer per line), a list of such numbers, or — for a model
+    ``bastion train`` wrote on this very training split — its provenance."""
     if members is None:
         manifest = model.provenance.get("train_manifest") or {}
         if manifest.get("sha256") == data.train.sha256():
@@ -113,13 +113,17 @@ def resolve_members(
         source = f"--members {path}"
     else:
         idx, source = [int(v) for v in members], "given row indices"
-    n_train, n = len(data.train), len(data.train) + len(data.test)
-    bad = [i for i in idx if not 0 <= i < n]
-    if bad:
-        raise DataError(f"member index {bad[0]} outside 0..{n - 1} (train rows, then test rows)")
-    mask = torch.zeros(n, dtype=torch.bool)
-    mask[torch.tensor(idx, dtype=torch.long)] = True
-    return Members(mask[:n_train], mask[n_train:], source)
+    wanted = torch.tensor(sorted(set(idx)), dtype=torch.long)
+    rows_train, rows_test = data.train.rows, data.test.rows
+    known = torch.cat([rows_train, rows_test])
+    missing = wanted[~torch.isin(wanted, known)]
+    if missing.numel():
+        raise DataError(
+            f"member row {int(missing[0])} is not in the data (rows 0..{int(known.max())}): "
+            "member indices are row numbers of the data file (for files with separate "
+            "train and test arrays: the train rows, then the test rows)"
+        )
+    return Members(torch.isin(rows_train, wanted), torch.isin(rows_test, wanted), source)
 
 
 def assess(

@@ -113,6 +113,8 @@ def run_assessment(ctx: ProbeContext) -> Report:
     """Run every applicable probe; resume from ``ctx.out_dir`` when a checkpoint matches."""
     start = time.perf_counter()
     preflight(ctx)
+    if ctx.threat.eps_mode is None:  # the report says what ε meant
+        ctx.threat = ctx.threat.model_copy(update={"eps_mode": ctx.space.mode})
     ctx.out_dir.mkdir(parents=True, exist_ok=True)
     partial = ctx.out_dir / PARTIAL
     fingerprint = run_fingerprint(ctx)

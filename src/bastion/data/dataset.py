@@ -56,7 +56,10 @@ def default_spec(x: torch.Tensor, bounds: tuple[float, float] | Box | None) -> I
 @dataclass(frozen=True)
 class Dataset:
     """Inputs ``x`` of shape (N, *spec.shape), float32 within the spec's per-feature bounds,
-    and int64 labels ``y``. Images are (N, C, H, W); tabular rows (N, D).
+    and int64 labels ``y``. Images are (N, C, H, W); tabular rows (N, D). ``rows`` holds
+    each sample's row number in its source (for a file with separate train and test arrays:
+    the train rows, then the test rows after them), so a user's row indices (e.g. the
+    model's training members) map onto the splits.
 
     ``spec`` is the :class:`~bastion.data.spec.InputSpec`; without one it is derived from
     ``x`` and ``bounds`` (see :func:`default_spec`). ``bounds`` is then always the spec's
@@ -70,11 +73,14 @@ class Dataset:
     source: str = ""
     split: str = "all"
     spec: InputSpec | None = None
+    rows: torch.Tensor | None = field(default=None, repr=False, compare=False)
     _sha: list[str] = field(default_factory=list, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         spec = self.spec or default_spec(self.x, self.bounds)
         object.__setattr__(self, "spec", spec)
+        if self.rows is None:  # each sample's row in its source (file order)
+            object.__setattr__(self, "rows", torch.arange(self.x.shape[0]))
         object.__setattr__(self, "bounds", spec.box())
         validate_arrays(self.x, self.y, len(self.class_names), spec, self.name)
 
@@ -113,6 +119,7 @@ class Dataset:
             source=self.source,
             split=split or self.split,
             spec=self.spec,
+            rows=cast(torch.Tensor, self.rows)[index],
         )
 
     def head(self, n: int) -> Dataset:

@@ -79,7 +79,16 @@ def load_idx_folder(
             raise DataError(f"{folder}/{images}: expected 3-D image data, got {xi.ndim}-D")
         x = torch.from_numpy(xi.astype(np.float32) / 255.0).unsqueeze(1)
         y = torch.from_numpy(yi.astype(np.int64))
-        splits[split] = Dataset(name, x, y, class_names, source=str(folder), split=split)
+        offset = len(splits["train"]) if split == "test" else 0
+        splits[split] = Dataset(
+            name,
+            x,
+            y,
+            class_names,
+            source=str(folder),
+            split=split,
+            rows=offset + torch.arange(len(y)),
+        )
     return DataBundle(**splits)
 
 
@@ -324,9 +333,19 @@ def bundle_from_arrays(
         perm = torch.randperm(len(full), generator=torch.Generator().manual_seed(seed))
         cut = max(1, int(0.8 * len(full)))
         return DataBundle(full.subset(perm[:cut], "train"), full.subset(perm[cut:], "test"))
+    n_train = len(tensors["train"][1])
+    offsets = {"train": 0, "test": n_train}
     return DataBundle(
         *(
-            Dataset(name, *tensors[s], names, source=source, split=s, spec=spec)
+            Dataset(
+                name,
+                *tensors[s],
+                names,
+                source=source,
+                split=s,
+                spec=spec,
+                rows=offsets[s] + torch.arange(len(tensors[s][1])),
+            )
             for s in ("train", "test")
         )
     )
