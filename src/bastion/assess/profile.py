@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from bastion.assess.probe import TrainingRecipe
 from bastion.assess.schema import ThreatModel
 from bastion.config import load_yaml_model, read_yaml, validate
+from bastion.data.loaders import DataOptions
 from bastion.errors import ConfigError
 
 
@@ -42,6 +44,11 @@ class Profile(BaseModel):
     members: str | None = Field(
         None, description="the model's training rows: a file or train-split"
     )
+    onnx_mode: Literal["auto", "torch", "runtime"] = "auto"
+    trust: list[str] = Field(default_factory=list, description="skops types to trust")
+    data_options: DataOptions = Field(
+        default_factory=DataOptions, description="how to read a .npz/CSV (modality, bounds, …)"
+    )
 
     @model_validator(mode="after")
     def _needs_model(self) -> Profile:
@@ -63,7 +70,8 @@ class Profile(BaseModel):
             threat = load_yaml_model(ThreatModel, rel(threat) or threat)
         return self.model_copy(
             update={
-                "model": rel(self.model), "weights": rel(self.weights), "members": rel(self.members), "data": rel(self.data) or self.data,
+                "model": rel(self.model), "weights": rel(self.weights), "members": rel(self.members),
+                "data": rel(self.data) or self.data,
                 "data_root": rel(self.data_root), "threat_model": threat,
                 "out": str(base / self.out) if self.out and not Path(self.out).is_absolute() else self.out,
             }

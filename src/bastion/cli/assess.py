@@ -79,6 +79,10 @@ def register(app: typer.Typer) -> None:
                 "or an http(s):// endpoint"
             ),
         ] = None,
+        target: Annotated[
+            str | None,
+            typer.Option(help="a remote model: http(s):// endpoint (same as --model URL)"),
+        ] = None,
         entry_point: Annotated[
             str | None, typer.Option(help="module:function returning an nn.Module (runs that code)")
         ] = None,
@@ -139,6 +143,12 @@ def register(app: typer.Typer) -> None:
         seed: int | None = None,
     ) -> None:
         """Assess a model: evasion and the other probes that fit the threat model."""
+        if target is not None:
+            if model is not None:
+                raise ConfigError("give --model or --target, not both")
+            if not target.startswith(("http://", "https://")):
+                raise ConfigError(f"--target must be an http(s):// URL, got {target!r}")
+            model = target
         if profile is not None:
             prof = load_profile(profile)
         elif model is not None or entry_point is not None:
