@@ -202,21 +202,20 @@ def _propose_linf_vec(
     bounds: Bounds,
     gen: torch.Generator,
 ) -> torch.Tensor:
-    """Set ``k`` random free features of the perturbation to ±ε (random signs), redrawing (a
-    few times) proposals that the box clips back onto the current point."""
-    m = x.shape[0]
-    sel = _subsets(m, free, k, gen)
+    """Set ``k`` random free features of the perturbation to ±ε (random signs). A row whose
+    draw would not move it (every chosen feature already at that sign, or clipped back by
+    the box) gets the opposite signs instead: one more pass over those rows only, rather
+    than redrawing the whole batch until every row moves."""
+    sel = _subsets(x.shape[0], free, k, gen)
     flat, delta = x.flatten(1), (x_best - x).flatten(1)
-    new, cand = delta, x_best
-    redo = torch.ones(m, dtype=torch.bool, device=x.device)
-    for _ in range(10):
-        signs = eps * _random_signs(tuple(delta.shape), gen, x.device).to(delta.dtype)
-        new = torch.where(sel & redo[:, None], signs, new)
-        cand = clip((flat + new).view_as(x), bounds, ref=x)
-        moved = (cand - x_best).flatten(1).abs().masked_fill(~sel, 0).amax(1)
-        redo = moved < 1e-7
-        if not redo.any():
-            break
+    signs = eps * _random_signs(tuple(delta.shape), gen, x.device).to(delta.dtype)
+    new = torch.where(sel, signs, delta)
+    cand = clip((flat + new).view_as(x), bounds, ref=x)
+    stuck = ((cand - x_best).flatten(1).abs().masked_fill(~sel, 0).amax(1) < 1e-7).nonzero()
+    if stuck.numel():
+        idx = stuck.flatten()
+        flipped = torch.where(sel[idx], -new[idx], new[idx])
+        cand[idx] = clip((flat[idx] + flipped).view_as(x[idx]), bounds, ref=x[idx])
     return cand
 
 
