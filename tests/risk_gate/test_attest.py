@@ -135,7 +135,7 @@ def test_round_trip(signed, model_copy):
     assert {"model/spec.json", "dataset/manifest.json", "risk/register.json"} <= set(names)
     pred = statement["predicate"]
     assert pred["gate"]["passed"] is False and pred["gate"]["passed"] == att.decision.passed
-    assert pred["policy"]["name"] == "digits-release" and len(pred["policy"]["rules"]) == 8
+    assert pred["policy"]["name"] == "digits-release" and len(pred["policy"]["rules"]) == 9
     assert pred["report"]["score"] == 30.0 and pred["report"]["findings"][0]["probe"] == "evasion"
     manifest = json.loads((att.path.parent / "att.dataset-manifest.json").read_text())
     assert manifest["assessed"]["sha256"] == "1" * 64

@@ -30,7 +30,7 @@ def test_parses_calls_namespaces_and_fractions():
 
 def test_example_policy_loads():
     policy = load_policy(EXAMPLE_POLICY)
-    assert len(policy.rules) == 8
+    assert len(policy.rules) == 9
     assert all(r.name for r in policy.rules)
     assert len(policy.sha256) == 64
 

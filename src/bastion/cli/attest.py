@@ -1,5 +1,11 @@
 """`bastion attest`: sign what the gate measured; `bastion attest verify`: check it.
-Also adds `bastion keys signing-init` to the shared keys group."""
+Also adds `bastion keys signing-init` to the shared keys group.
+
+The model files are the report's recorded artifacts (at their recorded paths; relative ones
+from the current directory, where `bastion assess` ran), or, with the model options of
+`bastion assess` (--model PATH of any form, --entry-point, --weights, --onnx-mode, --trust),
+the files the model loads from there. Attesting refuses (exit 2) a model file that does
+not hash to what the report recorded."""
 
 from __future__ import annotations
 
@@ -10,6 +16,7 @@ import typer
 from rich.table import Table
 
 from bastion.cli.common import console, err_console
+from bastion.cli.gate import BaselineOpt, ComparisonOpt, print_decision
 from bastion.cli.keys_group import ensure_keys_group
 from bastion.errors import ConfigError
 from bastion.gate.keys import (
@@ -20,6 +27,27 @@ from bastion.gate.keys import (
 )
 from bastion.gate.policy import load_policy
 
+# the model options of `bastion assess` (same names and meaning)
+ModelOpt = Annotated[
+    str | None,
+    typer.Option(
+        help="the model as given to `bastion assess`: a directory, TorchScript, .onnx, .skops, "
+        "XGBoost .json/.ubj, LightGBM .txt, or a .pt state dict with --entry-point (default: "
+        "the files the report records)"
+    ),
+]
+EntryPointOpt = Annotated[
+    str | None, typer.Option(help="module:function returning an nn.Module (runs that code)")
+]
+WeightsOpt = Annotated[
+    Path | None, typer.Option(help="weights for --entry-point (.safetensors/.pt)")
+]
+OnnxModeOpt = Annotated[
+    str, typer.Option(help="ONNX: auto (convert for gradients, else onnxruntime) | torch | runtime")
+]
+TrustOpt = Annotated[
+    list[str] | None, typer.Option(help="skops: a type to trust when loading (repeat)")
+]
 STATE_STYLE = {
     "ok": "[green]ok[/]",
     "changed": "[bold red]CHANGED[/]",
@@ -39,9 +67,11 @@ def register(app: typer.Typer) -> None:
         ctx: typer.Context,
         report: Annotated[Path | None, typer.Option(help="report.json (or its directory)")] = None,
         policy: Annotated[Path | None, typer.Option(help="policy YAML the gate checks")] = None,
-        model: Annotated[
-            Path | None, typer.Option(help="model directory (default: the one the report names)")
-        ] = None,
+        model: ModelOpt = None,
+        entry_point: EntryPointOpt = None,
+        weights: WeightsOpt = None,
+        onnx_mode: OnnxModeOpt = "auto",
+        trust: TrustOpt = None,
         register: Annotated[
             Path | None, typer.Option("--register", help="risk register JSON")
         ] = None,
@@ -56,22 +86,44 @@ def register(app: typer.Typer) -> None:
         out: Annotated[
             Path | None, typer.Option(help="attestation file (default: beside the report)")
         ] = None,
+        comparison: ComparisonOpt = None,
+        baseline: BaselineOpt = None,
     ) -> None:
-        """Evaluate the gate, then sign an in-toto statement over the model files, the report
-        and the dataset manifest. Use `bastion attest verify FILE` to check one."""
+        """Check the model files against the report, evaluate the gate, then sign an in-toto
+        statement over the model files, the report and the dataset manifest. Use `bastion
+        attest verify FILE` to check one."""
         if ctx.invoked_subcommand is not None:
             return
         if report is None or policy is None:
             raise ConfigError("bastion attest needs --report and --policy (or: attest verify FILE)")
-        from bastion.gate.attest import create_attestation
+        from bastion.gate.attest import ModelSource, create_attestation
 
+        if model is None and (entry_point is None) and (weights is not None or trust):
+            raise ConfigError("--weights and --trust go with --model (or --entry-point)")
         report_file = report / "report.json" if report.is_dir() else report
         target = out or report_file.parent / "attestation.dsse.json"
+        source = None
+        if model is not None or entry_point is not None:
+            source = ModelSource(
+                path=model,
+                entry_point=entry_point,
+                weights=weights,
+                onnx_mode=onnx_mode,
+                trusted=tuple(trust or ()),
+            )
         att = create_attestation(
-            report_path=report_file, policy=load_policy(policy), key=load_signing_key(key),
-            out=target, model_dir=model, register_path=register, dataset_manifest=dataset_manifest,
-        )  # fmt: skip
+            report_path=report_file,
+            policy=load_policy(policy),
+            key=load_signing_key(key),
+            out=target,
+            model=source,
+            register_path=register,
+            dataset_manifest=dataset_manifest,
+            comparison=comparison,
+            baseline=baseline,
+        )
         verdict = "PASS" if att.decision.passed else "FAIL"
+        print_decision(att.decision)
         console.print(
             f"gate {att.decision.policy}: {att.decision.summary()} (decision {verdict} recorded)"
         )
@@ -86,10 +138,17 @@ def register(app: typer.Typer) -> None:
             Path | None,
             typer.Option(help="public key PEM (default: $BASTION_SIGNING_PUBLIC_KEY or keys dir)"),
         ] = None,
-        model: Annotated[Path | None, typer.Option(help="model directory, if moved")] = None,
+        model: Annotated[
+            Path | None,
+            typer.Option(help="directory now holding the model files (by file name), if moved"),
+        ] = None,
         report: Annotated[Path | None, typer.Option(help="report.json, if moved")] = None,
         dataset_manifest: Annotated[
             Path | None, typer.Option(help="dataset manifest, if moved")
+        ] = None,
+        subject: Annotated[
+            list[str] | None,
+            typer.Option(help="NAME=PATH: where one subject (e.g. model/bc.pt) is now (repeat)"),
         ] = None,
         require_pass: Annotated[
             bool, typer.Option(help="also fail when the recorded gate decision is FAIL")
@@ -105,10 +164,19 @@ def register(app: typer.Typer) -> None:
             overrides[REPORT_SUBJECT] = report / "report.json" if report.is_dir() else report
         if dataset_manifest:
             overrides[DATASET_SUBJECT] = dataset_manifest
+        for item in subject or []:
+            name, sep, where = item.partition("=")
+            if not sep or not name or not where:
+                raise ConfigError(
+                    f"--subject {item!r}: write NAME=PATH, e.g. model/bc.pt=new/bc.pt"
+                )
+            overrides[name] = Path(where)
         result = verify_attestation(
-            attestation, load_public_key(public_key), overrides=overrides,
+            attestation,
+            load_public_key(public_key),
+            overrides=overrides,
             require_pass=require_pass,
-        )  # fmt: skip
+        )
         table = Table(title=f"{attestation}")
         for col in ("subject", "state", "path"):
             table.add_column(col, overflow="fold")

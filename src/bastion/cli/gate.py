@@ -19,6 +19,17 @@ from bastion.risk.register import load_register
 if TYPE_CHECKING:
     from bastion.cli.demo import DemoContext
 
+ComparisonOpt = Annotated[
+    Path | None,
+    typer.Option(
+        help="comparison.json from `bastion harden` (for clean_accuracy_drop; default: the one "
+        "in the assessed model directory)"
+    ),
+]
+BaselineOpt = Annotated[
+    Path | None,
+    typer.Option(help="a baseline report.json (e.g. the parent's) for clean_accuracy_drop"),
+]
 VERDICT_STYLE = {"pass": "[green]pass[/]", "fail": "[bold red]FAIL[/]", "skip": "[yellow]skip[/]"}
 
 
@@ -34,18 +45,41 @@ def decision_table(decision: GateDecision) -> Table:
     return table
 
 
+def print_decision(decision: GateDecision) -> None:
+    """The decision table, then the probes the report did not run (never evidence: rules
+    over them are not measured) and the clean-accuracy baseline used."""
+    console.print(decision_table(decision))
+    for s in decision.skipped:
+        console.print(
+            f"[dim]{s.probe}: {s.status.replace('_', ' ')}: {s.reason}[/]", highlight=False
+        )
+    if decision.clean_accuracy_drop is not None:
+        console.print(
+            f"clean-accuracy drop from {decision.clean_accuracy_drop.source}", highlight=False
+        )
+
+
 def run_gate(
     report: Path,
     policy: Path,
     register: Path | None = None,
     junit: Path | None = None,
     decision_json: Path | None = None,
+    comparison: Path | None = None,
+    baseline: Path | None = None,
 ) -> GateDecision:
     report_file = report / "report.json" if report.is_dir() else report
     pol = load_policy(policy)
     rep = load_report(report_file)
     reg = load_register(register) if register else None
-    decision = evaluate(pol, rep, reg, report_sha256=file_sha256(report_file))
+    decision = evaluate(
+        pol,
+        rep,
+        reg,
+        report_sha256=file_sha256(report_file),
+        comparison=comparison,
+        baseline=baseline,
+    )
     if junit:
         write_junit(decision, junit)
     if decision_json:
@@ -67,10 +101,14 @@ def register(app: typer.Typer) -> None:
         json_out: Annotated[
             Path | None, typer.Option("--json", help="write the decision as JSON here")
         ] = None,
+        comparison: ComparisonOpt = None,
+        baseline: BaselineOpt = None,
     ) -> None:
-        """Check every rule of the policy; exit 0 when all hold, 1 when any fails."""
-        decision = run_gate(report, policy, register, junit, json_out)
-        console.print(decision_table(decision))
+        """Check every rule of the policy; exit 0 when all hold, 1 when any fails. A rule
+        over a probe that did not run is not measured (it fails, or skips with
+        `if_missing: skip`), with the reason the report gives."""
+        decision = run_gate(report, policy, register, junit, json_out, comparison, baseline)
+        print_decision(decision)
         if junit:
             console.print(f"JUnit XML written to [bold]{junit}[/]")
         if not decision.passed:
@@ -118,7 +156,7 @@ def demo_stage(ctx: DemoContext) -> None:
     decision = run_gate(
         ctx.report_path, out / "policy.yaml", reg_path, out / "gate-junit.xml", out / "gate.json"
     )
-    console.print(decision_table(decision))
+    print_decision(decision)
     ctx.add("gate", decision.summary(), out / "gate-junit.xml")
 
     keys = out / "throwaway-keys"

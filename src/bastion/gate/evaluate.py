@@ -1,4 +1,8 @@
-"""Gate evaluation: check every rule of a policy (all failures, never just the first)."""
+"""Gate evaluation: check every rule of a policy (all failures, never just the first).
+
+A rule whose metric is not measured (no finding, a probe the report lists as not applicable
+or not measured, no clean-accuracy baseline) never passes: it fails, or is skipped with
+``if_missing: skip``, and its reason says why."""
 
 from __future__ import annotations
 
@@ -6,11 +10,14 @@ import math
 import operator
 from collections.abc import Callable
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Literal
 
 from pydantic import BaseModel, Field
 
-from bastion.assess.schema import Report
+from bastion.assess.schema import Report, Skipped
+from bastion.gate.comparison import AccuracyDrop, resolve_drop
+from bastion.gate.metrics import GateInputs
 from bastion.gate.policy import Policy
 from bastion.risk.register import RiskRegister
 
@@ -46,6 +53,10 @@ class GateDecision(BaseModel):
     results: list[RuleResult]
     report_sha256: str | None = None
     model_sha256: str | None = None
+    clean_accuracy_drop: AccuracyDrop | None = None
+    skipped: list[Skipped] = Field(
+        default_factory=list, description="probes the report did not run: never evidence"
+    )
     created: datetime = Field(default_factory=lambda: datetime.now(UTC))
 
     @property
@@ -65,12 +76,25 @@ def evaluate(
     register: RiskRegister | None = None,
     *,
     report_sha256: str | None = None,
+    comparison: Path | None = None,
+    baseline: Path | None = None,
 ) -> GateDecision:
-    """Evaluate every rule of ``policy``; a missing metric fails (or skips) its rule."""
+    """Evaluate every rule of ``policy``; a missing metric fails (or skips) its rule.
+
+    ``comparison`` (a `bastion harden` comparison.json) or ``baseline`` (another report)
+    give the clean-accuracy drop; without them it is looked up beside the assessed model."""
+    wants_drop = any(
+        r.comparison.metric.namespace is None and r.comparison.metric.name == "clean_accuracy_drop"
+        for r in policy.rules
+    )
+    drop = None
+    if comparison is not None or baseline is not None or wants_drop:
+        drop = resolve_drop(report, comparison=comparison, baseline=baseline)
+    inputs = GateInputs(report=report, register=register, drop=drop)
     results = []
     for rule in policy.rules:
         cmp = rule.comparison
-        m = rule.measure(report, register)
+        m = rule.measure(inputs)
         if m.value is None or math.isnan(m.value):
             verdict: Verdict = "skip" if rule.if_missing == "skip" else "fail"
             results.append(
@@ -92,7 +116,12 @@ def evaluate(
             )
         )  # fmt: skip
     return GateDecision(
-        policy=policy.name, policy_sha256=policy.sha256,
-        passed=not any(r.verdict == "fail" for r in results), results=results,
-        report_sha256=report_sha256, model_sha256=report.model.sha256 if report else None,
-    )  # fmt: skip
+        policy=policy.name,
+        policy_sha256=policy.sha256,
+        passed=not any(r.verdict == "fail" for r in results),
+        results=results,
+        report_sha256=report_sha256,
+        model_sha256=report.model.sha256 if report else None,
+        clean_accuracy_drop=drop if isinstance(drop, AccuracyDrop) else None,
+        skipped=list(report.skipped) if report else [],
+    )

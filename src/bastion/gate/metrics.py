@@ -7,9 +7,17 @@ defender (accuracies), the maximum of the others (attack success, AUC, TPR, fide
 A metric no finding reports is *not measured*: the rule fails with that reason (or is
 skipped with ``if_missing: skip``); it never crashes the gate.
 
+A probe the report lists as skipped (not applicable, not measured, excluded) is never
+evidence: a rule over its metrics is not measured, and the reason carries the skip reason.
+``sanity_warnings`` is not measured when no probe that raises them (evasion, black-box,
+membership) ran, so a model no attack could touch does not pass "no warnings" vacuously.
+
 ``tpr_at_fpr(x)`` reads both ``tpr_at_fpr_<x>`` and ``tpr_at_<100·x>%_fpr`` metric keys;
 ``poisoning.clean_accuracy_drop`` falls back to ``−accuracy_change``; ``dp.<key>`` falls
 back to a ``dp: {<key>: …}`` section anywhere in the assessed model's provenance.json.
+Plain ``clean_accuracy`` reads the evasion and black-box findings (a gradient-free model has
+only the latter); ``clean_accuracy_drop`` comes from a hardening comparison or a baseline
+report (:mod:`bastion.gate.comparison`).
 """
 
 from __future__ import annotations
@@ -22,6 +30,7 @@ from pathlib import Path
 from typing import Literal
 
 from bastion.assess.schema import Finding, Report
+from bastion.gate.comparison import AccuracyDrop
 from bastion.gate.grammar import MetricCall, PolicyError, Value
 from bastion.risk.evidence import accuracy_drop, tpr_points
 from bastion.risk.register import STATUSES, RiskRegister
@@ -34,6 +43,7 @@ FINDING_METRICS: dict[str, dict[str, Agg]] = {
     "evasion": {"robust_accuracy": "min", "clean_accuracy": "min", "attack_success_rate": "max"},
     "blackbox": {
         "robust_accuracy": "min",
+        "clean_accuracy": "min",
         "attack_success_rate": "max",
         "median_queries": "min",
     },
@@ -47,8 +57,11 @@ FINDING_METRICS: dict[str, dict[str, Agg]] = {
     },
     "dp": {"epsilon": "max", "delta": "max"},
 }
-# unqualified names mean the evasion probe
+# unqualified names mean the evasion probe, except those read from several probes
 DEFAULT_NAMESPACE = "evasion"
+PLAIN_PROBES: dict[str, tuple[str, ...]] = {"clean_accuracy": ("evasion", "blackbox")}
+# probes that raise sanity warnings (a report where none ran has measured no warnings)
+WARNING_PROBES = ("evasion", "blackbox", "membership")
 RISK_FILTERS: dict[str, tuple[str, ...] | None] = {
     "priority": ("high", "medium", "low"),
     "status": STATUSES,
@@ -58,7 +71,7 @@ RISK_FILTERS: dict[str, tuple[str, ...] | None] = {
     "probe": None,
     "owner": None,
 }
-SPECIAL = ("score", "sanity_warnings", "severity", "count", "max_rpn")
+SPECIAL = ("score", "sanity_warnings", "severity", "count", "max_rpn", "clean_accuracy_drop")
 TPR_PREFIX = "tpr_at_fpr_"
 
 
@@ -69,7 +82,34 @@ class Measured:
     matched: int = 0
 
 
-Measure = Callable[[Report | None, RiskRegister | None], Measured]
+@dataclass(frozen=True)
+class GateInputs:
+    """Everything a rule may measure: the report, the register and the clean-accuracy drop
+    (or why there is none)."""
+
+    report: Report | None = None
+    register: RiskRegister | None = None
+    drop: AccuracyDrop | str | None = None
+
+
+Measure = Callable[[GateInputs], Measured]
+
+
+def skip_reasons(report: Report, probes: tuple[str, ...]) -> str:
+    """Why these probes did not run, from the report's skipped list ("" when it says nothing)."""
+    parts = [
+        f"{s.probe} {s.status.replace('_', ' ')}: {s.reason}"
+        for s in report.skipped
+        if s.probe in probes
+    ]
+    return "; ".join(parts)
+
+
+def _no_findings(report: Report, probes: tuple[str, ...], extra: str = "") -> Measured:
+    names = " or ".join(probes)
+    why = skip_reasons(report, probes)
+    tail = f" ({why})" if why else extra
+    return Measured(None, f"not measured: the report has no {names} finding{tail}")
 
 
 def _fmt(v: Value) -> str:
@@ -132,6 +172,15 @@ def resolve(call: MetricCall) -> Measure:
     """Validate a metric call and return the function that measures it."""
     if call.namespace is None and call.name in SPECIAL:
         return _special(call)
+    if call.namespace is None and call.name in PLAIN_PROBES:
+        if call.args:
+            raise PolicyError(
+                f"{call.name} takes only key=value filters, e.g. {call.name}(attack=pgd)"
+            )
+        probes = PLAIN_PROBES[call.name]
+        return _finding_measure(
+            probes, call.name, FINDING_METRICS[probes[0]][call.name], dict(call.kwargs)
+        )
     ns = call.namespace or DEFAULT_NAMESPACE
     if ns not in FINDING_METRICS:
         raise PolicyError(
@@ -160,21 +209,30 @@ def resolve(call: MetricCall) -> Measure:
                 f"{call.qualified}(attack=pgd, eps=0.1)"
             )
         key = call.name
-    return _finding_measure(ns, key, table[call.name], dict(call.kwargs))
+    return _finding_measure((ns,), key, table[call.name], dict(call.kwargs))
 
 
-def _finding_measure(ns: str, key: str, agg: Agg, filters: dict[str, Value]) -> Measure:
-    def measure(report: Report | None, _reg: RiskRegister | None) -> Measured:
+def _finding_measure(
+    probes: tuple[str, ...], key: str, agg: Agg, filters: dict[str, Value]
+) -> Measure:
+    ns = " or ".join(probes)
+
+    def measure(inputs: GateInputs) -> Measured:
+        report = inputs.report
         if report is None:
             return Measured(None, "not measured: no report given")
-        findings = [f for f in report.findings if f.probe == ns]
-        if not findings and ns == "dp" and not filters:
+        findings = [f for f in report.findings if f.probe in probes]
+        if not findings and probes == ("dp",) and not filters:
             value = provenance_value(report, "dp", key)
             if value is not None:
                 return Measured(value, "from the model's provenance.json", 1)
         if not findings:
-            extra = " (a model trained without differential privacy has no ε)" if ns == "dp" else ""
-            return Measured(None, f"not measured: the report has no {ns} finding{extra}")
+            extra = (
+                " (a model trained without differential privacy has no ε)"
+                if probes == ("dp",)
+                else ""
+            )
+            return _no_findings(report, probes, extra)
         seen = set().union(*({"attack", *f.params} for f in findings))
         unknown = [k for k in filters if k not in seen]
         if unknown:
@@ -223,18 +281,20 @@ def _special(call: MetricCall) -> Measure:
     name, kwargs = call.name, dict(call.kwargs)
     if name == "score":
         _no_args(call)
-        return lambda report, _reg: (
-            Measured(report.score, "overall vulnerability score", 1)
-            if report is not None
-            else Measured(None, "not measured: no report given")
-        )
+        return _score
+    if name == "clean_accuracy_drop":
+        _no_args(call)
+        return _clean_accuracy_drop
     if name == "sanity_warnings":
         if call.args or set(kwargs) - {"check"}:
             raise PolicyError("sanity_warnings takes at most a check=NAME filter")
 
-        def warnings(report: Report | None, _reg: RiskRegister | None) -> Measured:
+        def warnings(inputs: GateInputs) -> Measured:
+            report = inputs.report
             if report is None:
                 return Measured(None, "not measured: no report given")
+            if not any(f.probe in WARNING_PROBES for f in report.findings):
+                return _no_findings(report, WARNING_PROBES)
             ws = [w for w in report.warnings if "check" not in kwargs or w.check == kwargs["check"]]
             names = ", ".join(sorted({w.check for w in ws}))
             return Measured(float(len(ws)), names or "no sanity warnings", len(ws))
@@ -244,12 +304,16 @@ def _special(call: MetricCall) -> Measure:
         if call.args or set(kwargs) - {"probe", "attack"}:
             raise PolicyError("severity takes probe=NAME and attack=NAME filters only")
 
-        def severity(report: Report | None, _reg: RiskRegister | None) -> Measured:
+        def severity(inputs: GateInputs) -> Measured:
+            report = inputs.report
             if report is None:
                 return Measured(None, "not measured: no report given")
             fs = [f for f in report.findings if _matches_probe(f, kwargs)]
             if not fs:
-                return Measured(None, "not measured: no finding matches")
+                why = skip_reasons(report, (str(kwargs["probe"]),)) if "probe" in kwargs else ""
+                return Measured(
+                    None, "not measured: no finding matches" + (f" ({why})" if why else "")
+                )
             return Measured(max(f.severity for f in fs), f"max over {len(fs)} findings", len(fs))
 
         return severity
@@ -269,7 +333,8 @@ def _special(call: MetricCall) -> Measure:
                 f"{name}(risks, {key}={_fmt(value)}): {key} is one of {', '.join(allowed)}"
             )
 
-    def over_risks(_report: Report | None, register: RiskRegister | None) -> Measured:
+    def over_risks(inputs: GateInputs) -> Measured:
+        register = inputs.register
         if register is None:
             return Measured(None, "not measured: pass --register to check rules over the register")
         chosen = [
@@ -285,6 +350,22 @@ def _special(call: MetricCall) -> Measure:
         return Measured(float(top.rpn), f"{top.id}", len(chosen))
 
     return over_risks
+
+
+def _score(inputs: GateInputs) -> Measured:
+    report = inputs.report
+    if report is None:
+        return Measured(None, "not measured: no report given")
+    absent = sorted({s.probe for s in report.skipped} - {f.probe for f in report.findings})
+    note = f"; not in it: {', '.join(absent)} (did not run)" if absent else ""
+    return Measured(report.score, f"overall vulnerability score{note}", 1)
+
+
+def _clean_accuracy_drop(inputs: GateInputs) -> Measured:
+    drop = inputs.drop
+    if isinstance(drop, AccuracyDrop):
+        return Measured(drop.value, drop.source, 1)
+    return Measured(None, f"not measured: {drop or 'no clean-accuracy baseline'}")
 
 
 def _matches_probe(f: Finding, kwargs: dict[str, Value]) -> bool:
