@@ -23,6 +23,7 @@ from bastion.assess.probe import ProbeContext
 from bastion.assess.schema import Finding, SanityWarning, ThreatModel
 from bastion.assess.scoring import evasion_severity
 from bastion.attacks.evasion import ATTACKS, project, random_start, robust_mask, span
+from bastion.models.predict import predict_labels
 from bastion.progress import track
 
 # Tolerances for the sanity checks, in accuracy points (fractions).
@@ -298,7 +299,7 @@ class EvasionProbe:
                 norms = delta.flatten(1).norm(dim=1).clamp_min(1e-12)
                 delta = project(delta / norms.view(-1, *([1] * (delta.ndim - 1))) * eps, eps, "2")
             noisy = ctx.space.finalize(bounds.clip(xs + delta, xs), xs)
-            noise_acc = float((_predict(model, noisy).eq(ys) & cs).float().mean())
+            noise_acc = float((predict_labels(model, noisy).eq(ys) & cs).float().mean())
         metrics["noise_accuracy"] = noise_acc
         if strong_acc is not None and noise_acc < strong_acc - SINGLE_STEP_TOLERANCE:
             warn(
@@ -315,12 +316,3 @@ class EvasionProbe:
             yield finding.model_copy(
                 update={"metrics": metrics, "seconds": round(time.perf_counter() - start, 3)}
             )
-
-
-@torch.no_grad()
-def _predict(model: torch.nn.Module, x: torch.Tensor, batch_size: int = 1024) -> torch.Tensor:
-    was = model.training
-    model.eval()
-    out = torch.cat([model(x[i : i + batch_size]).argmax(1) for i in range(0, len(x), batch_size)])
-    model.train(was)
-    return out

@@ -140,7 +140,7 @@ def run_assessment(ctx: ProbeContext) -> Report:
     report = Report(
         model=ModelRef(
             name=ctx.model.name, sha256=ctx.model.sha256,
-            path=str(ctx.model.path) if ctx.model.path else None,
+            path=str(ctx.model.path.resolve()) if ctx.model.path else None,
             spec=ctx.model.spec.model_dump() if ctx.model.spec else None,
             form=ctx.model.form, capabilities=ctx.model.capabilities.model_dump(),
             artifacts=[a.model_dump() for a in ctx.model.artifacts], notes=ctx.model.notes,

@@ -48,6 +48,7 @@ from bastion.attacks._ball import expand
 from bastion.attacks.evasion import Bounds, Box, clip, eval_mode, limits, pgd
 from bastion.attacks.targets import QueryTarget, as_labels, as_target, refused
 from bastion.errors import AttackError, NotFittedError
+from bastion.models.predict import predict_labels
 
 log = logging.getLogger(__name__)
 Source = Literal["pool", "transformed", "noise", "jacobian"]
@@ -231,15 +232,6 @@ def train_surrogate(
             sched.step()
     model.eval()
     return model
-
-
-@torch.no_grad()
-def predict_labels(model: nn.Module, x: torch.Tensor, batch_size: int = 1024) -> torch.Tensor:
-    """Labels of a local model (no query counting: for the assessor's own measurements)."""
-    with eval_mode(model):
-        return torch.cat(
-            [model(x[i : i + batch_size]).argmax(1) for i in range(0, len(x), batch_size)]
-        )
 
 
 def _jacobian_step(

@@ -24,8 +24,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from bastion.attacks.evasion import eval_mode
 from bastion.errors import AttackError
+from bastion.models.predict import predict_logits
 
 LOW_FPRS = (0.001, 0.01)
 
@@ -35,13 +35,6 @@ def _check_xy(x: torch.Tensor, y: torch.Tensor) -> None:
         raise AttackError(f"x has {x.shape[0]} samples but y has {y.shape[0]}")
     if x.shape[0] == 0:
         raise AttackError("no samples to score")
-
-
-@torch.no_grad()
-def predict_logits(model: nn.Module, x: torch.Tensor, *, batch_size: int = 1024) -> torch.Tensor:
-    """Logits of ``model`` on ``x`` in eval mode (mode restored), batched."""
-    with eval_mode(model):
-        return torch.cat([model(x[i : i + batch_size]) for i in range(0, len(x), batch_size)])
 
 
 def logit_confidence(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:

@@ -65,7 +65,9 @@ def file_sha256(path: str | Path) -> str:
 
 
 def artifact(path: str | Path, role: str) -> Artifact:
-    return Artifact(path=str(path), sha256=file_sha256(path), role=role)
+    """The file at ``path`` (recorded as an absolute path, so a report names it wherever it
+    is read) with its role and SHA-256."""
+    return Artifact(path=str(Path(path).resolve()), sha256=file_sha256(path), role=role)
 
 
 def artifacts_sha256(artifacts: list[Artifact]) -> str:
@@ -121,18 +123,12 @@ class LoadedModel:
     @torch.no_grad()
     def scores(self, x: torch.Tensor, batch_size: int = 1024) -> torch.Tensor:
         """Probabilities (N, K), or labels (N,) for a labels-only model, batched, no grad."""
-        parts = []
-        for i in range(0, x.shape[0], batch_size):
-            xb = x[i : i + batch_size]
-            if self.module is not None:
-                was = self.module.training
-                self.module.eval()
-                try:
-                    parts.append(torch.softmax(self.module(xb).float(), dim=1))
-                finally:
-                    self.module.train(was)
-            elif self.predict_fn is not None:
-                parts.append(self.predict_fn(xb).to(x.device))
+        if self.module is not None:
+            from bastion.models.predict import predict_logits
+
+            return torch.softmax(predict_logits(self.module, x, batch_size=batch_size).float(), 1)
+        fn = self.predict_fn
+        parts = [fn(x[i : i + batch_size]).to(x.device) for i in range(0, x.shape[0], batch_size)]
         if not parts:
             return torch.empty(0, dtype=torch.long)
         return torch.cat(parts)

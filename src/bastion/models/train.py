@@ -17,6 +17,7 @@ from torch.nn import functional as F
 
 from bastion.data.dataset import Dataset
 from bastion.errors import ConfigError
+from bastion.models.predict import accuracy
 from bastion.progress import task
 
 log = logging.getLogger(__name__)
@@ -38,18 +39,6 @@ class TrainResult:
 
 def cross_entropy_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return F.cross_entropy(model(x), y)
-
-
-@torch.no_grad()
-def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 1024) -> float:
-    """Top-1 accuracy of ``model`` on (x, y), in eval mode (mode restored after)."""
-    was_training = model.training
-    model.eval()
-    correct = 0
-    for i in range(0, len(x), batch_size):
-        correct += int((model(x[i : i + batch_size]).argmax(1) == y[i : i + batch_size]).sum())
-    model.train(was_training)
-    return correct / max(1, len(x))
 
 
 def split_validation(
