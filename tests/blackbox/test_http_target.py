@@ -65,6 +65,13 @@ class _Handler(BaseHTTPRequestHandler):
             self._send(202, {"review_id": 7, "status": "held"})
         elif path == "blocked":
             self._send(403, {"detail": "request refused by the input guard", "request_id": "r"})
+        elif path == "client-blocked":
+            body = {
+                "detail": "request blocked by policy; contact the operator",
+                "request_id": "r",
+                "blocked_until": "2026-12-02T10:00:00Z",
+            }
+            self._send(403, body)
         elif path == "garbage":
             self._send(200, b"<html>oops</html>")
         elif path == "short":
@@ -162,6 +169,9 @@ def test_held_requests_count_as_refused_queries(server, digits):
     assert labels.tolist() == [-1, -1]
     blocked = HttpTarget(url(server, "blocked"), kind="labels", num_classes=10)
     assert blocked(digits.test.x[:2]).tolist() == [-1, -1] and blocked.refused == 2
+    # a gateway that blocked the client by policy: refused queries, not a key problem
+    client = HttpTarget(url(server, "client-blocked"), kind="labels", num_classes=10)
+    assert client(digits.test.x[:2]).tolist() == [-1, -1] and client.refused == 2
 
 
 @pytest.mark.parametrize(

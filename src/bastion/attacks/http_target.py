@@ -229,12 +229,18 @@ def _check_probabilities(probs: Any, n: int, url: str) -> torch.Tensor:
 
 
 def _guard_refusal(resp: httpx.Response) -> bool:
-    """A 403 from an input guard (Bastion's gateway: "refused by the input guard")."""
+    """A 403 that refuses the request by policy rather than the key: an input guard's
+    ("refused by the input guard") or Bastion's gateway blocking the client ("blocked by
+    policy", with ``blocked_until``)."""
     try:
-        detail = resp.json().get("detail", "")
+        body = resp.json()
+        detail = body.get("detail", "")
     except (ValueError, AttributeError):
         return False
-    return isinstance(detail, str) and "guard" in detail.lower()
+    if "blocked_until" in body:
+        return True
+    text = detail.lower() if isinstance(detail, str) else ""
+    return "guard" in text or "blocked by policy" in text
 
 
 def _excerpt(text: str, limit: int = 80) -> str:

@@ -22,7 +22,7 @@ from bastion.errors import BastionError
 # Pipeline order: it is also the order of `bastion demo`.
 COMMAND_MODULES = [
     "train", "assess", "runs", "harden", "risk", "gate", "attest", "keys", "guard", "serve",
-    "audit", "demo",
+    "audit", "demo", "clients",
 ]  # fmt: skip
 
 

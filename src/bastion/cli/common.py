@@ -125,3 +125,23 @@ FrozenOpt = Annotated[str | None, typer.Option(help="features an attacker cannot
 LabelColumnOpt = Annotated[
     str | None, typer.Option(help="CSV label column: a header name or index")
 ]
+
+
+# Model options shared by assess, harden, guard, serve and attest (each command words its
+# own --model help).
+EntryPointOpt = Annotated[
+    str | None, typer.Option(help="module:function returning an nn.Module (runs that code)")
+]
+WeightsOpt = Annotated[
+    Path | None, typer.Option(help="weights for --entry-point (.safetensors/.pt)")
+]
+OnnxModeOpt = Annotated[
+    str, typer.Option(help="ONNX: auto (convert for gradients, else onnxruntime) | torch | runtime")
+]
+TrustOpt = Annotated[
+    list[str] | None, typer.Option(help="skops: a type to trust when loading (repeat)")
+]
+EpsModeOpt = Annotated[
+    str | None,
+    typer.Option(help="absolute | relative (to each feature's range; tabular default)"),
+]

@@ -1,8 +1,13 @@
 """`bastion serve`: the guarded gateway (FastAPI + uvicorn) in front of a model.
 
-    bastion serve --model DIR --config serve.yaml [--host H --port P --db URL
-                  --redis-url URL --ssl-certfile CERT --ssl-keyfile KEY]
+    bastion serve --model PATH [--entry-point M:F --weights W --onnx-mode M --trust T]
+                  [--data TRAIN.csv (+ the data flags of `bastion assess`)] [--guard-dir DIR]
+                  --config serve.yaml [--host H --port P --db URL --redis-url URL
+                  --ssl-certfile CERT --ssl-keyfile KEY]
 
+``--model`` is any form `bastion assess` reads. Requests are validated against the model's
+input spec: from its provenance, its fitted guard, or ``--data`` (the training data, read
+with the same flags as in `bastion assess`); with none of them the server does not start.
 Flags override serve.yaml. TLS: give both certificate files (uvicorn terminates TLS).
 """
 
@@ -15,7 +20,30 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from bastion.cli.common import console
+from bastion.cli.common import (
+    BoundsOpt,
+    DataRootOpt,
+    FrozenOpt,
+    IntegerOpt,
+    LabelColumnOpt,
+    LayoutOpt,
+    LowerOpt,
+    ModalityOpt,
+    ScaleOpt,
+    ShapeOpt,
+    UpperOpt,
+    console,
+    data_options,
+)
+from bastion.cli.guard import (
+    ONNX_MODES,
+    EntryPointOpt,
+    GuardDirOpt,
+    ModelPathOpt,
+    TrustOpt,
+    WeightsOpt,
+)
+from bastion.errors import ConfigError
 
 if TYPE_CHECKING:
     from bastion.cli.demo import DemoContext
@@ -24,7 +52,33 @@ if TYPE_CHECKING:
 def register(app: typer.Typer) -> None:
     @app.command()
     def serve(
-        model: Annotated[Path | None, typer.Option(help="model directory (bastion train)")] = None,
+        model: ModelPathOpt = None,
+        entry_point: EntryPointOpt = None,
+        weights: WeightsOpt = None,
+        onnx_mode: Annotated[
+            str | None,
+            typer.Option(help="ONNX: auto (convert, else onnxruntime) | torch | runtime"),
+        ] = None,
+        trust: TrustOpt = None,
+        data: Annotated[
+            str | None,
+            typer.Option(
+                help="training data whose input spec (per-feature bounds, integer features) "
+                "requests are checked against, when the model's provenance and guard have none"
+            ),
+        ] = None,
+        data_root: DataRootOpt = None,
+        modality: ModalityOpt = None,
+        shape: ShapeOpt = None,
+        layout: LayoutOpt = None,
+        scale: ScaleOpt = None,
+        lower: LowerOpt = None,
+        upper: UpperOpt = None,
+        bounds: BoundsOpt = None,
+        integer: IntegerOpt = None,
+        frozen: FrozenOpt = None,
+        label_column: LabelColumnOpt = None,
+        guard_dir: GuardDirOpt = None,
         config: Annotated[Path | None, typer.Option(help="serve.yaml (see examples/)")] = None,
         host: Annotated[
             str | None, typer.Option(help="address to bind (default 127.0.0.1)")
@@ -43,20 +97,69 @@ def register(app: typer.Typer) -> None:
         import uvicorn
 
         from bastion.serve.app import create_app
+        from bastion.serve.runtime import Runtime
         from bastion.serve.settings import load_settings
 
+        if onnx_mode is not None and onnx_mode not in ONNX_MODES:
+            raise ConfigError(f"--onnx-mode must be one of {', '.join(ONNX_MODES)}")
+        data_section = None
+        if data is not None:
+            opts = data_options(
+                modality=modality,
+                shape=shape,
+                layout=layout,
+                scale=scale,
+                lower=lower,
+                upper=upper,
+                bounds=bounds,
+                integer=integer,
+                frozen=frozen,
+                label_column=label_column,
+            )
+            data_section = {
+                "path": data,
+                "root": data_root,
+                "options": opts.model_dump(exclude_unset=True),
+            }
         settings = load_settings(
-            config, model_dir=model, host=host, port=port, db_url=db, redis_url=redis_url,
-            ssl_certfile=ssl_certfile, ssl_keyfile=ssl_keyfile,
-        )  # fmt: skip
+            config,
+            model_dir=model,
+            entry_point=entry_point,
+            weights=weights,
+            onnx_mode=onnx_mode,
+            trust=trust or None,
+            data=data_section,
+            host=host,
+            port=port,
+            db_url=db,
+            redis_url=redis_url,
+            ssl_certfile=ssl_certfile,
+            ssl_keyfile=ssl_keyfile,
+        )
+        if guard_dir is not None:
+            guard = settings.guard.model_copy(update={"dir": guard_dir})
+            settings = settings.model_copy(update={"guard": guard})
+        runtime = Runtime.from_settings(settings)  # errors here are one line, before binding
+        app = create_app(settings)
+        app.state.runtime = runtime
         scheme = "https" if settings.ssl_certfile else "http"
-        console.print(f"serving {settings.model_dir} on {scheme}://{settings.host}:{settings.port}")
+        what = settings.model_dir or settings.entry_point
+        console.print(
+            f"serving {what} ({runtime.loaded.form}) on {scheme}://{settings.host}:"
+            f"{settings.port}; inputs {runtime.input_spec.describe()} from {runtime.spec_source}; "
+            f"guard {'on' if runtime.guard is not None else 'off'}",
+            highlight=False,
+        )
         uvicorn.run(
-            create_app(settings), host=settings.host, port=settings.port,
+            app,
+            host=settings.host,
+            port=settings.port,
             ssl_certfile=str(settings.ssl_certfile) if settings.ssl_certfile else None,
             ssl_keyfile=str(settings.ssl_keyfile) if settings.ssl_keyfile else None,
-            log_level=log_level, access_log=access_log, server_header=False,
-        )  # fmt: skip
+            log_level=log_level,
+            access_log=access_log,
+            server_header=False,
+        )
 
 
 def demo_stage(ctx: DemoContext) -> None:

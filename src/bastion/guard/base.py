@@ -21,7 +21,7 @@ from typing import Any, ClassVar
 import torch
 
 from bastion.errors import ConfigError, NotFittedError
-from bastion.guard.tap import ModelTap, TapOutputs
+from bastion.guard.tap import ModelTap, Tap, TapOutputs
 
 log = logging.getLogger(__name__)
 
@@ -95,10 +95,10 @@ class Detector(ABC):
         if not self.is_fitted():
             raise NotFittedError(self, method)
 
-    def _resolve_tap(self, model: ModelTap | torch.nn.Module | None) -> ModelTap:
+    def _resolve_tap(self, model: Tap | torch.nn.Module | None) -> Tap:
         if model is None:
             raise ConfigError(f"{type(self).__name__} needs the model: pass model=<nn.Module>")
-        return model if isinstance(model, ModelTap) else ModelTap(model)
+        return ModelTap(model) if isinstance(model, torch.nn.Module) else model
 
     # -- persistence ----------------------------------------------------------------------
     def get_params(self) -> dict[str, Any]:

@@ -1,27 +1,58 @@
-"""Evaluate a fitted guard: detection on PGD examples and on shifted data, realised false
-positives on fresh clean data, drift alerts, and (optionally) the extraction monitor against
-simulated attackers and benign clients. ``bastion guard evaluate`` writes the result as JSON;
-the risk register reads ``detectors[name].{tpr, fpr, auroc}``."""
+"""Evaluate a fitted guard: detection of adversarial examples and of shifted data, realised
+false positives on fresh clean data, drift alerts, and (optionally) the extraction monitor
+against simulated attackers and benign clients. ``bastion guard evaluate`` writes the result
+as JSON; the risk register reads ``detectors[name].{tpr, fpr, auroc}``.
+
+Adversarial examples are made in the attack space of the input spec
+(:class:`~bastion.assess.space.AttackSpace`): ε relative to each feature's range for tabular
+data (the default there), in input units for images; integer features are made whole again
+and frozen features kept. PGD runs on a differentiable model, the score-based Square attack
+on a gradient-free one (scikit-learn, XGBoost, onnxruntime).
+
+The shifts follow the modality. Images: Gaussian noise, a 3×3 blur, another image dataset
+resized to the input shape. Tabular rows: feature-wise Gaussian noise scaled to each
+feature's range, feature scaling (each feature halved or doubled about its lower bound),
+missing-value style corruption (a share of each row's features set to their lower bound, or
+to their mean), and another dataset's rows where one with the same feature count is at hand
+(``ood``), else rows drawn uniformly within the box (``uniform``). Every shifted row is put
+back into the box (and integer features made whole): what reaches the guard behind the
+gateway's validation. No image transform is applied to feature vectors.
+"""
 
 from __future__ import annotations
 
 import logging
 import time
+from typing import Any
 
+import numpy as np
 import torch
 from pydantic import BaseModel, Field
 from sklearn.metrics import roc_auc_score
 from torch import nn
 from torch.nn import functional as F
 
+from bastion.assess.space import AttackSpace
 from bastion.attacks.evasion import pgd
+from bastion.data.box import Box
 from bastion.data.dataset import Dataset
-from bastion.errors import BastionError
+from bastion.data.spec import EpsMode, InputSpec
+from bastion.errors import BastionError, ConfigError
 from bastion.guard.drift import DriftMonitor
 from bastion.guard.guard import Guard
+from bastion.models.loaded import LoadedModel
 
 log = logging.getLogger(__name__)
-SHIFTS = ("noise", "blur", "ood")
+IMAGE_SHIFTS = ("noise", "blur", "ood")
+TABULAR_SHIFTS = ("noise", "scale", "missing-lower", "missing-mean", "ood")
+SHIFTS = IMAGE_SHIFTS  # the image default, kept under its old name
+_IMAGE_ONLY = {"blur"}
+_TABULAR_ONLY = {"scale", "missing-lower", "missing-mean", "uniform"}
+
+
+def default_shifts(modality: str) -> tuple[str, ...]:
+    """The shifts that make sense for ``modality``."""
+    return IMAGE_SHIFTS if modality == "image" else TABULAR_SHIFTS
 
 
 class Rates(BaseModel):
@@ -64,6 +95,7 @@ class GuardEvaluation(BaseModel):
 
     model_sha256: str | None = None
     data: str
+    modality: str = "image"
     target_fpr: float
     n_clean: int
     realised_fpr: dict[str, float]
@@ -72,6 +104,10 @@ class GuardEvaluation(BaseModel):
     shifts: dict[str, SetEvaluation] = Field(default_factory=dict)
     drift: DriftEvaluation | None = None
     extraction: ExtractionEvaluation | None = None
+    detectors_not_built: dict[str, str] = Field(
+        default_factory=dict, description="detectors of the config not built, and why"
+    )
+    notes: list[str] = Field(default_factory=list)
     seconds: float = 0.0
 
 
@@ -117,41 +153,144 @@ def _scores(guard: Guard, x: torch.Tensor) -> dict[str, torch.Tensor]:
     return {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
 
 
+def _into_box(t: torch.Tensor, spec: InputSpec) -> torch.Tensor:
+    """``t`` clamped into the spec's bounds, integer features rounded."""
+    lo, hi = spec.lower_tensor().to(t), spec.upper_tensor().to(t)
+    out = torch.maximum(torch.minimum(t, hi), lo)
+    mask = spec.integer_mask()
+    if mask is not None:
+        out = torch.where(mask, out.round(), out)
+    return out
+
+
+def _check_shift(kind: str, modality: str) -> None:
+    known = set(IMAGE_SHIFTS) | set(TABULAR_SHIFTS) | {"uniform"}
+    if kind not in known:
+        raise ConfigError(
+            f"unknown shift {kind!r}: use one of {', '.join(default_shifts(modality))}"
+        )
+    if modality != "image" and kind in _IMAGE_ONLY:
+        raise ConfigError(
+            f"the {kind!r} shift is an image transform; for {modality} inputs use one of "
+            f"{', '.join(TABULAR_SHIFTS)}, uniform"
+        )
+    if modality == "image" and kind in _TABULAR_ONLY:
+        raise ConfigError(
+            f"the {kind!r} shift is for feature vectors; for images use one of "
+            f"{', '.join(IMAGE_SHIFTS)}"
+        )
+
+
 def shifted_inputs(
-    kind: str, x: torch.Tensor, *, bounds: tuple[float, float], generator: torch.Generator,
-    ood: torch.Tensor | None = None, noise_std: float = 0.1,
-) -> tuple[torch.Tensor, str]:  # fmt: skip
-    """Shifted copies of ``x``: ``noise`` (Gaussian, σ = ``noise_std`` of the range),
-    ``blur`` (3×3 box filter) or ``ood`` (another dataset resized to ``x``'s shape)."""
-    lo, hi = bounds
+    kind: str,
+    x: torch.Tensor,
+    *,
+    spec: InputSpec,
+    generator: torch.Generator,
+    ood: torch.Tensor | None = None,
+    noise_std: float = 0.1,
+    missing: float = 0.25,
+) -> tuple[torch.Tensor, str]:
+    """Shifted copies of ``x`` (see the module docstring for each ``kind``), inside the
+    spec's box, and a description. Image kinds: ``noise``, ``blur``, ``ood``; tabular
+    kinds: ``noise``, ``scale``, ``missing-lower``, ``missing-mean``, ``ood`` (``ood``: the
+    rows of another dataset with the same feature count), ``uniform``."""
+    modality = spec.modality
+    _check_shift(kind, modality)
+    lo, hi = spec.lower_tensor().to(x), spec.upper_tensor().to(x)
     if kind == "noise":
         noisy = x + noise_std * (hi - lo) * torch.randn(x.shape, generator=generator)
-        return noisy.clamp(lo, hi), f"Gaussian noise, σ = {noise_std:g} of the range"
+        what = "the range" if modality == "image" and lo.numel() == 1 else "each feature's range"
+        return _into_box(noisy, spec), f"Gaussian noise, σ = {noise_std:g} of {what}"
     if kind == "blur":
         padded = F.pad(x, (1, 1, 1, 1), mode="replicate")
         return F.avg_pool2d(padded, 3, 1), "3×3 box blur"
-    if kind == "ood":
+    if kind == "ood" and modality == "image":
         if ood is None:
             raise BastionError("no out-of-distribution data given")
         other = ood
         if other.shape[1] != x.shape[1]:
             other = other.mean(1, keepdim=True).expand(-1, x.shape[1], -1, -1)
         other = F.interpolate(other, size=tuple(x.shape[2:]), mode="area")
-        return other.clamp(lo, hi), "another dataset resized to the input shape"
-    raise BastionError(f"unknown shift {kind!r}: use one of {', '.join(SHIFTS)}")
+        return _into_box(other, spec), "another dataset resized to the input shape"
+    if kind == "scale":
+        signs = torch.randint(0, 2, x.shape[1:], generator=generator).to(x) * 2 - 1
+        factor = torch.pow(2.0, signs)
+        return _into_box(lo + (x - lo) * factor, spec), (
+            "each feature's offset from its lower bound halved or doubled (one random choice "
+            "per feature, as a unit mix-up), put back into the box"
+        )
+    if kind in ("missing-lower", "missing-mean"):
+        mask = torch.rand(x.shape, generator=generator) < missing
+        if kind == "missing-lower":
+            fill, how = lo.expand_as(x), "their lower bound (a missing value sent as the minimum)"
+        else:
+            fill, how = x.mean(0, keepdim=True).expand_as(x), "their mean (mean imputation)"
+        return _into_box(torch.where(mask, fill, x), spec), (
+            f"{missing:.0%} of each row's features set to {how}"
+        )
+    if kind == "ood":
+        if ood is None:
+            raise BastionError("no out-of-distribution rows given")
+        if ood.shape[1:] != x.shape[1:]:
+            raise ConfigError(
+                f"out-of-distribution rows have {tuple(ood.shape[1:])} features, the model "
+                f"takes {tuple(x.shape[1:])}"
+            )
+        return _into_box(ood.to(x), spec), "another dataset's rows, put back into the box"
+    if kind == "uniform":
+        u = torch.rand(x.shape, generator=generator).to(x)
+        return _into_box(lo + u * (hi - lo), spec), "rows drawn uniformly within the box"
+    raise ConfigError(f"unknown shift {kind!r}")
 
 
-def default_ood(data_name: str, n: int) -> tuple[torch.Tensor | None, str]:
-    """Another dataset for the ``ood`` shift: Fashion-MNIST for a digits model, digits for
-    any other; None when it is not installed."""
-    from bastion.data import load_dataset
+def _bundled_tables() -> list[tuple[str, Any]]:
+    from sklearn import datasets
 
-    other = "digits" if data_name == "fashion-mnist" else "fashion-mnist"
-    try:
-        return load_dataset(other).test.x[:n], other
-    except BastionError as exc:
-        log.warning("no out-of-distribution set (%s): skipping the ood shift", exc)
-        return None, other
+    return [
+        ("iris", datasets.load_iris),
+        ("wine", datasets.load_wine),
+        ("breast-cancer", datasets.load_breast_cancer),
+        ("diabetes", datasets.load_diabetes),
+        ("digits", datasets.load_digits),
+    ]
+
+
+def _same_rows(a: np.ndarray, b: np.ndarray) -> bool:
+    """Whether ``a`` holds the rows of ``b`` (up to rounding: most of ``a``'s first rows are
+    within 1 % of a row of ``b`` in every feature), i.e. the same data."""
+    rows = a[:20]
+    hits = sum(bool(np.isclose(b, r, rtol=1e-2, atol=1e-6).all(1).any()) for r in rows)
+    return hits >= 0.5 * len(rows)
+
+
+def default_ood(data: Dataset | str, n: int) -> tuple[torch.Tensor | None, str]:
+    """Another dataset for the ``ood`` shift. Images: Fashion-MNIST for a digits model,
+    digits for any other. Tabular rows: the first bundled scikit-learn table (iris, wine,
+    breast cancer, diabetes, digits) with the same feature count that is not the test data
+    itself. None when there is none (tabular rows then fall back to ``uniform``)."""
+    name = data if isinstance(data, str) else data.name
+    modality = "image" if isinstance(data, str) else data.modality
+    if modality == "image":
+        from bastion.data import load_dataset
+
+        other = "digits" if name == "fashion-mnist" else "fashion-mnist"
+        try:
+            return load_dataset(other).test.x[:n], other
+        except BastionError as exc:
+            log.warning("no out-of-distribution set (%s): skipping the ood shift", exc)
+            return None, other
+    assert isinstance(data, Dataset)
+    d = int(data.x[0].numel())
+    mine = data.x.flatten(1).double().numpy()
+    for table, loader in _bundled_tables():
+        rows = np.asarray(loader().data, dtype=np.float64)
+        if rows.shape[1] != d or _same_rows(mine, rows):
+            continue
+        gen = np.random.default_rng(0)
+        pick = gen.permutation(len(rows))[:n]
+        return torch.tensor(rows[pick], dtype=torch.float32).reshape(-1, *data.shape), table
+    return None, ""
 
 
 def _drift(guard: Guard, sets: dict[str, torch.Tensor], clean: torch.Tensor, windows: int,
@@ -174,91 +313,239 @@ def _drift(guard: Guard, sets: dict[str, torch.Tensor], clean: torch.Tensor, win
                            shifted_alert_rate={k: alert_rate(v) for k, v in sets.items()})  # fmt: skip
 
 
+def _parts(model: nn.Module | LoadedModel) -> tuple[nn.Module | None, LoadedModel | None]:
+    if isinstance(model, LoadedModel):
+        return (model.module if model.differentiable else None), model
+    return model, None
+
+
+def _predict(model: nn.Module | LoadedModel, x: torch.Tensor) -> torch.Tensor:
+    if isinstance(model, LoadedModel):
+        return model.predict(x)
+    with torch.no_grad():
+        return torch.cat([model(x[i : i + 512]).argmax(1) for i in range(0, len(x), 512)])
+
+
+def adversarial_examples(
+    model: nn.Module | LoadedModel,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    space: AttackSpace,
+    *,
+    eps: float,
+    steps: int,
+    queries: int,
+    generator: torch.Generator,
+) -> tuple[torch.Tensor | None, dict[str, float | int | str]]:
+    """Adversarial copies of ``x`` in ``space`` (PGD L∞ on a differentiable model, Square
+    L∞ on one answering scores), in input units with integer features whole; and the
+    attack's description. None (and the reason) when the model answers labels only."""
+    module, loaded = _parts(model)
+    info: dict[str, float | int | str] = {
+        "norm": "inf",
+        "eps": eps,
+        "eps_mode": space.mode,
+        "eps_description": space.describe(eps),
+    }
+    z = space.to_z(x)
+    if module is not None:
+        zmodel = space.model(module.eval())
+        adv_z = torch.cat(
+            [
+                pgd(
+                    zmodel,
+                    z[i : i + 256],
+                    y[i : i + 256],
+                    eps=eps,
+                    steps=steps,
+                    bounds=space.box,
+                    generator=generator,
+                )
+                for i in range(0, len(x), 256)
+            ]
+        )
+        info.update(name="pgd", steps=steps)
+    elif loaded is not None and loaded.capabilities.output == "scores":
+        from bastion.attacks.square import square_attack
+        from bastion.attacks.targets import model_target
+
+        target = model_target(
+            loaded, kind="scores", transform=None if space.identity else space.from_z
+        )
+        res = square_attack(
+            target, z, y, eps=eps, max_queries=queries, bounds=space.box, generator=generator
+        )
+        adv_z = res.x_adv
+        info.update(name="square", queries=queries)
+        info["note"] = "the model has no gradients: the score-based Square attack is used"
+    else:
+        info.update(name="none", reason="the model answers labels only: no attack is run")
+        return None, info
+    adv_z = space.finalize(adv_z, z)
+    return space.from_z(adv_z), info
+
+
 def evaluate_guard(
-    guard: Guard, module: nn.Module, test: Dataset, *, eps: float = 0.1, steps: int = 20,
-    n: int | None = None, shifts: tuple[str, ...] = SHIFTS, ood: torch.Tensor | None = None,
-    ood_name: str = "", extraction: bool = False, extraction_budget: int = 300,
-    benign_clients: int = 20, benign_queries: int = 1000, drift_windows: int = 20, seed: int = 0,
-) -> GuardEvaluation:  # fmt: skip
-    """Measure ``guard`` on the clean ``test`` data (never seen when fitting): PGD L∞
-    examples at ``eps`` against ``module`` (only those that flip a correct prediction
-    count), the ``shifts``, the drift test, and optionally the extraction monitor."""
+    guard: Guard,
+    model: nn.Module | LoadedModel,
+    test: Dataset,
+    *,
+    eps: float = 0.1,
+    eps_mode: EpsMode | None = None,
+    steps: int = 20,
+    queries: int = 300,
+    n: int | None = None,
+    shifts: tuple[str, ...] | None = None,
+    ood: torch.Tensor | None = None,
+    ood_name: str = "",
+    extraction: bool = False,
+    extraction_budget: int = 300,
+    benign_clients: int = 20,
+    benign_queries: int = 1000,
+    drift_windows: int = 20,
+    seed: int = 0,
+) -> GuardEvaluation:
+    """Measure ``guard`` on the clean ``test`` data (never seen when fitting): adversarial
+    examples at ``eps`` (``eps_mode``: the input spec's default, relative for tabular data)
+    against ``model`` (an ``nn.Module`` or a :class:`LoadedModel`; only examples that flip a
+    correct prediction count), the ``shifts`` (default: those of the data's modality), the
+    drift test, and optionally the extraction monitor."""
     start = time.perf_counter()
     gen = torch.Generator().manual_seed(seed)
+    spec = test.input_spec
+    shifts = default_shifts(spec.modality) if shifts is None else tuple(shifts)
+    for kind in shifts:
+        _check_shift(kind, spec.modality)
     x, y = (test.x, test.y) if n is None else (test.x[:n], test.y[:n])
     clean = _scores(guard, x)
     thr = guard.thresholds
     realised = {k: float((v > thr[k]).float().mean()) for k, v in clean.items()}
     realised["guard"] = float((combined_score(clean, thr) > 1).float().mean())
-    adv = torch.cat([
-        pgd(module, x[i : i + 256], y[i : i + 256], eps=eps * (test.bounds[1] - test.bounds[0]),
-            steps=steps, bounds=test.bounds, generator=gen)
-        for i in range(0, len(x), 256)
-    ])  # fmt: skip
-    with torch.no_grad():
-        pred_clean = torch.cat([module(x[i : i + 512]).argmax(1) for i in range(0, len(x), 512)])
-        pred_adv = torch.cat([module(adv[i : i + 512]).argmax(1) for i in range(0, len(x), 512)])
-    success = (pred_clean == y) & (pred_adv != y)
-    adv_ok = adv[success]
-    detectors = _rates(guard, clean, _scores(guard, adv_ok) if len(adv_ok) else
-                       {k: torch.zeros(0) for k in clean})  # fmt: skip
-    attack = {"name": "pgd", "norm": "inf", "eps": eps, "steps": steps, "n_attacked": int(len(x)),
-              "n_successful": int(success.sum()),
-              "success_rate": float(success.sum() / max(1, int((pred_clean == y).sum())))}  # fmt: skip
+    space = AttackSpace.build(spec, eps_mode)
+    adv, attack = adversarial_examples(
+        model, x, y, space, eps=eps, steps=steps, queries=queries, generator=gen
+    )
+    notes = [f"ε = {eps:g} ({space.describe(eps)})"]
+    pred_clean = _predict(model, x)
+    if adv is not None:
+        success = (pred_clean == y) & (_predict(model, adv) != y)
+        adv_ok = adv[success]
+    else:
+        success = torch.zeros(len(x), dtype=torch.bool)
+        adv_ok = x[:0]
+        notes.append(str(attack["reason"]))
+    empty = {k: torch.zeros(0) for k in clean}
+    detectors = _rates(guard, clean, _scores(guard, adv_ok) if len(adv_ok) else empty)
+    attack.update(
+        n_attacked=int(len(x)),
+        n_successful=int(success.sum()),
+        success_rate=float(success.sum() / max(1, int((pred_clean == y).sum()))),
+    )
     shifted_sets: dict[str, torch.Tensor] = {"pgd": adv_ok}
     shift_evals = {}
     for kind in shifts:
+        name, other = kind, None
         if kind == "ood":
-            if ood is None:
-                ood, ood_name = default_ood(test.name, len(x))
-            if ood is None:
+            other, other_name = (ood, ood_name) if ood is not None else default_ood(test, len(x))
+            if other is None and spec.modality == "image":
                 continue
-        xs, desc = shifted_inputs(kind, x, bounds=test.bounds, generator=gen, ood=ood)
-        if kind == "ood" and ood_name:
-            desc = f"{ood_name} resized to {tuple(x.shape[1:])}"
-        shifted_sets[kind] = xs
-        shift_evals[kind] = SetEvaluation(name=kind, description=desc, n=len(xs),
-                                          detectors=_rates(guard, clean, _scores(guard, xs)))  # fmt: skip
+            if other is None:
+                name = "uniform"
+                notes.append(
+                    f"no other dataset with {spec.n_features} features at hand: rows drawn "
+                    "uniformly within the box stand in for out-of-distribution data"
+                )
+            if name in shift_evals:
+                continue
+        xs, desc = shifted_inputs(name, x, spec=spec, generator=gen, ood=other)
+        if name == "ood" and other_name:
+            desc = (
+                f"{other_name} resized to {tuple(x.shape[1:])}"
+                if spec.modality == "image"
+                else f"{other_name} rows ({spec.n_features} features), put back into the box"
+            )
+        shifted_sets[name] = xs
+        shift_evals[name] = SetEvaluation(
+            name=name,
+            description=desc,
+            n=len(xs),
+            detectors=_rates(guard, clean, _scores(guard, xs)),
+        )
     drift = _drift(guard, {k: v for k, v in shifted_sets.items() if len(v)}, x, drift_windows, gen)
     if drift is not None:
         detectors["drift"] = Rates(
             tpr=sum(drift.shifted_alert_rate.values()) / max(1, len(drift.shifted_alert_rate)),
-            fpr=drift.clean_alert_rate, n=drift.windows,
-        )  # fmt: skip
+            fpr=drift.clean_alert_rate,
+            n=drift.windows,
+        )
     ext = None
     if extraction and guard.extraction is not None:
-        ext = evaluate_extraction(guard, x, budget=extraction_budget, n_clients=benign_clients,
-                                  queries=benign_queries, bounds=test.bounds,
-                                  num_classes=test.num_classes, seed=seed)  # fmt: skip
+        ext = evaluate_extraction(
+            guard,
+            x,
+            budget=extraction_budget,
+            n_clients=benign_clients,
+            queries=benign_queries,
+            bounds=test.box,
+            num_classes=test.num_classes,
+            seed=seed,
+        )
         runs = [r for v in ext.attackers.values() for r in v]
         detectors["extraction"] = Rates(
             tpr=sum(r is not None for r in runs) / max(1, len(runs)),
-            fpr=ext.benign_false_alarms / max(1, ext.benign_clients), n=len(runs),
-        )  # fmt: skip
+            fpr=ext.benign_false_alarms / max(1, ext.benign_clients),
+            n=len(runs),
+        )
+    notes += [f"{k} not built: {v}" for k, v in guard.not_built.items()]
     return GuardEvaluation(
-        model_sha256=guard.meta.get("model_sha256"), data=test.name,
-        target_fpr=guard.config.target_fpr, n_clean=len(x), realised_fpr=realised, attack=attack,
-        detectors=detectors, shifts=shift_evals, drift=drift, extraction=ext,
+        model_sha256=guard.meta.get("model_sha256"),
+        data=test.name,
+        modality=spec.modality,
+        target_fpr=guard.config.target_fpr,
+        n_clean=len(x),
+        realised_fpr=realised,
+        attack=attack,
+        detectors=detectors,
+        shifts=shift_evals,
+        drift=drift,
+        extraction=ext,
+        detectors_not_built=guard.not_built,
+        notes=notes,
         seconds=time.perf_counter() - start,
-    )  # fmt: skip
+    )
 
 
 def evaluate_extraction(
-    guard: Guard, pool: torch.Tensor, *, budget: int = 300, n_clients: int = 20,
-    queries: int = 1000, runs: int = 3, bounds: tuple[float, float] = (0.0, 1.0),
-    num_classes: int = 10, seed: int = 0,
-) -> ExtractionEvaluation:  # fmt: skip
+    guard: Guard,
+    pool: torch.Tensor,
+    *,
+    budget: int = 300,
+    n_clients: int = 20,
+    queries: int = 1000,
+    runs: int = 3,
+    bounds: tuple[float, float] | Box = (0.0, 1.0),
+    num_classes: int = 10,
+    seed: int = 0,
+) -> ExtractionEvaluation:
     """Queries until alert for Jacobian-augmentation and random-noise attackers (``runs``
     seeds each, ``budget`` queries), and false alarms over ``n_clients`` benign clients of
-    ``queries`` natural inputs from ``pool``. Simulated clients are forgotten afterwards."""
+    ``queries`` natural inputs from ``pool``. ``bounds``: a (low, high) pair or the data's
+    per-feature :class:`Box`. Simulated clients are forgotten afterwards."""
     from bastion.guard.simulate import benign_clients, extraction_attack
 
     attackers: dict[str, list[int | None]] = {}
     for source in ("jacobian", "noise"):
         attackers[source] = []
         for s in range(runs):
-            run = extraction_attack(guard, pool, source=source, budget=budget, seed=seed + s,
-                                    bounds=bounds, num_classes=num_classes)  # fmt: skip
+            run = extraction_attack(
+                guard,
+                pool,
+                source=source,
+                budget=budget,
+                seed=seed + s,
+                bounds=bounds,
+                num_classes=num_classes,
+            )
             attackers[source].append(run.alert_at)
             guard.reset_client(run.client_id)
     benign = benign_clients(guard, pool, n_clients=n_clients, queries=queries, seed=seed)
@@ -266,6 +553,10 @@ def evaluate_extraction(
         guard.reset_client(run.client_id)
     if guard.drift is not None:
         guard.drift.reset()  # the simulated traffic is not real traffic
-    return ExtractionEvaluation(budget=budget, attackers=attackers, benign_clients=n_clients,
-                                benign_queries=queries,
-                                benign_false_alarms=sum(r.alerted for r in benign))  # fmt: skip
+    return ExtractionEvaluation(
+        budget=budget,
+        attackers=attackers,
+        benign_clients=n_clients,
+        benign_queries=queries,
+        benign_false_alarms=sum(r.alerted for r in benign),
+    )

@@ -34,10 +34,10 @@ import torch
 from pydantic import BaseModel
 from scipy import stats
 
-from bastion.errors import NotFittedError
+from bastion.errors import ConfigError, NotFittedError
 from bastion.guard.config import ExtractionConfig
 from bastion.guard.policy import ClientSignal
-from bastion.guard.tap import ModelTap
+from bastion.guard.tap import ModelTap, Tap
 
 _MIN_PER_CLASS = 10
 
@@ -113,13 +113,21 @@ class ExtractionMonitor:
 
     # -- fitting ----------------------------------------------------------------------------
     def fit(
-        self, clean_x: torch.Tensor, model: ModelTap | torch.nn.Module, *, seed: int | None = None,
-    ) -> ExtractionMonitor:  # fmt: skip
+        self,
+        clean_x: torch.Tensor,
+        model: Tap | torch.nn.Module | None = None,
+        *,
+        predictions: torch.Tensor | None = None,
+        seed: int | None = None,
+    ) -> ExtractionMonitor:
         """Set up the projection; unless ``config.delta`` is set, calibrate δ on
         ``calibration_clients`` simulated benign clients who each send up to
         ``calibration_queries`` distinct clean inputs: δ = (lowest W any of them reached) −
         ``delta_margin``. The margin matters: the lowest W of benign clients has a long lower
-        tail (on Fashion-MNIST, 20 clients of test images reached 0.914–0.971)."""
+        tail (on Fashion-MNIST, 20 clients of test images reached 0.914–0.971).
+
+        ``clean_x`` is in the space queries are observed in (the guard passes range-scaled
+        inputs); the class of each is ``predictions``, else ``model``'s prediction."""
         seed = self.seed if seed is None else seed
         n_clients, queries = self.config.calibration_clients, self.config.calibration_queries
         self.input_dim_ = int(clean_x[0].numel())
@@ -128,11 +136,15 @@ class ExtractionMonitor:
             self.delta_ = float(self.config.delta)
             self.benign_min_w_ = float("nan")
             return self
-        tap = model if isinstance(model, ModelTap) else ModelTap(model)
-        with torch.no_grad():
-            preds = torch.cat(
-                [tap(clean_x[i : i + 512]).predictions for i in range(0, len(clean_x), 512)]
-            )
+        if predictions is None:
+            if model is None:
+                raise ConfigError("calibrating δ needs the model or the clean predictions")
+            tap = ModelTap(model) if isinstance(model, torch.nn.Module) else model
+            with torch.no_grad():
+                predictions = torch.cat(
+                    [tap(clean_x[i : i + 512]).predictions for i in range(0, len(clean_x), 512)]
+                )
+        preds = predictions
         gen = torch.Generator().manual_seed(seed)
         lowest = 1.0
         for k in range(n_clients):

@@ -1,11 +1,20 @@
 """The guard: input detectors + drift + per-client extraction monitoring + the verdict policy.
 
-``fit_guard(module, train)`` fits every enabled detector on clean training data, calibrates
-their thresholds on a held-out part to the target false-positive rate, and returns a
-:class:`Guard`. ``Guard.inspect(x, client_id)`` gives one :class:`GuardVerdict` per sample
-(batched, no gradients, safe to call from several threads). ``Guard.save(model_dir)`` writes
-``guard.json`` (config, parameters, thresholds) and ``guard.safetensors`` (learned tensors)
-beside the model — no pickle; ``Guard.load(model_dir, module)`` reads them back.
+``fit_guard(model, train)`` fits every enabled detector that applies on clean training data,
+calibrates their thresholds on a held-out part to the target false-positive rate, and
+returns a :class:`Guard`. ``model`` is an ``nn.Module`` or a
+:class:`~bastion.models.loaded.LoadedModel` of any form: where the model's hidden layers can
+be read (a torch module with an ``nn.Linear`` head) Mahalanobis and drift run on them;
+otherwise (scikit-learn, XGBoost, ONNX through onnxruntime) the guard reads the model
+through its scores only and uses input-space detectors, in units of the input spec's
+per-feature ranges. Which detectors were not built, and why, is kept in the guard's meta
+(``detectors_not_built``) with the full input spec.
+
+``Guard.inspect(x, client_id)`` gives one :class:`GuardVerdict` per sample (batched, no
+gradients, safe to call from several threads). ``Guard.save(dir)`` writes ``guard.json``
+(config, parameters, thresholds, meta) and ``guard.safetensors`` (learned tensors) — no
+pickle; ``Guard.load(dir, model)`` reads them back. A model directory holds its guard; for a
+model file the guard goes in ``<file>.guard/`` beside it (:func:`default_guard_dir`).
 """
 
 from __future__ import annotations
@@ -14,6 +23,7 @@ import json
 import logging
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +32,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from bastion.data.dataset import Dataset
+from bastion.data.spec import InputSpec, image_spec
 from bastion.errors import DataError, ModelError
 from bastion.guard.base import Detector
 from bastion.guard.config import GuardConfig
@@ -29,27 +40,65 @@ from bastion.guard.detectors import DETECTORS, build_detectors
 from bastion.guard.drift import DriftMonitor
 from bastion.guard.extraction import ExtractionMonitor, ExtractionStatus
 from bastion.guard.policy import ClientSignal, decide
-from bastion.guard.tap import ModelTap, TapOutputs
+from bastion.guard.tap import InputScale, ModelTap, ScoresTap, Tap, TapOutputs, make_tap
 from bastion.guard.verdict import DriftStatus, GuardVerdict
+from bastion.models.loaded import LoadedModel
 
 log = logging.getLogger(__name__)
 GUARD_JSON = "guard.json"
 GUARD_TENSORS = "guard.safetensors"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+READABLE_FORMATS = (1, 2)
 
 
 class GuardNotFittedError(ModelError):
-    """No guard was fitted for a model directory (or it belongs to another model)."""
+    """No guard was fitted for a model (or it belongs to another model)."""
+
+
+def default_guard_dir(model: LoadedModel | str | Path | None) -> Path | None:
+    """Where a model's guard lives: the model directory itself, or ``<file>.guard/`` beside
+    a model file (``bc.pt`` → ``bc.pt.guard/``; an entry point's weights file when the model
+    has no path). None when nothing names a place (an entry point without weights)."""
+    if isinstance(model, LoadedModel):
+        path = model.path
+        if path is None:
+            weights = [a for a in model.artifacts if a.role != "source"]
+            path = Path(weights[0].path) if weights else None
+    else:
+        path = Path(model) if model is not None else None
+    if path is None:
+        return None
+    return path if path.is_dir() else path.with_name(path.name + ".guard")
+
+
+def _legacy_spec(meta: dict[str, Any]) -> InputSpec | None:
+    """The input spec of a guard saved before meta held one (images in a scalar range)."""
+    shape, bounds = meta.get("input_shape"), meta.get("bounds")
+    if not shape:
+        return None
+    lo, hi = bounds if bounds else (0.0, 1.0)
+    if len(shape) == 3:
+        return image_spec(tuple(shape), bounds=(float(lo), float(hi)), source="guard meta")
+    return InputSpec(
+        modality="tabular",
+        shape=list(shape),
+        source_layout="flat",
+        lower=[float(lo)],
+        upper=[float(hi)],
+        bounds_source="guard meta",
+    )
 
 
 class Guard:
     """Composes fitted detectors, the drift monitor and the extraction monitor under a policy.
 
-    Build it with :func:`fit_guard` or :meth:`Guard.load`, not by hand."""
+    Build it with :func:`fit_guard` or :meth:`Guard.load`, not by hand. ``tap`` reads the
+    model (:class:`~bastion.guard.tap.ModelTap` or :class:`~bastion.guard.tap.ScoresTap`);
+    ``input_spec`` is the spec the guard was fitted for (from ``meta["input_spec"]``)."""
 
     def __init__(
         self,
-        tap: ModelTap,
+        tap: Tap,
         detectors: dict[str, Detector],
         config: GuardConfig,
         *,
@@ -64,6 +113,11 @@ class Guard:
         self.extraction = extraction
         self.meta = dict(meta or {})
         self._lock = threading.Lock()
+        spec = self.meta.get("input_spec")
+        self.input_spec: InputSpec | None = (
+            InputSpec.model_validate(spec) if spec else _legacy_spec(self.meta)
+        )
+        self._scale = InputScale.from_spec(self.input_spec)
         self._input_shape: tuple[int, ...] | None = (
             tuple(self.meta["input_shape"]) if self.meta.get("input_shape") else None
         )
@@ -73,9 +127,16 @@ class Guard:
     def thresholds(self) -> dict[str, float]:
         return {name: det.threshold() for name, det in self.detectors.items()}
 
+    @property
+    def not_built(self) -> dict[str, str]:
+        """Detectors of the config that were not built, and why."""
+        return dict(self.meta.get("detectors_not_built") or {})
+
     def _check_input(self, x: torch.Tensor) -> None:
         if not isinstance(x, torch.Tensor) or x.ndim < 2:
-            raise DataError("guard input must be a batch tensor of shape (N, C, H, W)")
+            tabular = self.input_spec is not None and self.input_spec.modality == "tabular"
+            want = "(N, features)" if tabular else "(N, C, H, W)"
+            raise DataError(f"guard input must be a batch tensor of shape {want}")
         if self._input_shape is not None and tuple(x.shape[1:]) != self._input_shape:
             raise DataError(
                 f"guard input has sample shape {tuple(x.shape[1:])}, the model expects "
@@ -94,8 +155,9 @@ class Guard:
     def predict_and_inspect(
         self, x: torch.Tensor, client_id: str, *, now: float | None = None
     ) -> tuple[torch.Tensor, list[GuardVerdict]]:
-        """The model's logits for ``x`` and one verdict per sample, from one forward pass.
-        Updates the drift window and the client's extraction state."""
+        """The model's logits for ``x`` (log-probabilities for a model read through its
+        scores) and one verdict per sample, from one model pass. Updates the drift window
+        and the client's extraction state."""
         self._check_input(x)
         with torch.no_grad():
             outputs = self.tap(x)
@@ -109,9 +171,12 @@ class Guard:
         signals: list[ClientSignal | None] = [None] * n
         if self.extraction is not None:
             statuses = self.extraction.observe(
-                client_id, x, outputs.predictions, anomalous=fired,
+                client_id,
+                self._scale(x),
+                outputs.predictions,
+                anomalous=fired,
                 now=time.time() if now is None else now,
-            )  # fmt: skip
+            )
             signals = [s.signal() for s in statuses]
         verdicts = [
             decide(r, thresholds, self.config.policy, sig)
@@ -126,8 +191,14 @@ class Guard:
     def drift_status(self) -> DriftStatus:
         """p-value and alert of the sliding-window drift test (alert False when disabled)."""
         if self.drift is None:
-            return DriftStatus(p_value=1.0, alert=False, window_size=0, window_capacity=0,
-                               alpha=self.config.drift.alpha, method="disabled")  # fmt: skip
+            return DriftStatus(
+                p_value=1.0,
+                alert=False,
+                window_size=0,
+                window_capacity=0,
+                alpha=self.config.drift.alpha,
+                method="disabled",
+            )
         return self.drift.status()
 
     def client_status(self, client_id: str) -> ExtractionStatus | None:
@@ -173,12 +244,21 @@ class Guard:
         return model_dir / GUARD_JSON
 
     @classmethod
-    def load(cls, model_dir: str | Path, module: nn.Module, *, check_model: bool = True) -> Guard:
-        """Read the guard saved beside a model. Raises :class:`GuardNotFittedError` when there
-        is none, or when it was fitted for other weights (``check_model``)."""
+    def load(
+        cls,
+        model_dir: str | Path,
+        model: nn.Module | LoadedModel,
+        *,
+        check_model: bool = True,
+        fix: str | None = None,
+    ) -> Guard:
+        """Read the guard saved in ``model_dir`` for ``model`` (an ``nn.Module`` or a
+        :class:`LoadedModel`). Raises :class:`GuardNotFittedError` when there is none, or
+        when it was fitted for other weights (``check_model``). ``fix`` is the command the
+        errors suggest (default ``bastion guard fit --model <model_dir>``)."""
         model_dir = Path(model_dir)
         path = model_dir / GUARD_JSON
-        fix = f"run `bastion guard fit --model {model_dir}`"
+        fix = fix or f"run `bastion guard fit --model {model_dir}`"
         if not path.is_file() or not (model_dir / GUARD_TENSORS).is_file():
             raise GuardNotFittedError(f"no guard fitted for {model_dir}: {fix}")
         try:
@@ -186,22 +266,23 @@ class Guard:
             tensors = load_file(str(model_dir / GUARD_TENSORS))
         except (ValueError, OSError) as exc:
             raise GuardNotFittedError(f"{path}: unreadable guard ({exc}): {fix}") from None
-        if doc.get("format") != FORMAT_VERSION:
+        if doc.get("format") not in READABLE_FORMATS:
             raise GuardNotFittedError(f"{path}: guard format {doc.get('format')!r} is not "
                                       f"{FORMAT_VERSION}: {fix}")  # fmt: skip
         meta = doc.get("meta", {})
-        if check_model and meta.get("model_sha256"):
-            from bastion.models.io import state_sha256
-
-            if state_sha256(module) != meta["model_sha256"]:
-                raise GuardNotFittedError(f"{path} was fitted for other model weights: {fix} again")
+        loaded = model if isinstance(model, LoadedModel) else None
+        module = loaded.module if loaded is not None else model
+        if check_model:
+            _check_identity(meta, loaded, module, path, fix)
         config = GuardConfig.model_validate(doc["config"])
-        tap = ModelTap(module)
+        spec_doc = meta.get("input_spec")
+        spec = InputSpec.model_validate(spec_doc) if spec_doc else _legacy_spec(meta)
+        tap = _tap_for(meta, loaded, module, spec, path, fix)
         detectors: dict[str, Detector] = {}
         for name, entry in doc["detectors"].items():
             if name not in DETECTORS:
                 raise GuardNotFittedError(f"{path}: unknown detector {name!r}: {fix}")
-            det = DETECTORS[name](**entry["params"])
+            det = DETECTORS[name](**_params(entry["params"]))
             prefix = f"detector.{name}."
             det.load_state(entry["state"],
                            {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)})  # fmt: skip
@@ -219,14 +300,79 @@ class Guard:
         return cls(tap, detectors, config, drift=drift, extraction=extraction, meta=meta)
 
 
+def _params(params: dict[str, Any]) -> dict[str, Any]:
+    """Detector parameters as saved, with a format-1 scalar ``bounds`` pair as
+    ``lower``/``upper``."""
+    out = dict(params)
+    if "bounds" in out:
+        lo, hi = out.pop("bounds")
+        out["lower"], out["upper"] = [float(lo)], [float(hi)]
+    return out
+
+
+def _check_identity(
+    meta: dict[str, Any], loaded: LoadedModel | None, module: Any, path: Path, fix: str
+) -> None:
+    """Refuse a guard fitted for other weights: the state hash when both have a module,
+    else the model's own hash (the artifacts' for a model file)."""
+    from bastion.models.io import state_sha256
+
+    state = state_sha256(module) if isinstance(module, nn.Module) else None
+    if meta.get("state_sha256") and state is not None:
+        ok = meta["state_sha256"] == state
+    elif meta.get("model_sha256"):
+        ok = meta["model_sha256"] in {state, loaded.sha256 if loaded is not None else None}
+    else:
+        return
+    if not ok:
+        raise GuardNotFittedError(f"{path} was fitted for other model weights: {fix} again")
+
+
+def _tap_for(
+    meta: dict[str, Any],
+    loaded: LoadedModel | None,
+    module: Any,
+    spec: InputSpec | None,
+    path: Path,
+    fix: str,
+) -> Tap:
+    kind = meta.get("tap", "model")
+    scale = InputScale.from_spec(spec)
+    if kind == "model":
+        if not isinstance(module, nn.Module):
+            raise GuardNotFittedError(
+                f"{path} was fitted on a torch model's hidden layers; this model has none: {fix}"
+            )
+        return ModelTap(module)
+    why = meta.get("tap_reason", "")
+    num_classes = loaded.capabilities.num_classes if loaded is not None else None
+    if loaded is not None:
+        return ScoresTap(loaded.scores, scale, num_classes=num_classes, why=why)
+    if isinstance(module, nn.Module):
+        return make_tap(None, _module_scores(module), spec, name=type(module).__name__)
+    raise GuardNotFittedError(f"{path}: no model to read: {fix}")
+
+
+def _module_scores(module: nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
+    def fn(x: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            return torch.softmax(module.eval()(x).float(), 1)
+
+    return fn
+
+
 def _split(n: int, fraction: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
     n_cal = max(1, int(round(fraction * n)))
     return perm[n_cal:], perm[:n_cal]
 
 
+def _batched(fn, x: torch.Tensor, size: int = 512) -> list:
+    return [fn(x[i : i + size]) for i in range(0, len(x), size)]
+
+
 def fit_guard(
-    module: nn.Module,
+    model: nn.Module | LoadedModel,
     train: Dataset,
     *,
     target_fpr: float | None = None,
@@ -234,47 +380,81 @@ def fit_guard(
     calibration: Dataset | None = None,
     model_sha256: str | None = None,
 ) -> Guard:
-    """Fit and calibrate a guard for ``module`` on clean data.
+    """Fit and calibrate a guard for ``model`` (an ``nn.Module`` or a :class:`LoadedModel`
+    of any form) on clean data.
 
     Detectors are fitted on ``train`` (minus a held-out ``config.calibration_fraction`` when
     no ``calibration`` set is given) and their thresholds set so that a share
-    ``target_fpr`` (default ``config.target_fpr``) of held-out clean inputs is flagged."""
+    ``target_fpr`` (default ``config.target_fpr``) of held-out clean inputs is flagged.
+    Which detectors are built follows the data's modality and what the model exposes
+    (:func:`~bastion.guard.detectors.build_detectors`); the reasons for those left out are
+    kept in ``meta["detectors_not_built"]``."""
     config = config or GuardConfig()
     if target_fpr is not None:
         config = config.model_copy(update={"target_fpr": target_fpr})
-    module.eval()
-    tap = ModelTap(module)
+    loaded = model if isinstance(model, LoadedModel) else None
+    module = loaded.module if loaded is not None else model
+    if module is not None:
+        module.eval()
+    spec = train.input_spec
     if calibration is None:
         fit_idx, cal_idx = _split(len(train), config.calibration_fraction, config.seed)
         x_fit, y_fit, x_cal = train.x[fit_idx], train.y[fit_idx], train.x[cal_idx]
     else:
         x_fit, y_fit, x_cal = train.x, train.y, calibration.x
-    spec = train.input_spec
-    lo, hi = spec.lower_tensor(), spec.upper_tensor()
-    bounds = spec.scalar_bounds() or (float(lo.min()), float(hi.max()))
-    detectors = build_detectors(config, tap, bounds=bounds)
-    for name, det in detectors.items():
+    name = f"{loaded.name} ({loaded.form})" if loaded is not None else type(module).__name__
+    tap = make_tap(
+        module,
+        loaded.scores if loaded is not None else None,
+        spec,
+        probe=x_fit[:2],
+        name=name,
+        num_classes=loaded.capabilities.num_classes if loaded is not None else None,
+    )
+    detectors, not_built = build_detectors(config, tap, spec=spec)
+    for reason_name, reason in not_built.items():
+        log.info("detector %s not built: %s", reason_name, reason)
+    for det_name, det in detectors.items():
         start = time.perf_counter()
         det.fit(x_fit, y_fit).calibrate(x_cal, config.target_fpr)
-        log.info("fitted %s in %.2f s (threshold %.4g)", name, time.perf_counter() - start,
+        log.info("fitted %s in %.2f s (threshold %.4g)", det_name, time.perf_counter() - start,
                  det.threshold())  # fmt: skip
     with torch.no_grad():
-        feats = torch.cat([tap(x_fit[i : i + 512]).features for i in range(0, len(x_fit), 512)])
+        outs = _batched(tap, x_fit)
+    feats = torch.cat([o.features for o in outs])
     drift = None
     if config.drift.enabled:
         drift = DriftMonitor(config.drift).fit(feats)
     extraction = None
     if config.extraction.enabled:
+        x_all = torch.cat([x_fit, x_cal])
+        with torch.no_grad():
+            preds = torch.cat([o.predictions for o in _batched(tap, x_all)])
+        scale = InputScale.from_spec(spec)
         extraction = ExtractionMonitor(config.extraction).fit(
-            torch.cat([x_fit, x_cal]), tap, seed=config.seed
+            scale(x_all), predictions=preds, seed=config.seed
         )
-    if model_sha256 is None:
-        from bastion.models.io import state_sha256
+    from bastion.models.io import state_sha256
 
-        model_sha256 = state_sha256(module)
-    meta = {
-        "model_sha256": model_sha256, "data": train.name, "n_fit": len(x_fit),
-        "n_calibration": len(x_cal), "input_shape": list(train.shape),
-        "bounds": list(bounds), "input_spec": spec.model_dump(), "fitted_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-    }  # fmt: skip
+    state = state_sha256(module) if isinstance(module, nn.Module) else None
+    if model_sha256 is None:
+        model_sha256 = loaded.sha256 if loaded is not None else state
+    lo, hi = spec.lower_tensor(), spec.upper_tensor()
+    meta: dict[str, Any] = {
+        "model_sha256": model_sha256,
+        "state_sha256": state,
+        "model_form": loaded.form if loaded is not None else "module",
+        "data": train.name,
+        "n_fit": len(x_fit),
+        "n_calibration": len(x_cal),
+        "input_shape": list(train.shape),
+        "modality": spec.modality,
+        "bounds": list(spec.scalar_bounds() or (float(lo.min()), float(hi.max()))),
+        "input_spec": spec.model_dump(mode="json"),
+        "tap": tap.kind,
+        "tap_reason": getattr(tap, "why", ""),
+        "drift_features": "penultimate" if tap.internals else "input (range-scaled)",
+        "detectors_not_built": not_built,
+        "fitted_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
     return Guard(tap, detectors, config, drift=drift, extraction=extraction, meta=meta)

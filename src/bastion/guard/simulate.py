@@ -11,6 +11,7 @@ from torch import nn
 
 from bastion.attacks.extraction import ModelExtraction
 from bastion.attacks.targets import CallableTarget
+from bastion.data.box import Box
 from bastion.guard.guard import Guard
 from bastion.models.zoo import mlp
 
@@ -79,7 +80,7 @@ def benign_clients(
 
 def extraction_attack(
     guard: Guard, pool: torch.Tensor, *, source: str = "jacobian", budget: int = 300,
-    seed_size: int = 50, seed: int = 0, bounds: tuple[float, float] = (0.0, 1.0),
+    seed_size: int = 50, seed: int = 0, bounds: tuple[float, float] | Box = (0.0, 1.0),
     num_classes: int = 10, client_id: str | None = None,
 ) -> ClientRun:  # fmt: skip
     """Run a model-extraction attacker (``source`` ``jacobian`` or ``noise``, see

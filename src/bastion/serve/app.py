@@ -24,12 +24,13 @@ from fastapi.responses import JSONResponse
 from bastion.serve.audit_adapter import open_audit
 from bastion.serve.auth import Authenticator
 from bastion.serve.batching import MicroBatcher
+from bastion.serve.deps import ClientBlocked, ClientBlocks, client_blocked_handler
 from bastion.serve.metrics import MetricsMiddleware, make_metrics
 from bastion.serve.ratelimit import RedisRateLimiter, make_rate_limiter
 from bastion.serve.reviews import ReviewQueue
 from bastion.serve.runtime import Runtime
 from bastion.serve.settings import ServeSettings
-from bastion.serve.validation import BodySizeLimitMiddleware, InputError, InputSpec
+from bastion.serve.validation import BodySizeLimitMiddleware, InputError, RequestSpec
 from bastion.store.db import default_url, make_engine
 
 log = logging.getLogger(__name__)
@@ -41,11 +42,13 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     state = app.state
     if torch.get_num_threads() != settings.torch_threads:
         torch.set_num_threads(settings.torch_threads)
-    state.runtime = Runtime.from_settings(settings)
-    state.input_spec = InputSpec(
-        sample_shape=state.runtime.sample_shape, bounds=state.runtime.bounds,
-        max_batch=settings.limits.max_batch, tolerance=settings.limits.bounds_tolerance,
-    )  # fmt: skip
+    # `bastion serve` loads the runtime before the server starts (errors as one line)
+    state.runtime = getattr(state, "runtime", None) or Runtime.from_settings(settings)
+    state.input_spec = RequestSpec.from_spec(
+        state.runtime.input_spec,
+        max_batch=settings.limits.max_batch,
+        tolerance=settings.limits.bounds_tolerance,
+    )
     state.engine = make_engine(settings.db_url)
     state.authenticator = Authenticator(
         state.engine, ttl_s=settings.auth.cache_ttl_s, enabled=settings.auth.enabled
@@ -71,6 +74,11 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     )  # fmt: skip
     state.reviews = ReviewQueue(
         state.engine, state.metrics, state.audit, escalate_after_s=settings.reviews.escalate_after_s
+    )
+    state.blocks = ClientBlocks(
+        state.engine,
+        expire_after_s=settings.blocks.expire_after_s,
+        cache_ttl_s=settings.auth.cache_ttl_s,
     )
     state.recent = deque(maxlen=settings.recent_decisions) if settings.recent_decisions else None
     state.batcher = MicroBatcher(
@@ -111,7 +119,13 @@ async def _internal_error(request: Request, exc: Exception) -> JSONResponse:
 def create_app(settings: ServeSettings) -> FastAPI:
     """Build the gateway for ``settings`` (nothing is loaded until the app starts)."""
     from bastion.dashboard import router as dashboard_router
-    from bastion.serve import routes_admin, routes_audit, routes_predict, routes_reviews
+    from bastion.serve import (
+        routes_admin,
+        routes_audit,
+        routes_clients,
+        routes_predict,
+        routes_reviews,
+    )
 
     app = FastAPI(
         title="Bastion gateway",
@@ -125,11 +139,13 @@ def create_app(settings: ServeSettings) -> FastAPI:
     app.state.settings = settings
     app.state.metrics = make_metrics()
     app.add_exception_handler(InputError, _input_error)
+    app.add_exception_handler(ClientBlocked, client_blocked_handler)
     app.add_exception_handler(Exception, _internal_error)
     app.include_router(routes_predict.router)
     app.include_router(routes_reviews.router)
     app.include_router(routes_audit.router)
     app.include_router(routes_admin.router)
+    app.include_router(routes_clients.router)
     app.include_router(dashboard_router())
     # Outermost last: metrics see every answer, including the body-limit's 413.
     app.add_middleware(BodySizeLimitMiddleware, limit=settings.limits.max_body_bytes)

@@ -6,12 +6,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any
+from datetime import datetime
+from typing import Any, Literal
 
 import anyio.to_thread
+from pydantic import BaseModel, Field
 from sqlalchemy import Engine
 
 from bastion.errors import StoreError
+from bastion.guard.verdict import GuardVerdict
 from bastion.serve.audit_adapter import AuditSink
 from bastion.serve.metrics import ServeMetrics
 from bastion.store import reviews as store
@@ -39,14 +42,17 @@ class ReviewQueue:
         self.escalate_after_s = escalate_after_s
 
     async def hold(
-        self, *, key: KeyInfo, request_id: str, verdicts: list[dict[str, Any]],
-        result: dict[str, Any],
-    ) -> Ticket:  # fmt: skip
+        self, *, key: KeyInfo, request_id: str, verdicts: list[GuardVerdict], result: HeldResult
+    ) -> Ticket:
         def create() -> Ticket:
             return store.create_ticket(
-                self.engine, client_key_id=key.id, request_id=request_id,
-                n_samples=len(verdicts), verdicts=verdicts, result=result,
-            )  # fmt: skip
+                self.engine,
+                client_key_id=key.id,
+                request_id=request_id,
+                n_samples=len(verdicts),
+                verdicts=[v.model_dump() for v in verdicts],
+                result=result.model_dump(),
+            )
 
         ticket = await anyio.to_thread.run_sync(create)
         self.metrics.held.inc()
@@ -77,11 +83,17 @@ class ReviewQueue:
         except StoreError as exc:
             raise TicketConflict(str(exc)) from None
         self.metrics.pending_holds.dec()
-        await self.audit.submit({
-            "kind": "review", "ticket": ticket.id, "request_id": ticket.request_id,
-            "action": ticket.status, "reviewer_key_id": reviewer.id,
-            "client_key_id": ticket.client_key_id, "note": note,
-        })  # fmt: skip
+        await self.audit.submit(
+            {
+                "kind": "review",
+                "ticket": ticket.id,
+                "request_id": ticket.request_id,
+                "action": ticket.status,
+                "reviewer_key_id": reviewer.id,
+                "client_key_id": ticket.client_key_id,
+                "note": note,
+            }
+        )
         log.info("ticket %s %s by key %d", ticket.id, ticket.status, reviewer.id)
         return ticket
 
@@ -91,13 +103,21 @@ class ReviewQueue:
             lambda: store.escalate_overdue(self.engine, older_than_s=self.escalate_after_s)
         )
         for ticket in overdue:
-            log.warning("ticket %s held for more than %.0f s without review: escalated",
-                        ticket.id, self.escalate_after_s)  # fmt: skip
+            log.warning(
+                "ticket %s held for more than %.0f s without review: escalated",
+                ticket.id,
+                self.escalate_after_s,
+            )
             self.metrics.escalated.inc()
-            await self.audit.submit({
-                "kind": "escalation", "ticket": ticket.id, "request_id": ticket.request_id,
-                "client_key_id": ticket.client_key_id, "after_s": self.escalate_after_s,
-            })  # fmt: skip
+            await self.audit.submit(
+                {
+                    "kind": "escalation",
+                    "ticket": ticket.id,
+                    "request_id": ticket.request_id,
+                    "client_key_id": ticket.client_key_id,
+                    "after_s": self.escalate_after_s,
+                }
+            )
         pending = await anyio.to_thread.run_sync(store.count_held, self.engine)
         self.metrics.pending_holds.set(pending)
         return overdue
@@ -114,24 +134,85 @@ class ReviewQueue:
             await asyncio.sleep(every_s)
 
 
-def ticket_view(ticket: Ticket, *, detail: bool = False) -> dict[str, Any]:
-    """A ticket as JSON. ``detail`` adds the guard's scores and reasons and the withheld
-    answer (for reviewers); clients see the answer only once approved."""
-    view: dict[str, Any] = {
-        "ticket": ticket.id, "status": ticket.status, "request_id": ticket.request_id,
-        "created": ticket.created.isoformat(), "n_samples": ticket.n_samples,
+class HeldResult(BaseModel):
+    """The answer of a held request, withheld until a reviewer approves it."""
+
+    predictions: list[int]
+    probabilities: list[list[float]]
+    verdicts: list[Literal["allow", "flag", "hold", "block"]]
+
+
+class TicketView(BaseModel):
+    """A ticket as its client sees it: the answer only once approved.
+
+    Fields that do not apply (the answer while held, ``detail`` unless rejected) are left
+    out of the JSON, not sent as null."""
+
+    ticket: str
+    status: Literal["held", "approved", "rejected"]
+    request_id: str
+    created: datetime
+    n_samples: int
+    escalated: bool
+    decided: datetime | None
+    predictions: list[int] | None = None
+    probabilities: list[list[float]] | None = None
+    verdicts: list[Literal["allow", "flag", "hold", "block"]] | None = None
+    detail: str | None = Field(None, description="why there is no answer (rejected)")
+
+
+class TicketDetail(BaseModel):
+    """A ticket as reviewers see it: the guard's verdicts and the withheld answer (left
+    out once a rejection discarded it)."""
+
+    ticket: str
+    status: Literal["held", "approved", "rejected"]
+    request_id: str
+    created: datetime
+    n_samples: int
+    escalated: bool
+    decided: datetime | None
+    client_key_id: int
+    verdicts: list[GuardVerdict]
+    note: str
+    reviewer_key_id: int | None
+    result: HeldResult | None = None
+
+
+def _common(ticket: Ticket) -> dict[str, Any]:
+    return {
+        "ticket": ticket.id,
+        "status": ticket.status,
+        "request_id": ticket.request_id,
+        "created": ticket.created,
+        "n_samples": ticket.n_samples,
         "escalated": ticket.escalated is not None,
-        "decided": ticket.decided.isoformat() if ticket.decided else None,
-    }  # fmt: skip
-    if detail:
-        view["client_key_id"] = ticket.client_key_id
-        view["verdicts"] = ticket.verdicts
-        view["note"] = ticket.note
-        view["reviewer_key_id"] = ticket.reviewer_key_id
-        if ticket.result is not None:
-            view["result"] = ticket.result
-    elif ticket.status == "approved" and ticket.result is not None:
-        view.update(ticket.result)
+        "decided": ticket.decided,
+    }
+
+
+def ticket_view(ticket: Ticket) -> TicketView:
+    """A ticket for its client; the answer appears once approved. Serialise it with
+    ``exclude_unset`` so absent fields stay absent."""
+    view = TicketView(**_common(ticket))
+    if ticket.status == "approved" and ticket.result is not None:
+        result = HeldResult.model_validate(ticket.result)
+        view = TicketView(**_common(ticket), **result.model_dump())
     elif ticket.status == "rejected":
-        view["detail"] = "a reviewer rejected this request"
+        view = TicketView(**_common(ticket), detail="a reviewer rejected this request")
     return view
+
+
+def ticket_detail(ticket: Ticket) -> TicketDetail:
+    """A ticket for reviewers: the guard's scores and reasons and the withheld answer."""
+    extra: dict[str, Any] = {}
+    if ticket.result is not None:
+        extra["result"] = HeldResult.model_validate(ticket.result)
+    return TicketDetail(
+        **_common(ticket),
+        client_key_id=ticket.client_key_id,
+        verdicts=[GuardVerdict.model_validate(v) for v in ticket.verdicts],
+        note=ticket.note,
+        reviewer_key_id=ticket.reviewer_key_id,
+        **extra,
+    )

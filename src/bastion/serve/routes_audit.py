@@ -13,26 +13,86 @@ Hashes are hex; a client checks proofs with :func:`bastion.audit.verify_inclusio
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from collections.abc import Callable
+from typing import Annotated, Any, TypeVar
 
 import anyio.to_thread
 from fastapi import APIRouter, HTTPException, Query, Request, status
+from pydantic import BaseModel, Field
 
 from bastion.audit import AuditLog, leaf_hash
+from bastion.audit.sth import SignedTreeHead
 from bastion.errors import BastionError
 from bastion.serve.auth import AdminKey, ReviewerKey
+from bastion.serve.deps import AUTH_ERRORS, error_responses
 
 router = APIRouter(prefix="/v1/audit", tags=["audit"])
+T = TypeVar("T")
+_DISABLED = {404: "the audit log is disabled"}
+_READ = error_responses(*AUTH_ERRORS, 404, 422, describe={**_DISABLED, 422: "bad index or size"})
+
+
+class AuditEntry(BaseModel):
+    index: int
+    entry: dict[str, Any]
+
+
+class SignedHead(BaseModel):
+    """A tree head signed with the audit key (Ed25519 over size, timestamp and root)."""
+
+    tree_size: int
+    timestamp_ms: int
+    root_hash: str
+    signature: str = Field(description="base64 Ed25519 signature")
+    key_id: str
+
+    @classmethod
+    def of(cls, head: SignedTreeHead) -> SignedHead:
+        return cls.model_validate(head.to_dict())
+
+
+class TreeHead(BaseModel):
+    tree_size: int
+    root_hash: str
+    signed: SignedHead | None = Field(description="the latest signed head, if any")
+
+
+class InclusionProof(BaseModel):
+    index: int
+    tree_size: int
+    entry: dict[str, Any]
+    leaf_hash: str
+    root_hash: str
+    audit_path: list[str]
+
+
+class ConsistencyProof(BaseModel):
+    first: int
+    second: int
+    first_root: str
+    second_root: str
+    proof: list[str]
+
+
+class VerifyReport(BaseModel):
+    ok: bool
+    size: int
+    root_hash: str
+    heads_checked: int
+    first_bad_index: int | None
+    message: str
+    problems: list[str]
+    seconds: float
 
 
 def _log(request: Request) -> AuditLog:
-    audit_log = getattr(request.app.state.audit, "log", None)
+    audit_log = request.app.state.audit.log
     if audit_log is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, detail="the audit log is disabled")
     return audit_log
 
 
-async def _call(fn: Any, *args: Any) -> Any:
+async def _call(fn: Callable[..., T], *args: Any) -> T:
     """Run a blocking log call in a thread; a bad index or size is the caller's 422."""
     try:
         return await anyio.to_thread.run_sync(fn, *args)
@@ -40,86 +100,117 @@ async def _call(fn: Any, *args: Any) -> Any:
         raise HTTPException(status.HTTP_422_UNPROCESSABLE_ENTITY, detail=str(exc)) from None
 
 
-@router.get("/entries")
+@router.get("/entries", response_model=list[AuditEntry], responses=_READ)
 async def entries(
-    request: Request, _key: ReviewerKey,
-    start: Annotated[int, Query(ge=0)] = 0, limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-) -> list[dict[str, Any]]:  # fmt: skip
+    request: Request,
+    _key: ReviewerKey,
+    start: Annotated[int, Query(ge=0)] = 0,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+) -> list[AuditEntry]:
     audit_log = _log(request)
     rows = await _call(audit_log.entries, start, start + limit)
-    return [{"index": start + i, "entry": e} for i, e in enumerate(rows)]
+    return [AuditEntry(index=start + i, entry=e) for i, e in enumerate(rows)]
 
 
-def _head(audit_log: AuditLog) -> dict[str, Any]:
+def _head(audit_log: AuditLog) -> TreeHead:
     size = audit_log.size()
     latest = audit_log.latest_head()
-    return {
-        "tree_size": size, "root_hash": audit_log.root(size).hex(),
-        "signed": latest.to_dict() if latest is not None else None,
-    }  # fmt: skip
+    return TreeHead(
+        tree_size=size,
+        root_hash=audit_log.root(size).hex(),
+        signed=SignedHead.of(latest) if latest is not None else None,
+    )
 
 
-@router.get("/tree-head")
-async def tree_head(request: Request, _key: ReviewerKey) -> dict[str, Any]:
+@router.get(
+    "/tree-head",
+    response_model=TreeHead,
+    responses=error_responses(*AUTH_ERRORS, 404, describe=_DISABLED),
+)
+async def tree_head(request: Request, _key: ReviewerKey) -> TreeHead:
     return await _call(_head, _log(request))
 
 
-@router.post("/tree-head", status_code=201)
-async def sign_tree_head(request: Request, _key: AdminKey) -> dict[str, Any]:
+@router.post(
+    "/tree-head",
+    status_code=201,
+    response_model=SignedHead,
+    responses=error_responses(
+        *AUTH_ERRORS, 404, 409, describe={**_DISABLED, 409: "no audit signing key"}
+    ),
+)
+async def sign_tree_head(request: Request, _key: AdminKey) -> SignedHead:
     audit_log = _log(request)
     if audit_log.signing_key is None:
         raise HTTPException(
             status.HTTP_409_CONFLICT,
             detail="no audit signing key: set audit.key_file or $BASTION_AUDIT_KEY",
         )
-    head = await _call(audit_log.sign_tree_head)
-    return head.to_dict()
+    return SignedHead.of(await _call(audit_log.sign_tree_head))
 
 
-@router.get("/proof/inclusion")
+@router.get("/proof/inclusion", response_model=InclusionProof, responses=_READ)
 async def inclusion(
-    request: Request, _key: ReviewerKey, index: Annotated[int, Query(ge=0)],
+    request: Request,
+    _key: ReviewerKey,
+    index: Annotated[int, Query(ge=0)],
     size: Annotated[int | None, Query(ge=1)] = None,
-) -> dict[str, Any]:  # fmt: skip
+) -> InclusionProof:
     audit_log = _log(request)
 
-    def prove() -> dict[str, Any]:
+    def prove() -> InclusionProof:
         n = audit_log.size() if size is None else size
         path = audit_log.inclusion_proof(index, n)
-        return {
-            "index": index, "tree_size": n, "entry": audit_log.entry(index),
-            "leaf_hash": leaf_hash(audit_log.entry_bytes(index)).hex(),
-            "root_hash": audit_log.root(n).hex(), "audit_path": [h.hex() for h in path],
-        }  # fmt: skip
+        return InclusionProof(
+            index=index,
+            tree_size=n,
+            entry=audit_log.entry(index),
+            leaf_hash=leaf_hash(audit_log.entry_bytes(index)).hex(),
+            root_hash=audit_log.root(n).hex(),
+            audit_path=[h.hex() for h in path],
+        )
 
     return await _call(prove)
 
 
-@router.get("/proof/consistency")
+@router.get("/proof/consistency", response_model=ConsistencyProof, responses=_READ)
 async def consistency(
-    request: Request, _key: ReviewerKey, first: Annotated[int, Query(ge=0)],
+    request: Request,
+    _key: ReviewerKey,
+    first: Annotated[int, Query(ge=0)],
     second: Annotated[int | None, Query(ge=0)] = None,
-) -> dict[str, Any]:  # fmt: skip
+) -> ConsistencyProof:
     audit_log = _log(request)
 
-    def prove() -> dict[str, Any]:
+    def prove() -> ConsistencyProof:
         n = audit_log.size() if second is None else second
         proof = audit_log.consistency_proof(first, n)
-        return {
-            "first": first, "second": n, "first_root": audit_log.root(first).hex(),
-            "second_root": audit_log.root(n).hex(), "proof": [h.hex() for h in proof],
-        }  # fmt: skip
+        return ConsistencyProof(
+            first=first,
+            second=n,
+            first_root=audit_log.root(first).hex(),
+            second_root=audit_log.root(n).hex(),
+            proof=[h.hex() for h in proof],
+        )
 
     return await _call(prove)
 
 
-@router.get("/verify")
-async def verify(request: Request, _key: AdminKey) -> dict[str, Any]:
+@router.get(
+    "/verify",
+    response_model=VerifyReport,
+    responses=error_responses(*AUTH_ERRORS, 404, describe=_DISABLED),
+)
+async def verify(request: Request, _key: AdminKey) -> VerifyReport:
     """Re-hash every entry and check the signed heads (cost grows with the log)."""
     result = await _call(_log(request).verify)
-    return {
-        "ok": result.ok, "size": result.size, "root_hash": result.root.hex(),
-        "heads_checked": result.heads_checked, "first_bad_index": result.first_bad_index,
-        "message": result.message, "problems": list(result.problems),
-        "seconds": round(result.seconds, 4),
-    }  # fmt: skip
+    return VerifyReport(
+        ok=result.ok,
+        size=result.size,
+        root_hash=result.root.hex(),
+        heads_checked=result.heads_checked,
+        first_bad_index=result.first_bad_index,
+        message=result.message,
+        problems=list(result.problems),
+        seconds=round(result.seconds, 4),
+    )

@@ -1,8 +1,10 @@
 """``POST /v1/predict``: validate, rate-limit samples, run model + guard, audit, answer.
 
 A request whose verdict is ``hold`` answers 202 with a ticket (its answer is kept for the
-reviewer); ``block`` answers 403; ``allow`` and ``flag`` answer 200. In every case the
-audit entry is durable before the answer leaves.
+reviewer); ``block`` answers 403 and blocks the client (``blocks.expire_after_s``): its
+later requests are refused with 403 until an admin removes the block or it lapses (see
+:mod:`bastion.serve.deps`); ``allow`` and ``flag`` answer 200. In every case the audit
+entry is durable before the answer leaves; a block's reasons are in it.
 """
 
 from __future__ import annotations
@@ -13,11 +15,20 @@ import uuid
 from typing import Any, Literal
 
 from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import Response
 from pydantic import BaseModel, Field
 
-from bastion.serve.deps import LimitedClient, take
-from bastion.serve.reviews import ticket_view
+from bastion.guard.verdict import GuardVerdict
+from bastion.serve.deps import (
+    AUTH_ERRORS,
+    BlockedResponse,
+    LimitedClient,
+    error_responses,
+    model_response,
+    refusal,
+    take,
+)
+from bastion.serve.reviews import HeldResult, TicketView, ticket_view
 from bastion.serve.validation import check_content_type, parse_predict_body
 
 router = APIRouter(prefix="/v1", tags=["predict"])
@@ -39,23 +50,29 @@ class PredictResponse(BaseModel):
     request_id: str
 
 
-class HeldResponse(BaseModel):
-    ticket: str
-    status: Literal["held"]
-    request_id: str
+class HeldResponse(TicketView):
     poll: str = Field(description="GET this URL (with your key) until status is not 'held'")
 
 
-class ErrorResponse(BaseModel):
-    detail: str
+class DecisionView(BaseModel):
+    """One decision as the dashboard's "recent decisions" list keeps it (in memory)."""
+
+    ts: float
+    request_id: str
+    key_id: int
+    n: int
+    verdict: Literal["allow", "flag", "hold", "block"]
+    predictions: list[int]
+    latency_ms: float
+    ticket: str | None = None
+    blocked: bool = False
+    audit_index: int
 
 
 _RESPONSES: dict[int | str, dict[str, Any]] = {
     202: {"model": HeldResponse, "description": "held for human review"},
-    400: {"model": ErrorResponse}, 401: {"model": ErrorResponse}, 403: {"model": ErrorResponse},
-    413: {"model": ErrorResponse}, 415: {"model": ErrorResponse}, 422: {"model": ErrorResponse},
-    429: {"model": ErrorResponse},
-}  # fmt: skip
+    **error_responses(400, *AUTH_ERRORS, 413, 415, 422, 429, 503, blocked=True),
+}
 _BODY = {
     "requestBody": {
         "required": True,
@@ -64,8 +81,17 @@ _BODY = {
 }
 
 
+def block_reasons(verdicts: list[GuardVerdict]) -> list[str]:
+    """The reasons of the samples the guard blocked, each once, in order."""
+    out: list[str] = []
+    for v in verdicts:
+        if v.verdict == "block":
+            out.extend(r for r in v.reasons if r not in out)
+    return out or ["the guard's verdict was block"]
+
+
 @router.post("/predict", response_model=PredictResponse, responses=_RESPONSES, openapi_extra=_BODY)
-async def predict(request: Request, key: LimitedClient) -> JSONResponse:
+async def predict(request: Request, key: LimitedClient) -> Response:
     """Classify a batch of samples (at most ``limits.max_batch``)."""
     start = time.perf_counter()
     state = request.app.state
@@ -76,38 +102,59 @@ async def predict(request: Request, key: LimitedClient) -> JSONResponse:
     await take(request, key, "samples", n)
     runtime = state.runtime
     inf = await state.batcher.infer(x, str(key.id))
+    verdicts: list[GuardVerdict] = list(inf.verdicts)
+    labels = [v.verdict for v in verdicts]
     probabilities = inf.probabilities.tolist()
-    entry = {
-        "kind": "decision", "request_id": request_id, "key_id": key.id, "n": n,
+    entry: dict[str, Any] = {
+        "kind": "decision",
+        "request_id": request_id,
+        "key_id": key.id,
+        "n": n,
         "input_sha256": hashlib.sha256(x.numpy().tobytes()).hexdigest(),
-        "model_sha256": runtime.model_sha256, "verdict": inf.verdict,
-        "verdicts": [v["verdict"] for v in inf.verdicts], "scores": inf.scores,
+        "model_sha256": runtime.model_sha256,
+        "verdict": inf.verdict,
+        "verdicts": labels,
+        "scores": [v.scores for v in verdicts],
         "predictions": inf.predictions,
         "latency_ms": round((time.perf_counter() - start) * 1000, 3),
-    }  # fmt: skip
+    }
     metrics = state.metrics
     metrics.verdicts.labels(inf.verdict).inc()
     metrics.samples.inc(n)
     if inf.verdict == "hold":
-        result = {"predictions": inf.predictions, "probabilities": probabilities,
-                  "verdicts": [v["verdict"] for v in inf.verdicts]}  # fmt: skip
-        ticket = await state.reviews.hold(key=key, request_id=request_id, verdicts=inf.verdicts,
-                                          result=result)  # fmt: skip
+        result = HeldResult(
+            predictions=inf.predictions, probabilities=probabilities, verdicts=labels
+        )
+        ticket = await state.reviews.hold(
+            key=key, request_id=request_id, verdicts=verdicts, result=result
+        )
         entry["ticket"] = ticket.id
         _remember(state, entry, await _audit(state, entry))
-        body = ticket_view(ticket)
-        body["poll"] = f"/v1/tickets/{ticket.id}"
-        return JSONResponse(body, status_code=202)
-    _remember(state, entry, await _audit(state, entry))
-    if inf.verdict == "block":
-        return JSONResponse(
-            {"detail": "request refused by the input guard", "request_id": request_id},
-            status_code=403,
+        held = HeldResponse(
+            **ticket_view(ticket).model_dump(exclude_unset=True), poll=f"/v1/tickets/{ticket.id}"
         )
-    return JSONResponse({
-        "predictions": inf.predictions, "probabilities": probabilities,
-        "verdicts": [v["verdict"] for v in inf.verdicts], "request_id": request_id,
-    })  # fmt: skip
+        return model_response(held, 202, exclude_unset=True)
+    if inf.verdict == "block":
+        block, created = await state.blocks.block(
+            key.id, reasons=block_reasons(verdicts), created_by="guard", request_id=request_id
+        )
+        entry["block"] = {
+            "block_id": block.id,
+            "created": created,
+            "reasons": block.reasons,
+            "expires": block.expires.isoformat() if block.expires else None,
+        }
+        _remember(state, entry, await _audit(state, entry))
+        body: BlockedResponse = refusal(request_id, block)
+        return model_response(body, 403)
+    _remember(state, entry, await _audit(state, entry))
+    answer = PredictResponse(
+        predictions=inf.predictions,
+        probabilities=probabilities,
+        verdicts=labels,
+        request_id=request_id,
+    )
+    return model_response(answer)
 
 
 async def _audit(state: Any, entry: dict[str, Any]) -> int:
@@ -120,9 +167,17 @@ async def _audit(state: Any, entry: dict[str, Any]) -> int:
 
 def _remember(state: Any, entry: dict[str, Any], audit_index: int) -> None:
     if state.recent is not None:
-        state.recent.append({
-            "ts": time.time(), "request_id": entry["request_id"], "key_id": entry["key_id"],
-            "n": entry["n"], "verdict": entry["verdict"], "predictions": entry["predictions"][:8],
-            "latency_ms": entry["latency_ms"], "ticket": entry.get("ticket"),
-            "audit_index": audit_index,
-        })  # fmt: skip
+        state.recent.append(
+            DecisionView(
+                ts=time.time(),
+                request_id=entry["request_id"],
+                key_id=entry["key_id"],
+                n=entry["n"],
+                verdict=entry["verdict"],
+                predictions=entry["predictions"][:8],
+                latency_ms=entry["latency_ms"],
+                ticket=entry.get("ticket"),
+                blocked="block" in entry,
+                audit_index=audit_index,
+            )
+        )

@@ -9,14 +9,22 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Annotated, Literal
 
 from fastapi import APIRouter, Body, HTTPException, Query, Request, status
 from pydantic import BaseModel, Field
 
 from bastion.serve.auth import ReviewerKey
-from bastion.serve.deps import LimitedAnyKey
-from bastion.serve.reviews import TicketConflict, TicketNotFound, ticket_view
+from bastion.serve.deps import AUTH_ERRORS, LimitedAnyKey, error_responses
+from bastion.serve.reviews import (
+    TicketConflict,
+    TicketDetail,
+    TicketNotFound,
+    TicketView,
+    ticket_detail,
+    ticket_view,
+)
+from bastion.store.keys import KeyInfo
 
 router = APIRouter(prefix="/v1", tags=["reviews"])
 
@@ -29,27 +37,42 @@ def _not_found(ticket: str) -> HTTPException:
     return HTTPException(status.HTTP_404_NOT_FOUND, detail=f"no ticket {ticket}")
 
 
-@router.get("/reviews")
+@router.get(
+    "/reviews",
+    response_model=list[TicketDetail],
+    response_model_exclude_unset=True,
+    responses=error_responses(*AUTH_ERRORS, 422),
+)
 async def list_reviews(
-    request: Request, _key: ReviewerKey,
-    status_: Annotated[Literal["held", "approved", "rejected", "all"], Query(alias="status")] = "held",
+    request: Request,
+    _key: ReviewerKey,
+    status_: Annotated[
+        Literal["held", "approved", "rejected", "all"], Query(alias="status")
+    ] = "held",
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-) -> list[dict[str, Any]]:  # fmt: skip
+) -> list[TicketDetail]:
     """Tickets of one status (or all), newest first."""
     tickets = await request.app.state.reviews.list(None if status_ == "all" else status_, limit)
-    return [ticket_view(t, detail=True) for t in tickets]
+    return [ticket_detail(t) for t in tickets]
 
 
-@router.get("/reviews/{ticket}")
-async def get_review(request: Request, ticket: str, _key: ReviewerKey) -> dict[str, Any]:
+@router.get(
+    "/reviews/{ticket}",
+    response_model=TicketDetail,
+    response_model_exclude_unset=True,
+    responses=error_responses(*AUTH_ERRORS, 404),
+)
+async def get_review(request: Request, ticket: str, _key: ReviewerKey) -> TicketDetail:
     try:
         found = await request.app.state.reviews.get(ticket)
     except TicketNotFound:
         raise _not_found(ticket) from None
-    return ticket_view(found, detail=True)
+    return ticket_detail(found)
 
 
-async def _decide(request: Request, ticket: str, key: Any, note: str, approve: bool) -> dict:
+async def _decide(
+    request: Request, ticket: str, key: KeyInfo, note: str, approve: bool
+) -> TicketDetail:
     try:
         decided = await request.app.state.reviews.decide(
             ticket, approve=approve, reviewer=key, note=note
@@ -58,29 +81,52 @@ async def _decide(request: Request, ticket: str, key: Any, note: str, approve: b
         raise _not_found(ticket) from None
     except TicketConflict as exc:
         raise HTTPException(status.HTTP_409_CONFLICT, detail=str(exc)) from None
-    return ticket_view(decided, detail=True)
+    return ticket_detail(decided)
 
 
-@router.post("/reviews/{ticket}/approve")
+_DECIDE = error_responses(*AUTH_ERRORS, 404, 409, 422, describe={409: "already decided"})
+
+
+@router.post(
+    "/reviews/{ticket}/approve",
+    response_model=TicketDetail,
+    response_model_exclude_unset=True,
+    responses=_DECIDE,
+)
 async def approve(
-    request: Request, ticket: str, key: ReviewerKey,
+    request: Request,
+    ticket: str,
+    key: ReviewerKey,
     decision: Annotated[Decision | None, Body()] = None,
-) -> dict[str, Any]:  # fmt: skip
+) -> TicketDetail:
     """Release the held answer to the client."""
     return await _decide(request, ticket, key, (decision or Decision()).note, True)
 
 
-@router.post("/reviews/{ticket}/reject")
+@router.post(
+    "/reviews/{ticket}/reject",
+    response_model=TicketDetail,
+    response_model_exclude_unset=True,
+    responses=_DECIDE,
+)
 async def reject(
-    request: Request, ticket: str, key: ReviewerKey,
+    request: Request,
+    ticket: str,
+    key: ReviewerKey,
     decision: Annotated[Decision | None, Body()] = None,
-) -> dict[str, Any]:  # fmt: skip
+) -> TicketDetail:
     """Refuse the request; its answer is discarded."""
     return await _decide(request, ticket, key, (decision or Decision()).note, False)
 
 
-@router.get("/tickets/{ticket}", tags=["predict"])
-async def poll_ticket(request: Request, ticket: str, key: LimitedAnyKey) -> dict[str, Any]:
+@router.get(
+    "/tickets/{ticket}",
+    tags=["predict"],
+    response_model=TicketView,
+    response_model_exclude_unset=True,
+    responses=error_responses(*AUTH_ERRORS, 404, 429, 503, blocked=True),
+)
+async def poll_ticket(request: Request, ticket: str, key: LimitedAnyKey) -> TicketView:
     """A held request's state; once approved, its predictions."""
     try:
         found = await request.app.state.reviews.get(ticket)

@@ -1,27 +1,48 @@
 """The model and its guard as the gateway runs them: loaded once (in the app's lifespan),
 then one call per request gives the probabilities and a verdict per sample.
 
-The guard is reached through two small adapters (:func:`load_guard`, :meth:`Runtime.infer`)
-so the gateway depends only on ``Guard.load(model_dir, module)``,
-``guard.predict_and_inspect(x, client_id)`` (or ``guard.inspect``) and
-``guard.drift_status()``.
+Any model form `bastion assess` reads is served (a model directory, an entry point with its
+weights, TorchScript, ONNX converted or through onnxruntime, skops, XGBoost, LightGBM): the
+runtime asks the :class:`~bastion.models.loaded.LoadedModel` for its scores and never
+assumes a torch module. The guard is reached through the :class:`InputGuard` protocol
+(what :class:`bastion.guard.Guard` offers); for a model without readable internals the
+guard reads the model's scores and runs input-space detectors only.
+
+Requests are validated against the model's input spec (shape, per-feature bounds, integer
+features). It comes, in this order, from the model's provenance (the training manifest),
+the fitted guard's meta, the ``--data`` the server is pointed at, or the dataset the
+provenance names; with none of them the server refuses to start rather than guess bounds.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Protocol
 
 import torch
 
-from bastion.errors import ConfigError, ModelError
+from bastion.data.spec import InputSpec, image_spec
+from bastion.errors import BastionError, ConfigError, ModelError
+from bastion.guard.guard import Guard, default_guard_dir
+from bastion.guard.verdict import VERDICT_ORDER, DriftStatus, GuardVerdict
 from bastion.models.io import LoadedModel, load_model
 from bastion.serve.settings import ServeSettings
 
 log = logging.getLogger(__name__)
-VERDICT_ORDER = {"allow": 0, "flag": 1, "hold": 2, "block": 3}
+
+
+class InputGuard(Protocol):
+    """What the gateway needs of a guard (:class:`bastion.guard.Guard` is one): the model's
+    logits and one verdict per sample from one pass, and the drift test's status."""
+
+    def predict_and_inspect(
+        self, x: torch.Tensor, client_id: str
+    ) -> tuple[torch.Tensor, Sequence[GuardVerdict]]: ...
+
+    def drift_status(self) -> DriftStatus: ...
 
 
 @dataclass(frozen=True)
@@ -30,28 +51,32 @@ class Inference:
 
     probabilities: torch.Tensor  # (N, K)
     predictions: list[int]
-    verdicts: list[dict[str, Any]]  # per sample: verdict, scores, reasons
+    verdicts: list[GuardVerdict]  # per sample: verdict, scores, reasons
     verdict: str  # the most severe of the per-sample verdicts
 
     @property
     def scores(self) -> list[dict[str, float]]:
-        return [v.get("scores", {}) for v in self.verdicts]
+        return [dict(v.scores) for v in self.verdicts]
 
 
-def load_guard(model_dir: Path, module: torch.nn.Module, *, required: bool) -> Any | None:
-    """The fitted guard saved beside the model, or None (with a warning) when there is none
-    and ``required`` is false."""
-    try:
-        from bastion.guard.guard import Guard
-    except ImportError as exc:
+def load_guard(
+    guard_dir: Path | None,
+    loaded: LoadedModel,
+    *,
+    required: bool,
+    fix: str | None = None,
+) -> Guard | None:
+    """The fitted guard in ``guard_dir`` for ``loaded``, or None (with a warning) when there
+    is none and ``required`` is false. A guard that is there but unreadable stops the
+    server: it never serves unguarded by accident."""
+    if guard_dir is None:
+        msg = f"{loaded.name}: no model file to look for a guard beside: set guard.dir"
         if required:
-            raise ConfigError(
-                f"guard.required is set but bastion.guard cannot load: {exc}"
-            ) from None
-        log.warning("guard unavailable (%s): serving without detectors", exc)
+            raise ConfigError(f"guard.required is set: {msg}")
+        log.warning("serving WITHOUT a guard: %s", msg)
         return None
     try:
-        return Guard.load(model_dir, module)
+        return Guard.load(guard_dir, loaded, fix=fix)
     except ModelError as exc:  # none fitted, or fitted for other weights
         if required:
             raise ConfigError(f"guard.required is set: {exc}") from None
@@ -59,53 +84,125 @@ def load_guard(model_dir: Path, module: torch.nn.Module, *, required: bool) -> A
         return None
     except Exception as exc:  # a guard is there but unreadable: never serve unguarded by accident
         raise ConfigError(
-            f"cannot load the guard beside {model_dir} ({type(exc).__name__}: {exc}): refit it "
-            f"with `bastion guard fit --model {model_dir}`, or set guard.enabled: false"
+            f"cannot load the guard in {guard_dir} ({type(exc).__name__}: {exc}): refit it "
+            f"with `{fix or f'bastion guard fit --model {guard_dir}'}`, or set guard.enabled: "
+            "false"
         ) from None
 
 
-def _verdict_dict(v: Any) -> dict[str, Any]:
-    if hasattr(v, "model_dump"):
-        return v.model_dump()
-    return {"verdict": v.verdict, "scores": dict(v.scores), "reasons": list(v.reasons)}
+def _spec_from_shape(shape: tuple[int, ...], bounds: tuple[float, float]) -> InputSpec:
+    if len(shape) == 3:
+        return image_spec(shape, bounds=bounds, source="given")
+    return InputSpec(
+        modality="tabular",
+        shape=list(shape),
+        source_layout="flat",
+        lower=[float(bounds[0])],
+        upper=[float(bounds[1])],
+        bounds_source="given",
+    )
 
 
 class Runtime:
-    """The loaded model (eval mode, no gradients) plus an optional guard."""
+    """The loaded model (eval mode, no gradients) plus an optional guard, and the input
+    spec requests are checked against (``spec_source`` says where it came from).
+
+    Give ``input_spec``, or ``sample_shape`` and one ``bounds`` pair for every feature."""
 
     def __init__(
-        self, loaded: LoadedModel, *, sample_shape: tuple[int, ...],
-        bounds: tuple[float, float], guard: Any | None = None,
-    ) -> None:  # fmt: skip
+        self,
+        loaded: LoadedModel,
+        *,
+        input_spec: InputSpec | None = None,
+        guard: InputGuard | None = None,
+        sample_shape: tuple[int, ...] | None = None,
+        bounds: tuple[float, float] = (0.0, 1.0),
+        spec_source: str = "given",
+    ) -> None:
+        if input_spec is None:
+            if sample_shape is None:
+                raise ConfigError("a runtime needs the input spec (or the sample shape)")
+            input_spec = _spec_from_shape(tuple(sample_shape), bounds)
         self.loaded = loaded
-        self.module = loaded.module.eval()
-        self.sample_shape = sample_shape
-        self.bounds = bounds
+        self.module = loaded.module.eval() if loaded.module is not None else None
+        self.input_spec = input_spec
+        self.spec_source = spec_source
         self.guard = guard
+
+    @property
+    def sample_shape(self) -> tuple[int, ...]:
+        return tuple(int(s) for s in self.input_spec.shape)
 
     @classmethod
     def from_settings(cls, settings: ServeSettings) -> Runtime:
-        if settings.model_dir is None:
-            raise ConfigError("no model to serve: pass --model DIR (or model_dir in serve.yaml)")
-        loaded = load_model(settings.model_dir)
-        params = loaded.spec.params if loaded.spec is not None else {}
-        if "input_shape" not in params:
-            raise ModelError(f"{settings.model_dir}: spec.json has no input_shape")
-        shape = tuple(int(s) for s in params["input_shape"])
+        """Load the model of any form, its guard, and the input spec; check that the model
+        answers on the spec's inputs (a ConfigError naming the fix otherwise)."""
+        if settings.model_dir is None and settings.entry_point is None:
+            raise ConfigError(
+                "no model to serve: pass --model DIR (a model directory) or --model FILE (any "
+                "form `bastion assess` reads, with --entry-point for a state dict), or "
+                "model_dir in serve.yaml"
+            )
+        loaded = load_model(
+            settings.model_dir,
+            entry_point=settings.entry_point,
+            weights=settings.weights,
+            onnx_mode=settings.onnx_mode,
+            trusted=settings.trust or None,
+        )
         guard = None
         if settings.guard.enabled:
-            guard_dir = settings.guard.dir or settings.model_dir
-            guard = load_guard(guard_dir, loaded.module, required=settings.guard.required)
-        bounds = _bounds(loaded, guard)
-        return cls(loaded, sample_shape=shape, bounds=bounds, guard=guard)
+            guard_dir = settings.guard.dir or default_guard_dir(loaded)
+            guard = load_guard(
+                guard_dir, loaded, required=settings.guard.required, fix=_fit_command(settings)
+            )
+        spec, source = resolve_input_spec(loaded, guard, settings)
+        _check_guard_spec(guard, spec, source)
+        runtime = cls(loaded, input_spec=spec, guard=guard, spec_source=source)
+        runtime.check_model()
+        log.info("inputs: %s, from %s", spec.describe(), source)
+        return runtime
+
+    def check_model(self) -> None:
+        """One pass on the middle of the box: the model takes the spec's inputs."""
+        want = self.loaded.capabilities.input_shape
+        spec = self.input_spec
+        if want is not None and [int(v) for v in want] != list(spec.shape):
+            raise ConfigError(
+                f"model {self.loaded.name} takes inputs of shape {tuple(want)} but the input "
+                f"spec (from {self.spec_source}) says {tuple(spec.shape)}: pass --data with the "
+                "data the model was trained on"
+            )
+        mid = ((spec.lower_tensor() + spec.upper_tensor()) / 2).expand(spec.shape)
+        try:
+            out = self._probabilities(mid.unsqueeze(0).contiguous())
+        except (RuntimeError, ValueError, TypeError, IndexError, BastionError) as exc:
+            first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            raise ConfigError(
+                f"model {self.loaded.name} cannot run on inputs of the input spec "
+                f"({spec.describe()}, from {self.spec_source}): {first}"
+            ) from None
+        if out.shape[0] != 1:
+            raise ConfigError(f"model {self.loaded.name} answered {out.shape[0]} rows for 1")
 
     @property
     def model_sha256(self) -> str:
+        """The loaded model's hash: the same one the assessment report records."""
         return self.loaded.sha256
+
+    def _probabilities(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.loaded.scores(x)
+        if out.ndim == 1:  # a labels-only model: its answer as one-hot probabilities
+            k = self.loaded.capabilities.num_classes or int(out.max()) + 1
+            out = torch.nn.functional.one_hot(out.long(), k)
+        return out.float()
 
     def infer(self, x: torch.Tensor, client_id: str) -> Inference:
         """Probabilities, predictions and verdicts for one validated batch (blocking)."""
-        return self.infer_many([(x, client_id)])[0]
+        result = self.infer_many([(x, client_id)])[0]
+        if isinstance(result, Exception):
+            raise result
+        return result
 
     def infer_many(self, requests: list[tuple[torch.Tensor, str]]) -> list[Inference | Exception]:
         """Several requests in as few passes as possible (blocking): the model runs once over
@@ -114,11 +211,12 @@ class Runtime:
         sizes = [int(x.shape[0]) for x, _ in requests]
         out: list[Inference | Exception | None] = [None] * len(requests)
         with torch.inference_mode():
-            if self.guard is None:
-                logits = self.module(torch.cat([x for x, _ in requests]))
-                allow = {"verdict": "allow", "scores": {}, "reasons": []}
-                for i, part in enumerate(logits.split(sizes)):
-                    out[i] = _inference(part, [dict(allow) for _ in range(sizes[i])])
+            guard = self.guard
+            if guard is None:
+                probs = self._probabilities(torch.cat([x for x, _ in requests]))
+                for i, part in enumerate(probs.split(sizes)):
+                    allow = [GuardVerdict(verdict="allow") for _ in range(sizes[i])]
+                    out[i] = _inference(part, allow)
                 return out  # type: ignore[return-value]
             groups: dict[str, list[int]] = {}
             for i, (_, client) in enumerate(requests):
@@ -126,45 +224,100 @@ class Runtime:
             for client, idx in groups.items():
                 try:
                     x = torch.cat([requests[i][0] for i in idx])
-                    if hasattr(self.guard, "predict_and_inspect"):
-                        logits, verdicts = self.guard.predict_and_inspect(x, client)
-                    else:
-                        logits, verdicts = self.module(x), self.guard.inspect(x, client)
-                    vds = [_verdict_dict(v) for v in verdicts]
+                    logits, verdicts = guard.predict_and_inspect(x, client)
+                    probs = torch.softmax(logits.float(), dim=1)
+                    vds = list(verdicts)
                 except Exception as exc:  # reported to these requests only
                     for i in idx:
                         out[i] = exc
                     continue
                 start = 0
-                for i, part in zip(idx, logits.split([sizes[i] for i in idx]), strict=True):
+                for i, part in zip(idx, probs.split([sizes[i] for i in idx]), strict=True):
                     out[i] = _inference(part, vds[start : start + sizes[i]])
                     start += sizes[i]
         return out  # type: ignore[return-value]
 
-    def drift_status(self) -> dict[str, Any] | None:
-        if self.guard is None:
-            return None
-        status = self.guard.drift_status()
-        return status.model_dump() if hasattr(status, "model_dump") else dict(status)
+    def drift_status(self) -> DriftStatus | None:
+        """The guard's drift test (None without a guard; ``method`` "disabled" when the
+        guard runs no drift test)."""
+        return None if self.guard is None else self.guard.drift_status()
 
 
-def _inference(logits: torch.Tensor, vds: list[dict[str, Any]]) -> Inference:
-    probs = torch.softmax(logits.float(), dim=1)
-    worst = max((v["verdict"] for v in vds), key=VERDICT_ORDER.__getitem__, default="allow")
-    return Inference(probs, probs.argmax(1).tolist(), vds, worst)
+def _inference(probs: torch.Tensor, verdicts: list[GuardVerdict]) -> Inference:
+    worst = max((v.verdict for v in verdicts), key=VERDICT_ORDER.__getitem__, default="allow")
+    return Inference(probs, probs.argmax(1).tolist(), verdicts, worst)
 
 
-def _bounds(loaded: LoadedModel, guard: Any | None) -> tuple[float, float]:
-    """Valid input range: the training manifest's, else the guard's, else [0, 1]."""
-    manifest = loaded.provenance.get("train_manifest") or {}
-    spec = manifest.get("input_spec")
-    if spec:
-        return min(spec["lower"]), max(spec["upper"])
-    if manifest.get("bounds"):  # manifests written before the input spec
+def _fit_command(settings: ServeSettings) -> str:
+    parts = ["bastion guard fit"]
+    if settings.model_dir is not None:
+        parts.append(f"--model {settings.model_dir}")
+    if settings.entry_point:
+        parts.append(f"--entry-point {settings.entry_point}")
+    if settings.weights is not None:
+        parts.append(f"--weights {settings.weights}")
+    if settings.onnx_mode != "auto":
+        parts.append(f"--onnx-mode {settings.onnx_mode}")
+    return f"run `{' '.join(parts)}`"
+
+
+def _check_guard_spec(guard: Guard | None, spec: InputSpec, source: str) -> None:
+    guard_spec = guard.input_spec if guard is not None else None
+    if guard_spec is not None and list(guard_spec.shape) != list(spec.shape):
+        raise ConfigError(
+            f"the guard was fitted on inputs of shape {tuple(guard_spec.shape)} but the input "
+            f"spec (from {source}) says {tuple(spec.shape)}: refit the guard on the model's "
+            "training data"
+        )
+
+
+def resolve_input_spec(
+    loaded: LoadedModel, guard: Guard | None, settings: ServeSettings
+) -> tuple[InputSpec, str]:
+    """The spec requests are validated against, and where it came from: the training
+    manifest in the model's provenance, the guard's meta, ``settings.data``, or the dataset
+    the provenance names. Raises a ConfigError saying which flag to pass when none has one:
+    bounds are never guessed."""
+    from bastion.data import load_dataset
+
+    prov = loaded.provenance or {}
+    manifest = prov.get("train_manifest") or {}
+    chosen: tuple[InputSpec, str] | None = None
+    if manifest.get("input_spec"):
+        spec = InputSpec.model_validate(manifest["input_spec"])
+        chosen = spec, "the model's provenance (training manifest)"
+    elif manifest.get("bounds") and manifest.get("shape"):  # manifests before the input spec
         lo, hi = manifest["bounds"]
-        return float(lo), float(hi)
-    meta = getattr(guard, "meta", None) or {}
-    if meta.get("bounds"):
-        lo, hi = meta["bounds"]
-        return float(lo), float(hi)
-    return 0.0, 1.0
+        shape = tuple(int(s) for s in manifest["shape"])
+        chosen = _spec_from_shape(shape, (float(lo), float(hi))), "the model's provenance"
+    elif guard is not None and guard.input_spec is not None:
+        chosen = guard.input_spec, "the fitted guard's meta (guard.json)"
+    if chosen is not None:
+        if settings.data is not None:
+            log.warning(
+                "input spec taken from %s: --data %s is not used", chosen[1], settings.data.path
+            )
+        return chosen
+    name = settings.data.path if settings.data is not None else prov.get("data")
+    if name:
+        data = settings.data
+        try:
+            bundle = load_dataset(
+                name,
+                root=data.root if data is not None else prov.get("data_root"),
+                seed=data.seed if data is not None else 0,
+                options=data.options if data is not None else None,
+            )
+        except BastionError as exc:
+            raise ConfigError(
+                f"cannot read the training data {name!r} for the input spec ({exc}): pass "
+                "--data TRAIN_FILE"
+            ) from None
+        where = f"--data {name}" if data is not None else f"the training data {name!r} (provenance)"
+        return bundle.train.input_spec, where
+    raise ConfigError(
+        f"{loaded.path or loaded.name}: no input spec to validate requests against (the model "
+        "has no training provenance and no fitted guard): pass --data TRAIN.csv (with the "
+        "data flags it is read with, e.g. --label-column, --integer, --lower/--upper or "
+        "--bounds), or fit a guard first with `bastion guard fit`; bounds are never guessed"
+    )

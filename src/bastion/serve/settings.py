@@ -11,9 +11,10 @@ from pathlib import Path
 from typing import Any, Literal
 
 from fastapi import Request
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, model_validator
 
 from bastion.config import read_yaml, validate
+from bastion.data.loaders import DataOptions
 from bastion.errors import ConfigError
 
 
@@ -37,6 +38,8 @@ class LimitSettings(_Section):
 
     max_batch: int = Field(64, ge=1, le=100_000)
     max_body_bytes: int = Field(2_000_000, ge=1024)
+    # slack beyond each feature's bounds, times max(1, the feature's range); also how far
+    # an integer feature may be from a whole number
     bounds_tolerance: float = Field(1e-4, ge=0)
 
 
@@ -45,7 +48,18 @@ class GuardSettings(_Section):
 
     enabled: bool = True
     required: bool = False  # refuse to start when no fitted guard is found
-    dir: Path | None = None  # default: the model directory
+    dir: Path | None = None  # default: the model directory, or <model file>.guard/
+
+
+class DataSettings(_Section):
+    """The training data whose input spec (shape, per-feature bounds, integer features)
+    requests are validated against, for a model whose provenance and guard record none
+    (``bastion serve --data train.csv`` plus the data flags it was read with)."""
+
+    path: str
+    root: str | None = None
+    seed: int = 0
+    options: DataOptions = Field(default_factory=DataOptions)
 
 
 class ReviewSettings(_Section):
@@ -65,6 +79,12 @@ class AuditSettings(_Section):
     # under load, entries arriving during a commit still form the next batch)
 
 
+class BlockSettings(_Section):
+    """Clients blocked by the guard's verdict: how long a block lasts (None: until removed)."""
+
+    expire_after_s: float | None = Field(3600.0, gt=0)
+
+
 class AuthSettings(_Section):
     enabled: bool = True
     cache_ttl_s: float = Field(2.0, ge=0)  # how long a looked-up key is trusted in memory
@@ -73,7 +93,16 @@ class AuthSettings(_Section):
 class ServeSettings(_Section):
     """Everything ``bastion serve`` needs; the YAML mirrors these sections."""
 
-    model_dir: Path | None = None
+    model_dir: Path | None = Field(
+        None,
+        validation_alias=AliasChoices("model_dir", "model"),
+        description="the model: a directory, or a file of any form `bastion assess` reads",
+    )
+    entry_point: str | None = None  # module:function building the architecture (runs it)
+    weights: Path | None = None  # weights for entry_point
+    onnx_mode: Literal["auto", "torch", "runtime"] = "auto"
+    trust: list[str] = Field(default_factory=list)  # skops types to trust when loading
+    data: DataSettings | None = None  # where the input spec comes from, failing the others
     db_url: str | None = None
     redis_url: str | None = None
     host: str = "127.0.0.1"
@@ -90,6 +119,7 @@ class ServeSettings(_Section):
     guard: GuardSettings = Field(default_factory=GuardSettings)
     reviews: ReviewSettings = Field(default_factory=ReviewSettings)
     audit: AuditSettings = Field(default_factory=AuditSettings)
+    blocks: BlockSettings = Field(default_factory=BlockSettings)
 
     @model_validator(mode="after")
     def _tls_pair(self) -> ServeSettings:

@@ -1,10 +1,17 @@
 """Validation at the edge: a body-size limit enforced while the body streams in, and the
-parsing of predict bodies into a checked float32 tensor.
+parsing of predict bodies into a float32 tensor checked against the model's input spec.
+
+Bodies: ``{"inputs": [...]}`` with one nested array per sample (a feature vector
+``[f1, …, fn]`` for tabular models, ``[[[…]]]`` of shape (C, H, W) for images), or, when
+the spec names its features, one object per sample ``{"feature_name": value, …}``; or
+``{"b64": …, "shape": [n, …]}`` (base64 of little-endian float32).
 
 Every problem raises :class:`InputError` with an HTTP status and a message that says what
 was wrong: 400 for a body that is not JSON, 413 for a body or batch too large, 415 for a
-content type other than JSON, 422 for a body of the wrong structure, shape, type, bounds,
-or holding NaN/Inf.
+content type other than JSON, and 422 for a body of the wrong structure, shape or type,
+holding NaN/Inf, a value outside its feature's bounds, or a fraction where a feature is an
+integer — the 422s name the sample and the feature (index, and name when the spec has
+feature names).
 """
 
 from __future__ import annotations
@@ -19,6 +26,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from bastion.data.spec import InputSpec as DataInputSpec
 
 _LITERALS = re.compile(rb"\b(?:true|false|null)\b")
 
@@ -96,17 +105,71 @@ async def _send_error(send: Send, status: int, message: str) -> None:
 
 
 @dataclass(frozen=True)
-class InputSpec:
-    """What one predict request may hold."""
+class RequestSpec:
+    """What one predict request may hold: the sample shape, per-feature bounds (``lower``/
+    ``upper``: flat arrays of one value per feature, or None for the one ``bounds`` pair),
+    the integer features' flat indices, feature names, the batch limit and the tolerance
+    (slack beyond a bound, times max(1, the feature's range); distance from a whole number
+    for integer features). Build it from the model's input spec with :meth:`from_spec`."""
 
     sample_shape: tuple[int, ...]
-    bounds: tuple[float, float]
-    max_batch: int
+    bounds: tuple[float, float] = (0.0, 1.0)
+    max_batch: int = 64
     tolerance: float = 1e-4
+    modality: str = "image"
+    lower: np.ndarray | None = None
+    upper: np.ndarray | None = None
+    integer: tuple[int, ...] = ()
+    feature_names: tuple[str, ...] | None = None
+
+    @classmethod
+    def from_spec(cls, spec: DataInputSpec, *, max_batch: int, tolerance: float) -> RequestSpec:
+        """The request spec of a model whose inputs are described by ``spec``."""
+        sb = spec.scalar_bounds()
+        lower = upper = None
+        if sb is None:
+            lower = spec.lower_tensor().flatten().double().numpy()
+            upper = spec.upper_tensor().flatten().double().numpy()
+            bounds = (float(lower.min()), float(upper.max()))
+        else:
+            bounds = sb
+        return cls(
+            sample_shape=tuple(int(s) for s in spec.shape),
+            bounds=bounds,
+            max_batch=max_batch,
+            tolerance=tolerance,
+            modality=spec.modality,
+            lower=lower,
+            upper=upper,
+            integer=tuple(spec.integer),
+            feature_names=tuple(spec.feature_names) if spec.feature_names else None,
+        )
 
     @property
     def sample_size(self) -> int:
         return math.prod(self.sample_shape)
+
+    @property
+    def tabular(self) -> bool:
+        return self.modality == "tabular"
+
+    def feature(self, i: int) -> str:
+        """How a message names flat feature ``i``: index and name, or pixel position."""
+        if self.feature_names:
+            return f"feature {i} ({self.feature_names[i]!r})"
+        if len(self.sample_shape) > 1:
+            where = tuple(int(v) for v in np.unravel_index(i, self.sample_shape))
+            return f"{'pixel' if self.modality == 'image' else 'value'} {where}"
+        return f"feature {i}"
+
+    def shape_text(self) -> str:
+        shape = list(self.sample_shape)
+        if self.tabular and len(shape) == 1:
+            return f"{shape} ({shape[0]} features)"
+        return str(shape)
+
+
+InputSpec = RequestSpec  # the name this record had before models declared an input spec
 
 
 def check_content_type(content_type: str | None) -> None:
@@ -114,7 +177,7 @@ def check_content_type(content_type: str | None) -> None:
         raise InputError(415, f"send the body as application/json, not {content_type}")
 
 
-def parse_predict_body(body: bytes, spec: InputSpec) -> torch.Tensor:
+def parse_predict_body(body: bytes, spec: RequestSpec) -> torch.Tensor:
     """Parse ``{"inputs": [...]}`` or ``{"b64": ..., "shape": [...]}`` into a checked
     (N, *sample_shape) float32 tensor."""
     if not body:
@@ -127,7 +190,11 @@ def parse_predict_body(body: bytes, spec: InputSpec) -> torch.Tensor:
         raise InputError(422, f"body must be a JSON object, got {type(doc).__name__}")
     keys = set(doc)
     if keys == {"inputs"}:
-        arr = _from_inputs(doc["inputs"], body, spec)
+        inputs = doc["inputs"]
+        if isinstance(inputs, list) and inputs and all(isinstance(r, dict) for r in inputs):
+            arr = _from_records(inputs, spec)
+        else:
+            arr = _from_inputs(inputs, body, spec)
     elif keys == {"b64", "shape"}:
         arr = _from_b64(doc["b64"], doc["shape"], spec)
     else:
@@ -139,7 +206,7 @@ def parse_predict_body(body: bytes, spec: InputSpec) -> torch.Tensor:
     return _check_values(arr, spec)
 
 
-def _from_inputs(inputs: object, body: bytes, spec: InputSpec) -> np.ndarray:
+def _from_inputs(inputs: object, body: bytes, spec: RequestSpec) -> np.ndarray:
     if not isinstance(inputs, list):
         raise InputError(422, f"'inputs' must be an array of samples, got {type(inputs).__name__}")
     _check_batch(len(inputs), spec)
@@ -154,23 +221,61 @@ def _from_inputs(inputs: object, body: bytes, spec: InputSpec) -> np.ndarray:
     if arr.dtype.kind not in "iuf":
         raise InputError(422, "'inputs' must hold numbers only (found strings or objects)")
     if arr.shape[1:] != spec.sample_shape:
+        hint = ""
+        if arr.ndim == len(spec.sample_shape) and arr.shape == spec.sample_shape:
+            hint = ": 'inputs' is a list of samples, wrap one sample in a list ([[...]])"
         raise InputError(
             422,
-            f"each input must have shape {list(spec.sample_shape)}, got {list(arr.shape[1:])}",
+            f"each input must have shape {spec.shape_text()}, got {list(arr.shape[1:])}{hint}",
         )
     return arr
 
 
-def _from_b64(data: object, shape: object, spec: InputSpec) -> np.ndarray:
+def _from_records(records: list[dict], spec: RequestSpec) -> np.ndarray:
+    """Samples given as ``{"feature_name": value, ...}`` objects (named tabular features)."""
+    names = spec.feature_names
+    if not names or len(spec.sample_shape) != 1:
+        raise InputError(
+            422,
+            "samples as objects need a model whose input spec names its features; send each "
+            f"sample as an array of shape {spec.shape_text()}",
+        )
+    _check_batch(len(records), spec)
+    index = {n: i for i, n in enumerate(names)}
+    arr = np.empty((len(records), len(names)), dtype=np.float64)
+    for k, rec in enumerate(records):
+        unknown = [key for key in rec if key not in index]
+        if unknown:
+            raise InputError(
+                422, f"sample {k}: unknown feature {unknown[0]!r} (the features are {list(names)})"
+            )
+        missing = [n for n in names if n not in rec]
+        if missing:
+            raise InputError(
+                422, f"sample {k}: missing feature {index[missing[0]]} ({missing[0]!r})"
+            )
+        for key, value in rec.items():
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise InputError(
+                    422,
+                    f"sample {k}: feature {index[key]} ({key!r}) must be a number, got "
+                    f"{type(value).__name__ if value is not None else 'null'}",
+                )
+            arr[k, index[key]] = value
+    return arr
+
+
+def _from_b64(data: object, shape: object, spec: RequestSpec) -> np.ndarray:
+    want = f"[n, {', '.join(map(str, spec.sample_shape))}]"
     if not isinstance(data, str):
         raise InputError(422, "'b64' must be a base64 string")
     if not isinstance(shape, list) or not all(
         isinstance(s, int) and not isinstance(s, bool) for s in shape
     ):
-        raise InputError(422, "'shape' must be an array of integers [n, c, h, w]")
+        generic = "[n, features]" if spec.tabular else "[n, c, h, w]"
+        raise InputError(422, f"'shape' must be an array of integers {generic}")
     if len(shape) != len(spec.sample_shape) + 1 or tuple(shape[1:]) != spec.sample_shape:
-        raise InputError(422, f"'shape' must be [n, {', '.join(map(str, spec.sample_shape))}], "
-                         f"got {shape}")  # fmt: skip
+        raise InputError(422, f"'shape' must be {want}, got {shape}")
     _check_batch(shape[0], spec)
     try:
         raw = base64.b64decode(data, validate=True)
@@ -184,26 +289,66 @@ def _from_b64(data: object, shape: object, spec: InputSpec) -> np.ndarray:
     return np.frombuffer(raw, dtype="<f4").reshape(shape)
 
 
-def _check_batch(n: int, spec: InputSpec) -> None:
+def _check_batch(n: int, spec: RequestSpec) -> None:
     if n < 1:
         raise InputError(422, "the batch is empty: send at least one sample")
     if n > spec.max_batch:
         raise InputError(413, f"batch of {n} samples exceeds the limit of {spec.max_batch}")
 
 
-def _check_values(arr: np.ndarray, spec: InputSpec) -> torch.Tensor:
+def _first(mask: np.ndarray) -> tuple[int, int]:
+    """(sample, flat feature) of the first True of a (N, D) mask."""
+    k, i = np.argwhere(mask)[0]
+    return int(k), int(i)
+
+
+def _check_values(arr: np.ndarray, spec: RequestSpec) -> torch.Tensor:
     x = torch.from_numpy(np.array(arr, dtype=np.float32, copy=True))
-    finite = torch.isfinite(x)
+    flat = x.reshape(x.shape[0], -1).numpy()
+    finite = np.isfinite(flat)
     if not bool(finite.all()):
-        bad = (~finite).flatten(1).any(1).nonzero().flatten().tolist()
-        kinds = "NaN" if bool(torch.isnan(x).any()) else "Inf"
-        if kinds == "NaN" and bool(torch.isinf(x).any()):
+        bad = np.flatnonzero(~finite.all(1)).tolist()
+        kinds = "NaN" if bool(np.isnan(flat).any()) else "Inf"
+        if kinds == "NaN" and bool(np.isinf(flat).any()):
             kinds = "NaN and Inf"
-        raise InputError(422, f"inputs hold {kinds} (samples {bad[:10]}): send finite numbers")
-    lo, hi = spec.bounds
-    xmin, xmax = float(x.min()), float(x.max())
-    if xmin < lo - spec.tolerance or xmax > hi + spec.tolerance:
+        k, i = _first(~finite)
         raise InputError(
-            422, f"input values must lie within [{lo:g}, {hi:g}]; got min {xmin:g}, max {xmax:g}"
+            422,
+            f"inputs hold {kinds} (samples {bad[:10]}), first at sample {k}, "
+            f"{spec.feature(i)}: send finite numbers",
         )
+    if spec.lower is None or spec.upper is None:
+        lo, hi = spec.bounds
+        slack = spec.tolerance * max(1.0, hi - lo)
+        xmin, xmax = float(flat.min()), float(flat.max())
+        if xmin < lo - slack or xmax > hi + slack:
+            k, i = _first((flat < lo - slack) | (flat > hi + slack))
+            raise InputError(
+                422,
+                f"input values must lie within [{lo:g}, {hi:g}]; got min {xmin:g}, max "
+                f"{xmax:g} (first: sample {k}, {spec.feature(i)} = {flat[k, i]:g})",
+            )
+    else:
+        lo_a, hi_a = spec.lower, spec.upper
+        slack_a = spec.tolerance * np.maximum(1.0, hi_a - lo_a)
+        outside = (flat < lo_a - slack_a) | (flat > hi_a + slack_a)
+        if bool(outside.any()):
+            k, i = _first(outside)
+            n_bad = int(outside.any(0).sum())
+            more = f" ({n_bad} features out of bounds)" if n_bad > 1 else ""
+            raise InputError(
+                422,
+                f"sample {k}: {spec.feature(i)} is {flat[k, i]:g}, outside its bounds "
+                f"[{lo_a[i]:g}, {hi_a[i]:g}]{more}",
+            )
+    if spec.integer:
+        idx = np.asarray(spec.integer, dtype=np.int64)
+        vals = flat[:, idx].astype(np.float64)
+        frac = np.abs(vals - np.round(vals)) > spec.tolerance
+        if bool(frac.any()):
+            k, j = _first(frac)
+            i = int(idx[j])
+            raise InputError(
+                422, f"sample {k}: {spec.feature(i)} must be a whole number, got {flat[k, i]:g}"
+            )
     return x

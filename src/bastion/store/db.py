@@ -57,6 +57,7 @@ def make_engine(url: str | None = None, *, create: bool = True) -> Engine:
 
 def _import_tables() -> None:
     """Import every module that declares tables so create_all sees them."""
+    import bastion.store.blocks
     import bastion.store.keys
     import bastion.store.reviews
     import bastion.store.runs  # noqa: F401
