@@ -13,9 +13,8 @@ import numpy as np
 import torch
 from sklearn.datasets import load_breast_cancer
 from sklearn.ensemble import GradientBoostingClassifier
-from torch import nn
-
 from tabular_net import build
+from torch import nn
 
 
 def main() -> None:

@@ -15,7 +15,9 @@ from bastion.cli.common import (
     BoundsOpt,
     DataOpt,
     DataRootOpt,
+    EntryPointOpt,
     EpsListOpt,
+    EpsModeOpt,
     FrozenOpt,
     IntegerOpt,
     LabelColumnOpt,
@@ -23,10 +25,13 @@ from bastion.cli.common import (
     LowerOpt,
     ModalityOpt,
     NEvalOpt,
+    OnnxModeOpt,
     ScaleOpt,
     ShapeOpt,
     ThreatOpt,
+    TrustOpt,
     UpperOpt,
+    WeightsOpt,
     console,
     data_options,
     pick_device,
@@ -83,21 +88,10 @@ def register(app: typer.Typer) -> None:
             str | None,
             typer.Option(help="a remote model: http(s):// endpoint (same as --model URL)"),
         ] = None,
-        entry_point: Annotated[
-            str | None, typer.Option(help="module:function returning an nn.Module (runs that code)")
-        ] = None,
-        weights: Annotated[
-            Path | None, typer.Option(help="weights for --entry-point (.safetensors/.pt)")
-        ] = None,
-        onnx_mode: Annotated[
-            str,
-            typer.Option(
-                help="ONNX: auto (convert for gradients, else onnxruntime) | torch | runtime"
-            ),
-        ] = "auto",
-        trust: Annotated[
-            list[str] | None, typer.Option(help="skops: a type to trust when loading (repeat)")
-        ] = None,
+        entry_point: EntryPointOpt = None,
+        weights: WeightsOpt = None,
+        onnx_mode: OnnxModeOpt = "auto",
+        trust: TrustOpt = None,
         target_output: Annotated[
             str, typer.Option(help="http endpoint answers: scores | labels")
         ] = "scores",
@@ -119,10 +113,7 @@ def register(app: typer.Typer) -> None:
         integer: IntegerOpt = None,
         frozen: FrozenOpt = None,
         label_column: LabelColumnOpt = None,
-        eps_mode: Annotated[
-            str | None,
-            typer.Option(help="absolute | relative (to each feature's range; tabular default)"),
-        ] = None,
+        eps_mode: EpsModeOpt = None,
         members: Annotated[
             str | None,
             typer.Option(help="the model's training rows: FILE of row indices, or train-split"),

@@ -15,7 +15,14 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from bastion.cli.common import console, err_console
+from bastion.cli.common import (
+    EntryPointOpt,
+    OnnxModeOpt,
+    TrustOpt,
+    WeightsOpt,
+    console,
+    err_console,
+)
 from bastion.cli.gate import BaselineOpt, ComparisonOpt, print_decision
 from bastion.cli.keys_group import ensure_keys_group
 from bastion.errors import ConfigError
@@ -35,18 +42,6 @@ ModelOpt = Annotated[
         "XGBoost .json/.ubj, LightGBM .txt, or a .pt state dict with --entry-point (default: "
         "the files the report records)"
     ),
-]
-EntryPointOpt = Annotated[
-    str | None, typer.Option(help="module:function returning an nn.Module (runs that code)")
-]
-WeightsOpt = Annotated[
-    Path | None, typer.Option(help="weights for --entry-point (.safetensors/.pt)")
-]
-OnnxModeOpt = Annotated[
-    str, typer.Option(help="ONNX: auto (convert for gradients, else onnxruntime) | torch | runtime")
-]
-TrustOpt = Annotated[
-    list[str] | None, typer.Option(help="skops: a type to trust when loading (repeat)")
 ]
 STATE_STYLE = {
     "ok": "[green]ok[/]",

@@ -1,4 +1,5 @@
-"""`bastion harden`: apply a hardening recipe, save the child model, compare it with its parent."""
+"""`bastion harden`: apply a hardening recipe to a model of any form, save the child model,
+compare it with its parent (exit 1 when the child's clean accuracy collapsed)."""
 
 from __future__ import annotations
 
@@ -11,17 +12,34 @@ from rich.table import Table
 from bastion.assess.profile import Profile, load_profile
 from bastion.assess.schema import ThreatModel
 from bastion.cli.common import (
+    BoundsOpt,
     DataOpt,
     DataRootOpt,
+    EntryPointOpt,
     EpsListOpt,
+    EpsModeOpt,
+    FrozenOpt,
+    IntegerOpt,
+    LabelColumnOpt,
+    LayoutOpt,
+    LowerOpt,
+    ModalityOpt,
     NEvalOpt,
+    OnnxModeOpt,
+    ScaleOpt,
+    ShapeOpt,
     ThreatOpt,
+    TrustOpt,
+    UpperOpt,
+    WeightsOpt,
     console,
+    data_options,
+    err_console,
     pick_device,
 )
 from bastion.config import load_yaml_model, validate
 from bastion.data import load_dataset
-from bastion.defenses.compare import Comparison
+from bastion.defenses.compare import DEFAULT_ALLOWED_DROP, Comparison
 from bastion.defenses.recipes import Recipe, SanitizeConfig, parse_recipe, recipe_names
 from bastion.errors import ConfigError
 from bastion.models.io import load_model
@@ -75,6 +93,36 @@ def print_comparison(c: Comparison) -> None:
         console.print(f"[yellow]note[/] {note}")
 
 
+ModelOpt = Annotated[
+    str | None,
+    typer.Option(
+        help="the parent model: a directory (spec.json + weights), TorchScript, .onnx, .skops, "
+        "XGBoost .json/.ubj, or a .pt/.safetensors state dict with --entry-point"
+    ),
+]
+AllowDropOpt = Annotated[
+    float | None,
+    typer.Option(
+        min=0.0,
+        max=1.0,
+        help=f"clean accuracy (absolute, full test set) the hardening may cost; default "
+        f"{DEFAULT_ALLOWED_DROP:g}. A larger drop, or a child at chance, is a regression "
+        "(exit 1) unless this allows it",
+    ),
+]
+
+
+def print_guard(c: Comparison) -> None:
+    g = c.accuracy
+    if g is None:
+        return
+    style = "red" if g.collapsed else "green"
+    console.print(f"[{style}]clean-accuracy guard[/] {g.message()}")
+    console.print(f"verdict: [bold]{c.verdict.replace('_', ' ')}[/] ({c.verdict_reason})")
+    for k in c.skipped:
+        console.print(f"[dim]{k.check}: not run: {k.reason}[/]")
+
+
 def register(app: typer.Typer) -> None:
     @app.command("harden")
     def harden_cmd(
@@ -85,9 +133,24 @@ def register(app: typer.Typer) -> None:
         profile: Annotated[
             Path | None, typer.Option(help="profile YAML (model, data, threat model)")
         ] = None,
-        model: Annotated[Path | None, typer.Option(help="parent model directory")] = None,
+        model: ModelOpt = None,
+        entry_point: EntryPointOpt = None,
+        weights: WeightsOpt = None,
+        onnx_mode: OnnxModeOpt = "auto",
+        trust: TrustOpt = None,
         data: DataOpt = None,
         data_root: DataRootOpt = None,
+        modality: ModalityOpt = None,
+        shape: ShapeOpt = None,
+        layout: LayoutOpt = None,
+        scale: ScaleOpt = None,
+        lower: LowerOpt = None,
+        upper: UpperOpt = None,
+        bounds: BoundsOpt = None,
+        integer: IntegerOpt = None,
+        frozen: FrozenOpt = None,
+        label_column: LabelColumnOpt = None,
+        eps_mode: EpsModeOpt = None,
         threat: ThreatOpt = None,
         eps: EpsListOpt = None,
         n_eval: NEvalOpt = None,
@@ -104,53 +167,114 @@ def register(app: typer.Typer) -> None:
         assess: Annotated[
             bool, typer.Option("--assess/--no-assess", help="assess parent and child")
         ] = True,
+        allow_accuracy_drop: AllowDropOpt = None,
         device: str = "cpu",
         seed: int | None = None,
     ) -> None:
-        """Harden a model with a recipe and compare it with its parent under the same assessment."""
+        """Harden a model of any form with a recipe and compare it with its parent under the
+        same assessment. Exit 1 when the child's clean accuracy collapsed (see
+        --allow-accuracy-drop)."""
         from bastion.defenses.workflow import harden_model
 
         if profile is not None:
             prof = load_profile(profile)
-        elif model is not None:
-            prof = Profile(model=str(model))
+        elif model is not None or entry_point is not None:
+            prof = Profile(model=model, entry_point=entry_point)
         else:
-            raise ConfigError("give --profile FILE or --model DIR (the parent model)")
-        if prof.model is None and model is None:
             raise ConfigError(
-                "bastion harden needs a model directory: set `model:` in the profile or --model"
+                "give --profile FILE or --model DIR (the parent model; or --entry-point "
+                "module:function with --weights)"
             )
         tm = prof.threat_model if isinstance(prof.threat_model, ThreatModel) else ThreatModel()
         if threat is not None:
             tm = load_yaml_model(ThreatModel, threat)
-        overrides: dict = {"eps": eps} if eps else {}
+        overrides: dict = {k: v for k, v in {"eps": eps, "eps_mode": eps_mode}.items() if v}
         if n_eval:
             overrides["budgets"] = {**tm.budgets.model_dump(), "n_eval": n_eval}
         tm = validate(ThreatModel, {**tm.model_dump(), **overrides}, "command-line options")
         parsed = parse_recipe(recipe, "--recipe")
         if sanitize:
             parsed = with_sanitize(parsed)
-        parent = load_model(model or prof.model)
-        seed_ = seed if seed is not None else prof.seed
-        name = (
-            data
-            or (prof.data if profile is not None else None)
-            or parent.provenance.get("data")
-            or "digits"
+        where = model or prof.model
+        if where and str(where).startswith(("http://", "https://")):
+            raise ConfigError(
+                "bastion harden retrains the model, which a remote endpoint does not allow: "
+                "harden the model behind it (its file or entry point)"
+            )
+        parent = load_model(
+            where,
+            entry_point=entry_point or prof.entry_point,
+            weights=weights or prof.weights,
+            onnx_mode=onnx_mode,
+            trusted=trust,
         )
+        opts = data_options(
+            modality=modality,
+            shape=shape,
+            layout=layout,
+            scale=scale,
+            lower=lower,
+            upper=upper,
+            bounds=bounds,
+            integer=integer,
+            frozen=frozen,
+            label_column=label_column,
+        )
+        seed_ = seed if seed is not None else prof.seed
+        name = data or (prof.data if profile is not None else None) or parent.provenance.get("data")
+        if name is None and parent.form == "model-dir":
+            name = "digits"
+        if name is None:
+            raise ConfigError(
+                f"give --data: the training and test data of {parent.name} ({parent.form}); "
+                "the model records no dataset"
+            )
         root = data_root or prof.data_root or parent.provenance.get("data_root")
-        bundle = load_dataset(name, root=root, seed=seed_)
+        bundle = load_dataset(name, root=root, seed=seed_, options=opts)
         dev = pick_device(device if device != "cpu" else prof.device)
         console.print(
-            f"hardening [bold]{parent.path}[/] with [bold]{parsed.name}[/] on {bundle.name}"
+            f"hardening [bold]{parent.path or parent.name}[/] ({parent.form}) with "
+            f"[bold]{parsed.name}[/] on {bundle.name}: {bundle.test.input_spec.describe()}"
         )
         outcome = harden_model(
-            parent, bundle, parsed, out, threat=tm, data_spec=name, data_root=root, seed=seed_,
-            device=dev, run_assessment=assess, backdoor=backdoor_check,
-        )  # fmt: skip
+            parent,
+            bundle,
+            parsed,
+            out,
+            threat=tm,
+            data_spec=name,
+            data_root=root,
+            seed=seed_,
+            device=dev,
+            run_assessment=assess,
+            backdoor=backdoor_check,
+            allow_accuracy_drop=allow_accuracy_drop,
+            trusted=trust,
+        )
         print_comparison(outcome.comparison)
-        console.print(f"hardened model: [bold]{outcome.model_dir}[/]; comparison: "
-                      f"[bold]{outcome.json_path}[/] and [bold]{outcome.html_path}[/]")  # fmt: skip
+        print_guard(outcome.comparison)
+        console.print(
+            f"hardened model: [bold]{outcome.model_dir}[/] ({load_hint(outcome)}); comparison: "
+            f"[bold]{outcome.json_path}[/] and [bold]{outcome.html_path}[/]"
+        )
+        if outcome.blocked:
+            err_console.print(
+                f"[bold red]regression:[/] {outcome.comparison.accuracy.message()}",
+                highlight=False,
+                soft_wrap=True,
+            )
+            raise typer.Exit(1)
+
+
+def load_hint(outcome) -> str:
+    """How to load the child with the existing --model forms."""
+    child = outcome.child
+    if child is None or child.form == "model-dir":
+        return f"--model {outcome.model_dir}"
+    if child.form == "entry-point":
+        return f"--model {outcome.model_dir} --entry-point {child.entry_point}"
+    files = [a.path for a in child.artifacts if a.role != "source"]
+    return f"--model {files[0]}" if files else f"--model {outcome.model_dir}"
 
 
 def demo_stage(ctx) -> None:

@@ -5,6 +5,15 @@ Rows come from the two assessment reports, matched finding by finding (same prob
 and parameters), so both sides were measured the same way; hardening-specific evidence (ε
 spent by DP-SGD, sanitization precision/recall, the backdoor check, training time) comes
 from the hardening run itself.
+
+Clean accuracy comes first (:class:`AccuracyGuard`): a child whose clean accuracy on the full
+test set drops by more than the allowed amount (``--allow-accuracy-drop``, default
+:data:`DEFAULT_ALLOWED_DROP`), or falls to the assessment's chance guard (majority-class rate
++ margin, :mod:`bastion.assess.checks`), is a **regression** whatever its robustness figures
+say: a model that is wrong everywhere is "robust" for free. Otherwise the verdict follows
+the vulnerability score, whose evasion severities are chance-normalised
+(:func:`bastion.assess.scoring.evasion_severity`). ``clean_accuracy_drop`` (parent − child,
+top level of comparison.json) is what the release gate reads.
 """
 
 from __future__ import annotations
@@ -18,9 +27,14 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field
 
 from bastion import __version__
+from bastion.assess.checks import CHANCE_MARGIN, chance_rate
 from bastion.assess.schema import Finding, Report, ThreatModel
 
 Better = Literal["higher", "lower", "none"]
+Verdict = Literal["improved", "regression", "unchanged", "not_measured"]
+#: Clean accuracy (absolute, on the full test set) a hardening may cost by default.
+DEFAULT_ALLOWED_DROP = 0.05
+ROBUST_PROBES = ("evasion", "blackbox")
 
 
 class MetricRow(BaseModel):
@@ -54,13 +68,117 @@ class ModelSummary(BaseModel):
     score: float | None = None
 
 
+class AccuracyGuard(BaseModel):
+    """The clean-accuracy collapse guard of a hardening, on the full test set.
+
+    ``collapsed``: the child lost more than ``allowed_drop`` or sits below ``floor`` (the
+    majority-class rate + margin, or the threat model's ``min_clean_accuracy``). A collapse
+    is a regression; ``permitted`` when the user explicitly allowed a drop at least this
+    large (``--allow-accuracy-drop``), and only then does ``bastion harden`` exit 0."""
+
+    parent_accuracy: float
+    child_accuracy: float
+    clean_accuracy_drop: float
+    allowed_drop: float
+    allowed_explicitly: bool
+    chance: float
+    floor: float
+    n: int
+    child_at_chance: bool
+    collapsed: bool
+    permitted: bool
+
+    @classmethod
+    def measure(
+        cls,
+        parent_accuracy: float,
+        child_accuracy: float,
+        y,
+        *,
+        allowed: float | None = None,
+        min_clean_accuracy: float | None = None,
+    ) -> AccuracyGuard:
+        chance = chance_rate(y)
+        floor = max(min(chance + CHANCE_MARGIN, 1.0), min_clean_accuracy or 0.0)
+        allowed_drop = DEFAULT_ALLOWED_DROP if allowed is None else float(allowed)
+        drop = parent_accuracy - child_accuracy
+        at_chance = child_accuracy < floor
+        collapsed = drop > allowed_drop + 1e-12 or at_chance
+        return cls(
+            parent_accuracy=parent_accuracy,
+            child_accuracy=child_accuracy,
+            clean_accuracy_drop=drop,
+            allowed_drop=allowed_drop,
+            allowed_explicitly=allowed is not None,
+            chance=chance,
+            floor=floor,
+            n=int(y.numel()),
+            child_at_chance=at_chance,
+            collapsed=collapsed,
+            permitted=collapsed and allowed is not None and drop <= allowed_drop + 1e-12,
+        )
+
+    @property
+    def blocks(self) -> bool:
+        """A collapse the user did not allow: ``bastion harden`` exits 1."""
+        return self.collapsed and not self.permitted
+
+    def summary(self) -> str:
+        """A short account of the collapse (for the verdict)."""
+        why = []
+        if self.clean_accuracy_drop > self.allowed_drop + 1e-12:
+            why.append(f"drop {self.clean_accuracy_drop:.3f} > allowed {self.allowed_drop:g}")
+        if self.child_at_chance:
+            why.append(f"below the chance guard {self.floor:.3f}")
+        tail = f" ({'; '.join(why)})" if why else ""
+        accepted = "; accepted by --allow-accuracy-drop" if self.permitted else ""
+        return (
+            f"clean accuracy {self.parent_accuracy:.3f} → {self.child_accuracy:.3f}{tail}{accepted}"
+        )
+
+    def message(self) -> str:
+        """One line: what dropped, by how much, against what, and how to allow it."""
+        what = (
+            f"clean accuracy {self.parent_accuracy:.3f} → {self.child_accuracy:.3f} on the "
+            f"{self.n} test rows (drop {self.clean_accuracy_drop:+.3f})"
+        )
+        if not self.collapsed:
+            return f"{what}: within the allowed drop {self.allowed_drop:g}"
+        why = []
+        if self.clean_accuracy_drop > self.allowed_drop + 1e-12:
+            why.append(f"more than the allowed {self.allowed_drop:g}")
+        if self.child_at_chance:
+            why.append(
+                f"below the chance guard {self.floor:.3f} (majority-class rate {self.chance:.3f})"
+            )
+        head = f"the hardened model is worse: {what}, {' and '.join(why)}"
+        if self.permitted:
+            return f"{head}; accepted by --allow-accuracy-drop {self.allowed_drop:g}"
+        need = math.ceil(max(self.clean_accuracy_drop, 0.0) * 1000) / 1000
+        return (
+            f"{head}. Pass --allow-accuracy-drop {max(need, 0.001):g} to accept it, or soften "
+            "the recipe (smaller ε, more epochs, init: parent)"
+        )
+
+
+class SkippedCheck(BaseModel):
+    """A comparison check that did not run here, and why."""
+
+    check: str
+    reason: str
+
+
 class BackdoorCheck(BaseModel):
     """BadNets on the training data, trained with the parent's recipe vs the hardening
-    recipe: attack success on triggered test inputs (and the clean-data baseline)."""
+    recipe: attack success on triggered test inputs (and the clean-data baseline). The
+    trigger fits the modality: an image patch (``patch_size``) or, on tabular rows, the
+    ``features`` set to their upper bounds (``patch_size`` 0)."""
 
     rate: float
     target: int
     patch_size: int
+    trigger: str = "patch"
+    features: list[int] | None = None
     n_poisoned: int
     parent_attack_success: float
     child_attack_success: float
@@ -90,6 +208,13 @@ class Comparison(BaseModel):
     backdoor: BackdoorCheck | None = None
     reports: dict[str, str] = Field(default_factory=dict)
     notes: list[str] = Field(default_factory=list)
+    clean_accuracy_drop: float | None = Field(
+        None, description="parent − child clean accuracy on the full test set (> 0: lost)"
+    )
+    accuracy: AccuracyGuard | None = None
+    verdict: Verdict = "not_measured"
+    verdict_reason: str = ""
+    skipped: list[SkippedCheck] = Field(default_factory=list)
 
     def row(self, metric: str) -> MetricRow:
         for r in self.rows:
@@ -102,6 +227,40 @@ def _eps(f: Finding) -> str:
     return f"ε={f.params['eps']:g}" if "eps" in f.params else ""
 
 
+def _robust_rows(pf: Finding, cf: Finding) -> list[MetricRow]:
+    """Robust accuracy, attack success and the chance-normalised severity of one attack."""
+    norm = pf.params.get("norm", "")
+    label = " ".join(p for p in (pf.attack, _eps(pf), f"L{norm}" if norm else "") if p)
+    if pf.probe == "blackbox":
+        label += " (black-box)"
+    group = pf.probe
+    return [
+        MetricRow(
+            group=group,
+            metric=f"robust accuracy · {label}",
+            parent=pf.metrics.get("robust_accuracy"),
+            child=cf.metrics.get("robust_accuracy"),
+        ),
+        MetricRow(
+            group=group,
+            metric=f"attack success · {label}",
+            parent=pf.metrics.get("attack_success_rate"),
+            child=cf.metrics.get("attack_success_rate"),
+            better="lower",
+            note="share of correctly classified points the attack fools",
+        ),
+        MetricRow(
+            group=group,
+            metric=f"severity · {label}",
+            parent=pf.severity,
+            child=cf.severity,
+            better="lower",
+            note="0–10, chance-normalised: robust accuracy over every point, measured from the "
+            "majority-class rate (a model wrong everywhere scores 10)",
+        ),
+    ]
+
+
 def report_rows(parent: Report, child: Report) -> list[MetricRow]:
     """Rows for every finding both reports share (same key), headline metrics first."""
     by_key = {f.key: f for f in child.findings}
@@ -111,18 +270,19 @@ def report_rows(parent: Report, child: Report) -> list[MetricRow]:
         cf = by_key.get(pf.key)
         if cf is None:
             continue
-        if pf.probe == "evasion" and not pf.attack.endswith(("-curve", "sanity-checks")):
+        robust = pf.probe in ROBUST_PROBES and "robust_accuracy" in pf.metrics
+        if robust and not pf.attack.endswith(("-curve", "sanity-checks")):
             if not clean_done and "clean_accuracy" in pf.metrics:
-                rows.append(MetricRow(group="accuracy", metric=f"clean accuracy (n={pf.params.get('n', '?')})",
-                                      parent=pf.metrics["clean_accuracy"], child=cf.metrics.get("clean_accuracy")))  # fmt: skip
+                rows.append(
+                    MetricRow(
+                        group="accuracy",
+                        metric=f"clean accuracy (n={pf.params.get('n', '?')})",
+                        parent=pf.metrics["clean_accuracy"],
+                        child=cf.metrics.get("clean_accuracy"),
+                    )
+                )
                 clean_done = True
-            label = f"{pf.attack} {_eps(pf)} {pf.params.get('norm', '') and 'L' + str(pf.params['norm'])}"
-            rows.append(MetricRow(group="evasion", metric=f"robust accuracy · {label.strip()}",
-                                  parent=pf.metrics.get("robust_accuracy"), child=cf.metrics.get("robust_accuracy")))  # fmt: skip
-            rows.append(MetricRow(group="evasion", metric=f"attack success · {label.strip()}",
-                                  parent=pf.metrics.get("attack_success_rate"),
-                                  child=cf.metrics.get("attack_success_rate"), better="lower",
-                                  note="share of correctly classified points the attack fools"))  # fmt: skip
+            rows += _robust_rows(pf, cf)
         elif pf.probe == "evasion" and pf.attack.endswith("-curve"):
             rows.append(MetricRow(group="evasion", metric=f"mean robust accuracy over the ε curve ({pf.attack})",
                                   parent=pf.metrics.get("mean_robust_accuracy"),
@@ -144,6 +304,35 @@ def report_rows(parent: Report, child: Report) -> list[MetricRow]:
     rows.append(MetricRow(group="overall", metric="vulnerability score (0–100)", parent=parent.score,
                           child=child.score, better="lower"))  # fmt: skip
     return rows
+
+
+def decide(
+    guard: AccuracyGuard | None,
+    parent_score: float | None,
+    child_score: float | None,
+    backdoor: BackdoorCheck | None = None,
+) -> tuple[Verdict, str]:
+    """The comparison's verdict: a clean-accuracy collapse is a regression whatever the
+    robustness; otherwise the vulnerability score (chance-normalised severities), else the
+    backdoor check, decides."""
+    if guard is not None and guard.collapsed:
+        return "regression", f"clean accuracy collapsed: {guard.summary()}"
+    if parent_score is not None and child_score is not None:
+        what = (
+            f"vulnerability score {parent_score:g} → {child_score:g} (chance-normalised severities)"
+        )
+        if child_score < parent_score - 1e-9:
+            return "improved", what
+        if child_score > parent_score + 1e-9:
+            return "regression", what
+        return "unchanged", what
+    if backdoor is not None:
+        p, c = backdoor.parent_attack_success, backdoor.child_attack_success
+        what = f"BadNets attack success {p:.3f} → {c:.3f} (no assessment)"
+        if abs(p - c) < 1e-9:
+            return "unchanged", what
+        return ("improved" if c < p else "regression"), what
+    return "not_measured", "no assessment and no backdoor check ran"
 
 
 def curves(report: Report) -> dict[str, list[float]]:
@@ -222,6 +411,9 @@ def _plots(c: Comparison) -> list[str]:
     return images
 
 
+_VERDICT_CLASS = {"improved": "good", "regression": "bad"}
+
+
 def render_html(c: Comparison) -> str:
     rows = []
     for r in c.rows:
@@ -247,6 +439,8 @@ def render_html(c: Comparison) -> str:
         f"<title>Bastion hardening: {html.escape(c.recipe)}</title><style>{CSS}</style></head><body>",
         f"<h1>Hardening report: <code>{html.escape(c.recipe)}</code></h1>",
         f"<div class='sub'>{c.created:%Y-%m-%d %H:%M UTC} · Bastion {html.escape(c.bastion_version)}</div>",
+        f"<p class='{_VERDICT_CLASS.get(c.verdict, '')}'>Verdict: {html.escape(c.verdict.replace('_', ' '))}"
+        f" — {html.escape(c.verdict_reason)}</p>",
         "<h2>Models</h2>",
         _kv(
             {
@@ -262,6 +456,12 @@ def render_html(c: Comparison) -> str:
         f"<th>better</th></tr>{''.join(rows)}</table>",
     ]
     parts += [f"<img alt='comparison plot' src='{uri}'>" for uri in _plots(c)]
+    if c.accuracy is not None:
+        parts += ["<h2>Clean-accuracy guard</h2>", _kv(c.accuracy.model_dump())]
+    if c.skipped:
+        parts += ["<h2>Checks not run</h2><ul>"]
+        parts += [f"<li>{html.escape(k.check)}: {html.escape(k.reason)}</li>" for k in c.skipped]
+        parts.append("</ul>")
     if c.backdoor is not None:
         parts += ["<h2>Backdoor check (BadNets)</h2>", _kv(c.backdoor.model_dump())]
     if c.privacy:

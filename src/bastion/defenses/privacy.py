@@ -175,6 +175,12 @@ def dp_train(
         raise ConfigError("epochs and batch_size must be >= 1 and lr > 0")
     if batch_size >= n:
         raise ConfigError(f"batch_size {batch_size} must be smaller than the dataset ({n})")
+    if isinstance(module, torch.jit.ScriptModule):
+        raise ModelError(
+            "dp_sgd is not applicable to a TorchScript model: Opacus computes per-sample "
+            "gradients only for Python nn.Module layers. Harden the model through its entry point "
+            "(--entry-point module:function with its weights) to train it with DP-SGD"
+        )
     torch.manual_seed(seed)
     module, fixes = fix_module(module)
     module.to(device).train()
@@ -206,10 +212,20 @@ def dp_train(
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # Opacus warns about secure_mode; we seed on purpose
         engine = PrivacyEngine(accountant=accountant)
-        private, opt, dp_loader = engine.make_private(
-            module=module, optimizer=base_opt, data_loader=loader, noise_multiplier=sigma,
-            max_grad_norm=max_grad_norm, poisson_sampling=True, noise_generator=noise_gen,
-        )  # fmt: skip
+        try:
+            private, opt, dp_loader = engine.make_private(
+                module=module,
+                optimizer=base_opt,
+                data_loader=loader,
+                noise_multiplier=sigma,
+                max_grad_norm=max_grad_norm,
+                poisson_sampling=True,
+                noise_generator=noise_gen,
+            )
+        except NotImplementedError as exc:  # Opacus: a layer without per-sample gradients
+            raise ModelError(
+                f"DP-SGD cannot train this model: {str(exc).strip() or 'unsupported layer'}"
+            ) from None
     result = DPResult(
         epsilon=0.0, delta=delta, noise_multiplier=sigma, max_grad_norm=max_grad_norm,
         sample_rate=sample_rate, steps=0, epochs_run=0, target_epsilon=target_epsilon,

@@ -18,7 +18,7 @@ lists the valid ones.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SerializeAsAny, model_validator
 
@@ -49,9 +49,18 @@ class TrainingConfig(StepConfig):
 
 
 class StandardConfig(TrainingConfig):
-    """Natural (empirical risk minimisation) training; model selection on clean accuracy."""
+    """Natural (empirical risk minimisation) training; model selection on clean accuracy.
+
+    For a gradient-free parent (scikit-learn, XGBoost) ``standard`` refits the model from
+    its own hyper-parameters on the (sanitized) training split; ``estimator_params``
+    overrides some of them (``set_params`` for scikit-learn, ``XGBClassifier`` arguments
+    for XGBoost, whose model files do not record them). The torch-training fields (epochs,
+    lr, ...) do not apply to those models."""
 
     name: Literal["standard"] = "standard"
+    estimator_params: dict[str, Any] | None = Field(
+        None, description="gradient-free models: hyper-parameters of the refitted estimator"
+    )
 
 
 class AdversarialConfig(TrainingConfig):

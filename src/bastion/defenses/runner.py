@@ -3,7 +3,7 @@ data steps (sanitize) first, then the one training step, resumable from checkpoi
 
 from __future__ import annotations
 
-import copy
+import dataclasses
 import logging
 import time
 from dataclasses import dataclass, field
@@ -12,9 +12,12 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from bastion.assess.space import AttackSpace
 from bastion.data.dataset import Dataset
+from bastion.data.spec import InputSpec
 from bastion.defenses import adversarial as adv
 from bastion.defenses.privacy import DPResult, dp_train
+from bastion.defenses.rebuild import clone_module, reinitialise
 from bastion.defenses.recipes import (
     AdversarialConfig,
     DPSGDConfig,
@@ -54,13 +57,28 @@ class HardenResult:
 
 def fresh_copy(module: nn.Module, seed: int) -> nn.Module:
     """A re-initialised copy of ``module``'s architecture (every layer's reset_parameters,
-    seeded): works for zoo and entry-point models alike."""
-    torch.manual_seed(seed)
-    new = copy.deepcopy(module)
-    for m in new.modules():
-        if hasattr(m, "reset_parameters"):
-            m.reset_parameters()
-    return new.train()
+    seeded): zoo, entry-point, converted ONNX and TorchScript models alike
+    (:func:`bastion.defenses.rebuild.reinitialise`)."""
+    return reinitialise(module, seed)
+
+
+def in_attack_space(data: Dataset, space: AttackSpace) -> Dataset:
+    """``data`` mapped into the attack space ``z`` (:meth:`AttackSpace.to_z`), with the
+    space's box as its bounds: where adversarial training perturbs by ε."""
+    lo, hi = space.box.lo.expand(space.spec.shape), space.box.hi.expand(space.spec.shape)
+    frozen = space.box.frozen
+    spec = InputSpec(
+        modality=space.spec.modality,
+        shape=list(space.spec.shape),
+        source_layout=space.spec.source_layout,
+        lower=[float(v) for v in lo.flatten()],
+        upper=[float(v) for v in hi.flatten()],
+        frozen=[] if frozen is None else [int(i) for i in frozen.flatten().nonzero().flatten()],
+        feature_names=space.spec.feature_names,
+        bounds_source=f"attack space ({space.mode} ε)",
+    )
+    z = space.to_z(data.x).clamp(lo.to(data.x), hi.to(data.x))
+    return dataclasses.replace(data, x=z, spec=spec, bounds=None, _sha=[])
 
 
 def resolve(recipe: Recipe, *, eps: float, poison_rate: float) -> Recipe:
@@ -110,9 +128,27 @@ def train_step(
     seed: int = 0,
     checkpoint: Path | None = None,
     device: str | torch.device = "cpu",
+    space: AttackSpace | None = None,
 ) -> tuple[nn.Module, TrainResult | None, DPResult | None]:
-    """Run one training step on ``model`` (in place, except DP-SGD may return a fixed copy)."""
+    """Run one training step on ``model`` (in place, except DP-SGD may return a fixed copy).
+
+    With ``space`` (the assessment's :class:`~bastion.assess.space.AttackSpace`) adversarial
+    training runs where the assessment attacks: on ``space.to_z(x)`` through
+    ``space.model(model)`` (which shares ``model``'s parameters), inside ``space.box``, so a
+    relative ε means the same share of each feature's range as in the assessment, and
+    frozen features stay fixed. Training examples are not rounded to whole values on
+    integer features (the continuous ε-ball contains the rounded points)."""
+    if isinstance(cfg, StandardConfig) and cfg.estimator_params is not None:
+        raise ConfigError(
+            "standard: estimator_params applies to gradient-free models (scikit-learn, XGBoost) "
+            "only; a torch model trains with epochs, batch_size and lr"
+        )
     bounds = data.bounds
+    trained = model
+    if isinstance(cfg, AdversarialConfig) and space is not None:
+        bounds = space.box
+        if not space.identity:
+            model, data = space.model(model), in_attack_space(data, space)
     if isinstance(cfg, DPSGDConfig):
         model, dp = dp_train(
             model, data, target_epsilon=cfg.target_epsilon, noise_multiplier=cfg.noise_multiplier,
@@ -161,7 +197,7 @@ def train_step(
         optimizer=_optimizer(model, cfg), checkpoint=checkpoint, device=device,
         description=f"hardening: {cfg.name}", **kwargs,
     )  # fmt: skip
-    return model, result, None
+    return trained, result, None
 
 
 def apply_recipe(
@@ -176,12 +212,15 @@ def apply_recipe(
     seed: int = 0,
     workdir: Path | None = None,
     device: str | torch.device = "cpu",
+    space: AttackSpace | None = None,
 ) -> HardenResult:
     """Sanitize (if asked) then train a child of ``parent``'s architecture on ``data``.
 
     ``feature_model`` (default: the parent, assumed trained on ``data``) supplies the
-    activations sanitization reads; ``poisoned`` (true poison indices into ``data``) adds
-    precision/recall. ``workdir`` holds the training checkpoint: a rerun resumes from it."""
+    activations sanitization reads (its inputs, range-scaled, when it exposes no hidden
+    layer); ``poisoned`` (true poison indices into ``data``) adds precision/recall.
+    ``workdir`` holds the training checkpoint: a rerun resumes from it. ``space``: where
+    adversarial training perturbs (see :func:`train_step`); ``eps`` is in its units."""
     recipe = resolve(recipe, eps=eps, poison_rate=poison_rate)
     cfg = recipe.training
     result = HardenResult(module=parent, recipe=recipe)
@@ -203,19 +242,29 @@ def apply_recipe(
             result.sanitize_seconds += time.perf_counter() - start
             result.notes.append(
                 f"sanitize ({step.method}) dropped {result.sanitize.n_flagged} training samples"
+                + (
+                    " (detectors read the range-scaled inputs: the model exposes no hidden layer)"
+                    if result.sanitize.features == "input"
+                    else ""
+                )
             )
     if isinstance(cfg, DPSGDConfig) and recipe.data_steps:
         result.notes.append("sanitization reads the private data outside the DP accounting: "
                             "the reported ε covers the DP-SGD training only")  # fmt: skip
     if cfg.init == "parent":
-        model = copy.deepcopy(parent).train()
+        model = clone_module(parent).train()
         torch.manual_seed(seed)
     else:
         model = fresh_copy(parent, seed)
     ckpt = workdir / f"{cfg.name}.ckpt" if workdir else None
     model, result.train, result.dp = train_step(
-        model, data, cfg, seed=seed, checkpoint=ckpt, device=device
+        model, data, cfg, seed=seed, checkpoint=ckpt, device=device, space=space
     )
+    if isinstance(cfg, AdversarialConfig) and space is not None and not space.identity:
+        result.notes.append(
+            f"{cfg.name}: ε={cfg.eps:g} relative to each feature's range, as the assessment "
+            "measures it (training in the range-normalised space)"
+        )
     result.module = model.eval()
     result.train_seconds = (result.train or result.dp).seconds
     if result.dp is not None and result.dp.module_fixes:
@@ -230,4 +279,12 @@ def apply_recipe(
     return result
 
 
-__all__ = ["HardenResult", "apply_recipe", "fresh_copy", "natural_trainer", "resolve", "train_step"]
+__all__ = [
+    "HardenResult",
+    "apply_recipe",
+    "fresh_copy",
+    "in_attack_space",
+    "natural_trainer",
+    "resolve",
+    "train_step",
+]

@@ -14,6 +14,12 @@
 Both are estimators (scikit-learn habit): parameters in ``__init__``, ``fit(features,
 labels)`` returns self, learned attributes end in ``_`` (``scores_``, ``flagged_``), and
 ``score(features, labels)`` scores new samples with what was learned.
+
+What the detectors read (:func:`detector_features`): the last hidden layer of a torch model
+that exposes one (an ``nn.Sequential`` ending in ``nn.Linear``: zoo models and most
+entry-point MLPs/CNNs); otherwise, and for gradient-free models (trees, boosting), the inputs
+themselves, each feature scaled by its range in the input spec (:func:`input_features`), so
+a feature measured in thousands does not drown the others.
 """
 
 from __future__ import annotations
@@ -28,7 +34,7 @@ from torch import nn
 
 from bastion.attacks.evasion import eval_mode
 from bastion.data.dataset import Dataset
-from bastion.errors import ConfigError, NotFittedError
+from bastion.errors import ConfigError, ModelError, NotFittedError
 from bastion.models.zoo import penultimate
 
 log = logging.getLogger(__name__)
@@ -192,7 +198,21 @@ class ActivationClustering:
         return out
 
 
-TrainFn = Callable[[Dataset], nn.Module]
+#: Trains a fresh model on a Dataset; returns a torch module (logits) or a function mapping
+#: inputs to predicted labels (a gradient-free model).
+Predictor = nn.Module | Callable[[torch.Tensor], torch.Tensor]
+TrainFn = Callable[[Dataset], Predictor]
+
+
+@torch.no_grad()
+def predict_labels(model: Predictor, x: torch.Tensor) -> torch.Tensor:
+    """Labels (N,) from a torch module (argmax of its logits) or a labels function."""
+    if isinstance(model, nn.Module):
+        param = next(model.parameters(), None)
+        device = param.device if param is not None else x.device
+        with eval_mode(model):
+            return model(x.to(device)).argmax(1).cpu()
+    return torch.as_tensor(model(x)).long().cpu()
 
 
 def exclusionary_reclassification(
@@ -210,11 +230,9 @@ def exclusionary_reclassification(
         keep[idx] = False
     model = train_fn(data.subset(keep.nonzero().flatten(), split="sanitize-reclassify"))
     agreement = {}
-    with torch.no_grad(), eval_mode(model):
-        device = next(model.parameters()).device
-        for c, idx in candidates.items():
-            pred = model(data.x[idx].to(device)).argmax(1).cpu()
-            agreement[c] = float((pred == c).float().mean())
+    for c, idx in candidates.items():
+        pred = predict_labels(model, data.x[idx])
+        agreement[c] = float((pred == c).float().mean())
     return agreement
 
 
@@ -230,6 +248,29 @@ def extract_features(
                      for i in range(0, len(x), batch_size)])  # fmt: skip
     model.train(was)
     return out
+
+
+def input_features(data: Dataset) -> torch.Tensor:
+    """The inputs as detector features (N, D): each feature mapped to [0, 1] by its range in
+    the input spec (features of zero range to 0); images in [0, 1] are their pixels."""
+    from bastion.assess.space import AttackSpace
+
+    return AttackSpace.build(data.input_spec, "relative").to_z(data.x).flatten(1).float()
+
+
+def detector_features(
+    model: nn.Module | None, data: Dataset, *, device: str | torch.device = "cpu"
+) -> tuple[torch.Tensor, str]:
+    """What the detectors read and where it came from: ``("penultimate")`` activations of a
+    model that exposes its last hidden layer, else ``("input")`` range-scaled inputs."""
+    if model is not None:
+        try:
+            penultimate(model)
+        except ModelError:
+            pass
+        else:
+            return extract_features(model, data.x, device=device), "penultimate"
+    return input_features(data), "input"
 
 
 @dataclass(frozen=True)
@@ -271,6 +312,7 @@ class SanitizeResult:
     poisoned_classes: list[int] = field(default_factory=list)
     reclassification: dict[int, float] = field(default_factory=dict)
     quality: FlagQuality | None = None
+    features: str = "penultimate"  # what the detectors read: penultimate | input
 
     @property
     def n_flagged(self) -> int:
@@ -278,7 +320,7 @@ class SanitizeResult:
 
 
 def sanitize(
-    model: nn.Module,
+    model: nn.Module | None,
     data: Dataset,
     *,
     method: str = "activation",
@@ -293,9 +335,11 @@ def sanitize(
     poisoned: torch.Tensor | None = None,
     seed: int = 0,
     device: str | torch.device = "cpu",
+    features: torch.Tensor | None = None,
 ) -> SanitizeResult:
     """Flag suspected poisons of ``data`` from the activations of ``model`` (a model trained
-    on ``data``) and drop them.
+    on ``data``) and drop them. The detectors read ``features`` when given, else
+    :func:`detector_features` (``model`` may be None: the range-scaled inputs).
 
     - ``activation``: activation clustering; with ``train_fn`` (trains a fresh model on a
       Dataset) the candidate clusters go through exclusionary reclassification, and in each
@@ -311,7 +355,10 @@ def sanitize(
     flags' precision and recall."""
     if method not in METHODS:
         raise ConfigError(f"unknown sanitize method {method!r}: choose from {', '.join(METHODS)}")
-    feats = extract_features(model, data.x, device=device)
+    source = "given"
+    if features is None:
+        features, source = detector_features(model, data, device=device)
+    feats = features
     flagged = torch.zeros(len(data), dtype=torch.bool)
     poisoned_classes: list[int] = []
     agreement: dict[int, float] = {}
@@ -335,5 +382,5 @@ def sanitize(
     return SanitizeResult(
         kept=data.subset(keep), flagged=flagged, method=method,
         per_class={c: k for c, k in enumerate(counts) if k}, poisoned_classes=poisoned_classes,
-        reclassification=agreement, quality=quality,
+        reclassification=agreement, quality=quality, features=source,
     )  # fmt: skip

@@ -225,7 +225,7 @@ def load_model(
     if path is None or not path.exists():
         raise ModelError(f"model not found: {path}: pass {ACCEPTED}")
     if path.is_dir():
-        return _load_model_dir(path, weights)
+        return _load_model_dir(path, weights, trusted)
     suffix = path.suffix.lower()
     if suffix in {".pt", ".pth"}:
         if forms_torch.is_torchscript(path):
@@ -253,7 +253,9 @@ def load_model(
     raise ModelError(f"{path}: unrecognised model file ({suffix or 'no suffix'}): pass {ACCEPTED}")
 
 
-def _load_model_dir(path: Path, weights: str | Path | None) -> LoadedModel:
+def _load_model_dir(
+    path: Path, weights: str | Path | None, trusted: list[str] | None = None
+) -> LoadedModel:
     """A directory written by ``bastion train``: spec.json, weights, provenance.json."""
     if not (path / SPEC).exists():
         raise ModelError(f"{path}: no {SPEC}; use --entry-point module:function for a custom model")
@@ -261,6 +263,10 @@ def _load_model_dir(path: Path, weights: str | Path | None) -> LoadedModel:
         spec = ModelSpec.model_validate_json((path / SPEC).read_text())
     except ValueError as exc:
         raise ModelError(f"{path / SPEC}: invalid spec ({str(exc).splitlines()[0]})") from None
+    from bastion.models.children import CHILD_FORMS, load_child
+
+    if spec.name in CHILD_FORMS:  # bastion harden's child of an entry-point/TorchScript/... parent
+        return load_child(path, spec, weights=weights, trusted=trusted)
     module = build_model(spec)
     wfile = weights and Path(weights)
     if not wfile:
