@@ -36,7 +36,7 @@ from collections.abc import Iterator
 import torch
 
 from bastion.assess.probe import ProbeContext
-from bastion.assess.schema import Finding, SanityWarning, Skipped
+from bastion.assess.schema import Finding, Skipped
 from bastion.assess.scoring import clamp_severity
 from bastion.attacks.inference import (
     MembershipMetrics,
@@ -172,16 +172,16 @@ class MembershipProbe:
         if not todo:
             return
         if ctx.model.rebuild is None:
-            ctx.warnings.append(SanityWarning(
-                check="skipped", probe=self.name,
-                message=f"LiRA trains shadow copies of the architecture, and a {ctx.model.form} "
+            ctx.skipped.append(Skipped(
+                probe=f"{self.name}/lira",
+                reason=f"LiRA trains shadow copies of the architecture, and a {ctx.model.form} "
                 "model cannot be rebuilt untrained (give --entry-point): only the loss threshold ran",
             ))  # fmt: skip
             return
         if n_shadow < 2:
-            ctx.warnings.append(SanityWarning(
-                check="skipped", probe=self.name,
-                message=f"LiRA needs budgets.shadow_models >= 2, got {n_shadow}: skipped",
+            ctx.skipped.append(Skipped(
+                probe=f"{self.name}/lira", status="excluded",
+                reason=f"LiRA needs budgets.shadow_models >= 2, got {n_shadow}",
             ))  # fmt: skip
             return
         start = time.perf_counter()

@@ -82,6 +82,7 @@ class ProbeContext:
     recipe: TrainingRecipe = field(default_factory=TrainingRecipe)
     done: set[str] = field(default_factory=set)
     warnings: list[SanityWarning] = field(default_factory=list)
+    skipped: list[Skipped] = field(default_factory=list)  # parts of a probe that did not run
     members: Members | None = None
     query_target: Any = None  # a bastion.attacks.targets.QueryTarget replacing the local model
     robust_masks: dict[float, torch.Tensor] = field(default_factory=dict)

@@ -126,6 +126,7 @@ def run_assessment(ctx: ProbeContext) -> Report:
     ctx.done = {f.key for f in findings}
     ctx.warnings = []
     chosen, skipped = select_probes(ctx)
+    ctx.skipped = []
     for name in chosen:
         probe = make_probe(name)
         for finding in probe.run(ctx):
@@ -136,6 +137,7 @@ def run_assessment(ctx: ProbeContext) -> Report:
             _append(partial, "warning", w.model_dump(mode="json"))
         warnings.extend(ctx.warnings)
         ctx.warnings = []
+    skipped.extend(ctx.skipped)
     test = ctx.data.test
     report = Report(
         model=ModelRef(

@@ -267,14 +267,9 @@ def register(app: typer.Typer) -> None:
 
 
 def load_hint(outcome) -> str:
-    """How to load the child with the existing --model forms."""
-    child = outcome.child
-    if child is None or child.form == "model-dir":
-        return f"--model {outcome.model_dir}"
-    if child.form == "entry-point":
-        return f"--model {outcome.model_dir} --entry-point {child.entry_point}"
-    files = [a.path for a in child.artifacts if a.role != "source"]
-    return f"--model {files[0]}" if files else f"--model {outcome.model_dir}"
+    """How to name the child on later commands: its directory, whatever the parent's form
+    (its spec.json says how to rebuild it)."""
+    return f"--model {outcome.model_dir}"
 
 
 def demo_stage(ctx) -> None:
