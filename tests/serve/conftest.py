@@ -101,6 +101,9 @@ class ScriptedGuard:
 
         return DriftStatus(p_value=0.5, alert=False, window_size=3, window_capacity=200, alpha=0.01)
 
+    def reset_client(self, client_id: str) -> None:
+        self.calls.append(f"reset {client_id}")
+
 
 def marked(sample: list, value: float) -> list:
     """A copy of ``sample`` whose first pixel is ``value`` (the scripted guard's marker)."""

@@ -159,9 +159,8 @@ def _entry(action: Literal["create", "remove"], block: Block, admin_id: int) -> 
 
 def reset_guard_state(state: Any, client_id: int) -> None:
     """Forget the guard's per-client extraction state (a sticky alert would re-block the
-    client on its next request). Guards without per-client state have nothing to reset."""
+    client on its next request). A gateway without a guard has nothing to reset."""
     guard = state.runtime.guard
-    reset = getattr(guard, "reset_client", None)
-    if reset is not None:
-        reset(str(client_id))
+    if guard is not None:
+        guard.reset_client(str(client_id))
         log.info("guard state of client %d reset after unblock", client_id)

@@ -44,6 +44,10 @@ class InputGuard(Protocol):
 
     def drift_status(self) -> DriftStatus: ...
 
+    def reset_client(self, client_id: str) -> None:
+        """Forget a client's per-client state (after an admin lifts its block)."""
+        ...
+
 
 @dataclass(frozen=True)
 class Inference:
