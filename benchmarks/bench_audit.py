@@ -35,11 +35,15 @@ PG_URL = os.environ.get("BASTION_BENCH_PG", "postgresql://postgres@127.0.0.1:543
 
 def decision(i: int) -> dict:
     return {
-        "event": "predict", "key_id": f"key_{i % 97:04d}",
+        "event": "predict",
+        "key_id": f"key_{i % 97:04d}",
         "input_sha256": hashlib.sha256(i.to_bytes(8, "big")).hexdigest(),
         "scores": {"mahalanobis": 1.25 + (i % 13) / 7, "recon": 0.0123, "squeeze": 0.004},
-        "verdict": "allow", "model_sha256": "9f" * 32, "latency_ms": 3.21, "ts": 1.7e9 + i,
-    }  # fmt: skip
+        "verdict": "allow",
+        "model_sha256": "9f" * 32,
+        "latency_ms": 3.21,
+        "ts": 1.7e9 + i,
+    }
 
 
 def bare_rehash_rate(n: int = 200_000) -> float:
@@ -207,8 +211,11 @@ def main() -> None:
                 raise SystemExit(result.message)
             best = result.seconds if best is None else min(best, result.seconds)
             cpu_best = cpu if cpu_best is None else min(cpu_best, cpu)
-        add("sqlite", f"full verification ({verify_n:,} entries, {result.heads_checked} heads)",
-            verify_n / best)  # fmt: skip
+        add(
+            "sqlite",
+            f"full verification ({verify_n:,} entries, {result.heads_checked} heads)",
+            verify_n / best,
+        )
         add("sqlite", "  CPU per verified entry", cpu_best / verify_n * 1e6, "µs")
         if not args.quick:
             result = log.verify(key.public_key(), workers=2)

@@ -68,8 +68,9 @@ def detection_table(ev: GuardEvaluation) -> str:
     return "\n".join(rows)
 
 
-def fpr_reps(module: torch.nn.Module, bundle: DataBundle, cfg: GuardConfig, reps: int,
-             x_fresh: torch.Tensor) -> dict[str, list[float]]:  # fmt: skip
+def fpr_reps(
+    module: torch.nn.Module, bundle: DataBundle, cfg: GuardConfig, reps: int, x_fresh: torch.Tensor
+) -> dict[str, list[float]]:
     out: dict[str, list[float]] = {}
     for r in range(reps):
         c = cfg.model_copy(deep=True)
@@ -112,9 +113,11 @@ def fpr_resplit(cfg: GuardConfig, reps: int) -> dict[str, list[float]]:
 
 def fpr_table(reps: dict[str, list[float]], n: int, label: str = "refits") -> str:
     k = len(next(iter(reps.values())))
-    rows = [f"| detector | mean realised FPR over {k} {label} (n = {n} fresh clean each) "
-            "| ± s.e. | sd | min | max | within ±0.5 pt |",
-            "|---|---|---|---|---|---|---|"]  # fmt: skip
+    rows = [
+        f"| detector | mean realised FPR over {k} {label} (n = {n} fresh clean each) "
+        "| ± s.e. | sd | min | max | within ±0.5 pt |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for key, v in reps.items():
         m = statistics.mean(v)
         sd = statistics.stdev(v) if len(v) > 1 else 0.0
@@ -122,23 +125,35 @@ def fpr_table(reps: dict[str, list[float]], n: int, label: str = "refits") -> st
         if key.startswith("guard"):
             ok = "(union, n/a)"
         se = sd / len(v) ** 0.5
-        rows.append(f"| {key} | {100 * m:.2f} % | {100 * se:.2f} | {100 * sd:.2f} | "
-                    f"{100 * min(v):.2f} | {100 * max(v):.2f} | {ok} |")  # fmt: skip
+        rows.append(
+            f"| {key} | {100 * m:.2f} % | {100 * se:.2f} | {100 * sd:.2f} | "
+            f"{100 * min(v):.2f} | {100 * max(v):.2f} | {ok} |"
+        )
     return "\n".join(rows)
 
 
-def extraction_rows(label: str, guard, pool: torch.Tensor, runs: int, benign: int,
-                    queries: int, num_classes: int) -> tuple[str, dict]:  # fmt: skip
+def extraction_rows(
+    label: str, guard, pool: torch.Tensor, runs: int, benign: int, queries: int, num_classes: int
+) -> tuple[str, dict]:
     start = time.perf_counter()
-    ev = evaluate_extraction(guard, pool, budget=300, n_clients=benign, queries=queries,
-                             runs=runs, num_classes=num_classes)  # fmt: skip
+    ev = evaluate_extraction(
+        guard,
+        pool,
+        budget=300,
+        n_clients=benign,
+        queries=queries,
+        runs=runs,
+        num_classes=num_classes,
+    )
     secs = time.perf_counter() - start
     cells = []
     for src, alerts in ev.attackers.items():
         shown = ", ".join("none" if a is None else str(a) for a in alerts)
         cells.append(f"{src}: {shown}")
-    row = (f"| {label} | {' · '.join(cells)} | {ev.benign_false_alarms} / {ev.benign_clients} "
-           f"({ev.benign_queries} queries each) | {secs:.0f} s |")  # fmt: skip
+    row = (
+        f"| {label} | {' · '.join(cells)} | {ev.benign_false_alarms} / {ev.benign_clients} "
+        f"({ev.benign_queries} queries each) | {secs:.0f} s |"
+    )
     return row, ev.model_dump()
 
 
@@ -157,27 +172,42 @@ def latency(guard, x: torch.Tensor, n: int = 300) -> str:
     per = (time.perf_counter() - t) / (10 * len(batch))
     guard.reset_client("latency")
     guard.reset_client("latency-batch")
-    return (f"inspect(1 sample): p50 {1000 * p50:.2f} ms, p99 {1000 * p99:.2f} ms; "
-            f"batch of 64: {1e6 * per:.0f} µs/sample ({1 / per:.0f} samples/s), 1 thread")  # fmt: skip
+    return (
+        f"inspect(1 sample): p50 {1000 * p50:.2f} ms, p99 {1000 * p99:.2f} ms; "
+        f"batch of 64: {1e6 * per:.0f} µs/sample ({1 / per:.0f} samples/s), 1 thread"
+    )
 
 
-def run_dataset(name: str, bundle: DataBundle, module: torch.nn.Module, args, cfg: GuardConfig,
-                n_eval: int | None, reps: int) -> dict:  # fmt: skip
+def run_dataset(
+    name: str,
+    bundle: DataBundle,
+    module: torch.nn.Module,
+    args,
+    cfg: GuardConfig,
+    n_eval: int | None,
+    reps: int,
+) -> dict:
     print(f"\n## {name}: test accuracy {accuracy(module, bundle.test.x, bundle.test.y):.4f}\n")
     t = time.perf_counter()
     guard = fit_guard(module, bundle.train, config=cfg)
     fit_s = time.perf_counter() - t
-    print(f"guard fit {fit_s:.1f} s; thresholds "
-          + ", ".join(f"{k} {v:.4g}" for k, v in guard.thresholds.items())
-          + f"; PRADA δ {guard.extraction.delta_:.4f} (benign min W {guard.extraction.benign_min_w_:.4f})")  # fmt: skip
+    print(
+        f"guard fit {fit_s:.1f} s; thresholds "
+        + ", ".join(f"{k} {v:.4g}" for k, v in guard.thresholds.items())
+        + f"; PRADA δ {guard.extraction.delta_:.4f} (benign min W {guard.extraction.benign_min_w_:.4f})"
+    )
     ev = evaluate_guard(guard, module, bundle.test, n=n_eval, drift_windows=20)
-    print(f"\nPGD ε=0.1 (20 steps): {ev.attack['n_successful']} successful of {ev.attack['n_attacked']} "
-          f"(success rate {ev.attack['success_rate']:.2f} of correctly classified)\n")  # fmt: skip
+    print(
+        f"\nPGD ε=0.1 (20 steps): {ev.attack['n_successful']} successful of {ev.attack['n_attacked']} "
+        f"(success rate {ev.attack['success_rate']:.2f} of correctly classified)\n"
+    )
     print(detection_table(ev))
     if ev.drift is not None:
-        print(f"\ndrift (window {ev.drift.window}, {ev.drift.windows} windows each): clean alert rate "
-              f"{ev.drift.clean_alert_rate:.2f}; shifted "
-              + ", ".join(f"{k} {v:.2f}" for k, v in ev.drift.shifted_alert_rate.items()))  # fmt: skip
+        print(
+            f"\ndrift (window {ev.drift.window}, {ev.drift.windows} windows each): clean alert rate "
+            f"{ev.drift.clean_alert_rate:.2f}; shifted "
+            + ", ".join(f"{k} {v:.2f}" for k, v in ev.drift.shifted_alert_rate.items())
+        )
     x_fresh = bundle.test.x
     if bundle.name == "digits":
         reps_out = fpr_resplit(cfg, reps)
@@ -188,20 +218,40 @@ def run_dataset(name: str, bundle: DataBundle, module: torch.nn.Module, args, cf
     pool = bundle.test.x
     print("\n| monitor | queries until alert (per seed, budget 300) | benign false alarms | time |")
     print("|---|---|---|---|")
-    row, ext_full = extraction_rows("PRADA + anomaly rate + volume", guard, pool, args.runs,
-                                    args.benign, args.queries, bundle.train.num_classes)  # fmt: skip
+    row, ext_full = extraction_rows(
+        "PRADA + anomaly rate + volume",
+        guard,
+        pool,
+        args.runs,
+        args.benign,
+        args.queries,
+        bundle.train.num_classes,
+    )
     print(row)
     c = cfg.model_copy(deep=True)
     c.extraction.anomaly_rate = None
     c.detectors.reconstruction.epochs = 5
     prada_guard = fit_guard(module, bundle.train, config=c)
-    row, ext_prada = extraction_rows("PRADA alone", prada_guard, pool, args.runs, args.benign,
-                                     args.queries, bundle.train.num_classes)  # fmt: skip
+    row, ext_prada = extraction_rows(
+        "PRADA alone",
+        prada_guard,
+        pool,
+        args.runs,
+        args.benign,
+        args.queries,
+        bundle.train.num_classes,
+    )
     print(row)
     lat = latency(guard, bundle.test.x)
     print("\n" + lat)
-    return {"evaluation": ev.model_dump(), "fpr_reps": reps_out, "extraction": ext_full,
-            "extraction_prada_only": ext_prada, "fit_seconds": fit_s, "latency": lat}  # fmt: skip
+    return {
+        "evaluation": ev.model_dump(),
+        "fpr_reps": reps_out,
+        "extraction": ext_full,
+        "extraction_prada_only": ext_prada,
+        "fit_seconds": fit_s,
+        "latency": lat,
+    }
 
 
 def main() -> None:
@@ -224,15 +274,27 @@ def main() -> None:
     start = time.perf_counter()
     digits = load_dataset("digits")
     module = train(digits, epochs=10)
-    results["digits"] = run_dataset("digits CNN (zoo cnn, 10 epochs)", digits, module, args,
-                                    GuardConfig(target_fpr=TARGET_FPR), None, args.reps)  # fmt: skip
+    results["digits"] = run_dataset(
+        "digits CNN (zoo cnn, 10 epochs)",
+        digits,
+        module,
+        args,
+        GuardConfig(target_fpr=TARGET_FPR),
+        None,
+        args.reps,
+    )
     if args.fashion:
         fm = load_dataset("fashion-mnist")
         module = train(fm, epochs=2, width=16, hidden=64)
         results["fashion-mnist"] = run_dataset(
-            "Fashion-MNIST small CNN (cnn width 16, hidden 64, 2 epochs)", fm, module, args,
-            GuardConfig(target_fpr=TARGET_FPR), 2000, args.fashion_reps,
-        )  # fmt: skip
+            "Fashion-MNIST small CNN (cnn width 16, hidden 64, 2 epochs)",
+            fm,
+            module,
+            args,
+            GuardConfig(target_fpr=TARGET_FPR),
+            2000,
+            args.fashion_reps,
+        )
     results["seconds"] = time.perf_counter() - start
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=2, default=str))

@@ -169,9 +169,13 @@ def art_classifier(model: nn.Module) -> object:
     from art.estimators.classification import PyTorchClassifier
 
     return PyTorchClassifier(
-        model=model, loss=nn.CrossEntropyLoss(), input_shape=(1, 28, 28), nb_classes=10,
-        clip_values=(0.0, 1.0), device_type="cpu",
-    )  # fmt: skip
+        model=model,
+        loss=nn.CrossEntropyLoss(),
+        input_shape=(1, 28, 28),
+        nb_classes=10,
+        clip_values=(0.0, 1.0),
+        device_type="cpu",
+    )
 
 
 def art_run(
@@ -210,15 +214,31 @@ def bench_model(
     B = args.batch
     rep = args.repeats
 
-    def add(task: str, lib: str, t: Timing, acc: torch.Tensor | float | None = None, note: str = "",
-            n_points: int = n, **extra: object) -> Row:  # fmt: skip
+    def add(
+        task: str,
+        lib: str,
+        t: Timing,
+        acc: torch.Tensor | float | None = None,
+        note: str = "",
+        n_points: int = n,
+        **extra: object,
+    ) -> Row:
         mask = t[2] if acc is None else acc
         k = int(mask.numel()) if isinstance(mask, torch.Tensor) else n_points
         acc_f = float(mask.float().mean()) if isinstance(mask, torch.Tensor) else float(mask)
         row = Row(name, task, lib, round(t[0], 3), k, acc_f, note, round(t[1], 3), dict(extra))
         rows.append(row)
-        log.info("%-11s %-24s %-13s %8.2f s (cpu %7.2f s) %8.1f img/s  robust %5.1f%%  %s", name, task,
-                 lib, t[0], t[1], row.rate, 100 * acc_f, note)  # fmt: skip
+        log.info(
+            "%-11s %-24s %-13s %8.2f s (cpu %7.2f s) %8.1f img/s  robust %5.1f%%  %s",
+            name,
+            task,
+            lib,
+            t[0],
+            t[1],
+            row.rate,
+            100 * acc_f,
+            note,
+        )
         return row
 
     clean = correct(model, x, y)
@@ -229,11 +249,22 @@ def bench_model(
         tasks.add("pgd")  # the curve's ratios are to the one-ε PGD-20 evaluation
 
     # FGSM ε=0.1
-    t = race({
-        "bastion": lambda: robust_mask(model, x, y, attack="fgsm", eps=EPS, batch_size=B),
-        "art": lambda: art_run(lambda c: FastGradientMethod(c, norm=np.inf, eps=EPS, batch_size=B), model, x, y),
-        "torchattacks": lambda: ta_run(lambda mdl: torchattacks.FGSM(mdl, eps=EPS), model, x, y, B),
-    }, rep) if "fgsm" in tasks else {}  # fmt: skip
+    t = (
+        race(
+            {
+                "bastion": lambda: robust_mask(model, x, y, attack="fgsm", eps=EPS, batch_size=B),
+                "art": lambda: art_run(
+                    lambda c: FastGradientMethod(c, norm=np.inf, eps=EPS, batch_size=B), model, x, y
+                ),
+                "torchattacks": lambda: ta_run(
+                    lambda mdl: torchattacks.FGSM(mdl, eps=EPS), model, x, y, B
+                ),
+            },
+            rep,
+        )
+        if "fgsm" in tasks
+        else {}
+    )
     for lib, res in t.items():
         add("FGSM ε=0.1", lib, res)
     if "pgd" not in tasks:
@@ -246,22 +277,43 @@ def bench_model(
 
     def art_pgd(clf: object) -> object:
         return ProjectedGradientDescent(
-            clf, norm=np.inf, eps=EPS, eps_step=0.01, max_iter=20, num_random_init=0, batch_size=B,
+            clf,
+            norm=np.inf,
+            eps=EPS,
+            eps_step=0.01,
+            max_iter=20,
+            num_random_init=0,
+            batch_size=B,
             verbose=False,
-        )  # fmt: skip
+        )
 
     def bastion_fixed() -> torch.Tensor:
-        adv = torch.cat([pgd(model, x[i : i + B], y[i : i + B], eps=EPS, steps=20, step_size=0.01,
-                             random_init=False) for i in range(0, n, B)])  # fmt: skip
+        adv = torch.cat(
+            [
+                pgd(
+                    model,
+                    x[i : i + B],
+                    y[i : i + B],
+                    eps=EPS,
+                    steps=20,
+                    step_size=0.01,
+                    random_init=False,
+                )
+                for i in range(0, n, B)
+            ]
+        )
         return correct(model, adv, y)
 
     pgd_kw = {"attack": "pgd", "eps": EPS, "steps": 20, "step_size": 0.01, "random_init": False}
-    t = race({
-        "bastion": bastion_fixed,
-        "art": lambda: art_run(art_pgd, model, x, y),
-        "torchattacks": lambda: ta_run(ta_pgd, model, x, y, B),
-        "bastion-eval": lambda: robust_mask(model, x, y, batch_size=B, **pgd_kw),
-    }, rep)  # fmt: skip
+    t = race(
+        {
+            "bastion": bastion_fixed,
+            "art": lambda: art_run(art_pgd, model, x, y),
+            "torchattacks": lambda: ta_run(ta_pgd, model, x, y, B),
+            "bastion-eval": lambda: robust_mask(model, x, y, batch_size=B, **pgd_kw),
+        },
+        rep,
+    )
     for lib in ("bastion", "art", "torchattacks"):
         add("PGD-20 fixed-step", lib, t[lib])
     one_eps = add("PGD-20 robust-acc eval", "bastion", t["bastion-eval"], note="active set")
@@ -284,12 +336,26 @@ def bench_model(
 
     t = race({"bastion": curve, "torchattacks": independent})
     i = CURVE.index(EPS)
-    add("10-point ε curve", "bastion", t["bastion"], t["bastion"][2][i], "ε-continuation (pgd_curve); acc. at ε=0.1",
-        curve=t["bastion"][2], ratio_to_one_eps=t["bastion"][0] / one_eps.seconds,
-        ratio_to_fixed=t["bastion"][0] / ta_one[0], cpu_ratio_to_one_eps=t["bastion"][1] / one_eps.cpu_seconds,
-        cpu_ratio_to_fixed=t["bastion"][1] / ta_one[1])  # fmt: skip
-    add("10-point ε curve", "torchattacks", t["torchattacks"], t["torchattacks"][2][i], "10 independent runs",
-        curve=t["torchattacks"][2])  # fmt: skip
+    add(
+        "10-point ε curve",
+        "bastion",
+        t["bastion"],
+        t["bastion"][2][i],
+        "ε-continuation (pgd_curve); acc. at ε=0.1",
+        curve=t["bastion"][2],
+        ratio_to_one_eps=t["bastion"][0] / one_eps.seconds,
+        ratio_to_fixed=t["bastion"][0] / ta_one[0],
+        cpu_ratio_to_one_eps=t["bastion"][1] / one_eps.cpu_seconds,
+        cpu_ratio_to_fixed=t["bastion"][1] / ta_one[1],
+    )
+    add(
+        "10-point ε curve",
+        "torchattacks",
+        t["torchattacks"],
+        t["torchattacks"][2][i],
+        "10 independent runs",
+        curve=t["torchattacks"][2],
+    )
     return rows
 
 
@@ -313,16 +379,41 @@ def ensemble_rows(
     ens = ens_t[2]
     add("ensemble / AutoAttack", "bastion", ens_t, note="APGD-CE + APGD-T, 100 it.")
     k = min(args.ta_aa_n or n, n)
-    t1 = timed(lambda: ta_run(lambda mdl: torchattacks.AutoAttack(
-        mdl, norm="Linf", eps=EPS, version="standard", n_classes=10, seed=0), model, x[:k], y[:k], B))  # fmt: skip
-    add("ensemble / AutoAttack", "torchattacks", t1, note="standard (10 it.)" + ("" if k == n else f", first {k}"),
-        bastion_same_points=float(ens[:k].float().mean()))  # fmt: skip
+    t1 = timed(
+        lambda: ta_run(
+            lambda mdl: torchattacks.AutoAttack(
+                mdl, norm="Linf", eps=EPS, version="standard", n_classes=10, seed=0
+            ),
+            model,
+            x[:k],
+            y[:k],
+            B,
+        )
+    )
+    add(
+        "ensemble / AutoAttack",
+        "torchattacks",
+        t1,
+        note="standard (10 it.)" + ("" if k == n else f", first {k}"),
+        bastion_same_points=float(ens[:k].float().mean()),
+    )
     k = min(args.art_at_n if name != "undefended" else args.art_n, n)
     if k > 0:
-        t1 = timed(lambda: art_run(lambda c: AutoAttack(c, norm=np.inf, eps=EPS, batch_size=min(k, B)),
-                                   model, x[:k], y[:k]))  # fmt: skip
-        add("ensemble / AutoAttack", "art", t1, note=f"default attacks, first {k} images",
-            bastion_same_points=float(ens[:k].float().mean()))  # fmt: skip
+        t1 = timed(
+            lambda: art_run(
+                lambda c: AutoAttack(c, norm=np.inf, eps=EPS, batch_size=min(k, B)),
+                model,
+                x[:k],
+                y[:k],
+            )
+        )
+        add(
+            "ensemble / AutoAttack",
+            "art",
+            t1,
+            note=f"default attacks, first {k} images",
+            bastion_same_points=float(ens[:k].float().mean()),
+        )
 
 
 def table(rows: list[Row]) -> str:
@@ -336,8 +427,10 @@ def table(rows: list[Row]) -> str:
             if r.task == "clean"
             else (f"{r.seconds:.2f}", f"{r.cpu_seconds:.2f}", f"{r.rate:.1f}")
         )
-        out.append(f"| {r.model} | {r.task} | {r.library} | {' | '.join(nums)} | "
-                   f"{100 * r.robust_accuracy:.1f}% | {r.note} |")  # fmt: skip
+        out.append(
+            f"| {r.model} | {r.task} | {r.library} | {' | '.join(nums)} | "
+            f"{100 * r.robust_accuracy:.1f}% | {r.note} |"
+        )
     return "\n".join(out)
 
 
@@ -360,10 +453,12 @@ def verdicts(rows: list[Row]) -> list[str]:
         )
         wall = min(fixed["art"].seconds, fixed["torchattacks"].seconds) / fast.seconds
         cpu = min(fixed["art"].cpu_seconds, fixed["torchattacks"].cpu_seconds) / fast.cpu_seconds
-        lines.append(f"{model}: PGD-20 robust-accuracy evaluation {wall:.1f}x faster than the faster library "
-                     f"on wall time, {cpu:.1f}x on CPU time (target >= 3x: {_ok(min(wall, cpu) >= 3)}); "
-                     f"fixed-step accuracy gap {100 * gap:.2f} points (target <= 0.2: {_ok(gap <= 0.002 + 1e-9)}); "
-                     f"active set {100 * fast.robust_accuracy:.1f}% vs fixed-step {100 * fixed['bastion'].robust_accuracy:.1f}%")  # fmt: skip
+        lines.append(
+            f"{model}: PGD-20 robust-accuracy evaluation {wall:.1f}x faster than the faster library "
+            f"on wall time, {cpu:.1f}x on CPU time (target >= 3x: {_ok(min(wall, cpu) >= 3)}); "
+            f"fixed-step accuracy gap {100 * gap:.2f} points (target <= 0.2: {_ok(gap <= 0.002 + 1e-9)}); "
+            f"active set {100 * fast.robust_accuracy:.1f}% vs fixed-step {100 * fixed['bastion'].robust_accuracy:.1f}%"
+        )
         ens, ta = (
             get.get(("ensemble / AutoAttack", "bastion")),
             get.get(("ensemble / AutoAttack", "torchattacks")),
@@ -377,12 +472,14 @@ def verdicts(rows: list[Row]) -> list[str]:
         if cur is None or ind is None:
             continue
         e = cur.extra
-        lines.append(f"{model}: 10-point curve {cur.seconds:.1f} s = {e['ratio_to_one_eps']:.1f}x Bastion's one-ε "
-                     f"evaluation (CPU {e['cpu_ratio_to_one_eps']:.1f}x; target <= 2x: "
-                     f"{_ok(max(e['ratio_to_one_eps'], e['cpu_ratio_to_one_eps']) <= 2)}), "
-                     f"{e['ratio_to_fixed']:.1f}x one fixed-step PGD-20 run (CPU {e['cpu_ratio_to_fixed']:.1f}x); "
-                     f"10 independent runs {ind.seconds:.1f} s; curve minus independent runs: "
-                     f"{', '.join(f'{100 * (a - b):+.1f}' for a, b in zip(e['curve'], ind.extra['curve'], strict=True))} points")  # fmt: skip
+        lines.append(
+            f"{model}: 10-point curve {cur.seconds:.1f} s = {e['ratio_to_one_eps']:.1f}x Bastion's one-ε "
+            f"evaluation (CPU {e['cpu_ratio_to_one_eps']:.1f}x; target <= 2x: "
+            f"{_ok(max(e['ratio_to_one_eps'], e['cpu_ratio_to_one_eps']) <= 2)}), "
+            f"{e['ratio_to_fixed']:.1f}x one fixed-step PGD-20 run (CPU {e['cpu_ratio_to_fixed']:.1f}x); "
+            f"10 independent runs {ind.seconds:.1f} s; curve minus independent runs: "
+            f"{', '.join(f'{100 * (a - b):+.1f}' for a, b in zip(e['curve'], ind.extra['curve'], strict=True))} points"
+        )
     return lines
 
 
@@ -390,14 +487,18 @@ def ensemble_verdicts(model: str, ens: Row, ta: Row, art: Row | None) -> list[st
     lines = []
     same = ta.extra.get("bastion_same_points", ens.robust_accuracy)
     ta_secs = ta.seconds * ens.n / ta.n
-    lines.append(f"{model}: ensemble {100 * same:.1f}% vs torchattacks AutoAttack {100 * ta.robust_accuracy:.1f}% "
-                 f"(no higher: {_ok(same <= ta.robust_accuracy)}), {ens.seconds:.1f} s vs {ta_secs:.1f} s "
-                 f"for {ens.n} images, {ta_secs / ens.seconds:.1f}x (no more time: {_ok(ens.seconds <= ta_secs)})")  # fmt: skip
+    lines.append(
+        f"{model}: ensemble {100 * same:.1f}% vs torchattacks AutoAttack {100 * ta.robust_accuracy:.1f}% "
+        f"(no higher: {_ok(same <= ta.robust_accuracy)}), {ens.seconds:.1f} s vs {ta_secs:.1f} s "
+        f"for {ens.n} images, {ta_secs / ens.seconds:.1f}x (no more time: {_ok(ens.seconds <= ta_secs)})"
+    )
     if art:
         sp = ens.rate / art.rate
-        lines.append(f"{model}: ensemble {ens.rate:.1f} img/s vs ART AutoAttack {art.rate:.2f} img/s = {sp:.0f}x "
-                     f"(target >= 10x: {_ok(sp >= 10)}); on ART's {art.n} images the ensemble leaves "
-                     f"{100 * art.extra['bastion_same_points']:.1f}%, ART {100 * art.robust_accuracy:.1f}%")  # fmt: skip
+        lines.append(
+            f"{model}: ensemble {ens.rate:.1f} img/s vs ART AutoAttack {art.rate:.2f} img/s = {sp:.0f}x "
+            f"(target >= 10x: {_ok(sp >= 10)}); on ART's {art.n} images the ensemble leaves "
+            f"{100 * art.extra['bastion_same_points']:.1f}%, ART {100 * art.robust_accuracy:.1f}%"
+        )
     return lines
 
 

@@ -44,19 +44,34 @@ def synthetic_report(n: int, model_sha: str, model_path: str) -> Report:
     findings = []
     for i in range(n):
         eps = (i % 10 + 1) / 100
-        findings.append(Finding(
-            probe="evasion", attack=("fgsm", "pgd", "apgd-ce")[i % 3],
-            params={"norm": "inf", "eps": eps, "n": 500},
-            metrics={"clean_accuracy": 0.95, "robust_accuracy": 0.9 - eps,
-                     "attack_success_rate": eps}, severity=eps * 10,
-        ))  # fmt: skip
-    findings.append(Finding(probe="membership", attack="lira-online", severity=2,
-                            metrics={"tpr_at_0.1%_fpr": 0.01, "auc": 0.6}))  # fmt: skip
+        findings.append(
+            Finding(
+                probe="evasion",
+                attack=("fgsm", "pgd", "apgd-ce")[i % 3],
+                params={"norm": "inf", "eps": eps, "n": 500},
+                metrics={
+                    "clean_accuracy": 0.95,
+                    "robust_accuracy": 0.9 - eps,
+                    "attack_success_rate": eps,
+                },
+                severity=eps * 10,
+            )
+        )
+    findings.append(
+        Finding(
+            probe="membership",
+            attack="lira-online",
+            severity=2,
+            metrics={"tpr_at_0.1%_fpr": 0.01, "auc": 0.6},
+        )
+    )
     return Report(
         model=ModelRef(name="bench", sha256=model_sha, path=model_path),
         dataset=DatasetRef(name="synthetic", sha256="0" * 64, n=500, manifest={"num_classes": 10}),
-        threat_model=ThreatModel(), findings=findings, score=40.0,
-    )  # fmt: skip
+        threat_model=ThreatModel(),
+        findings=findings,
+        score=40.0,
+    )
 
 
 def main() -> None:
@@ -81,15 +96,28 @@ def main() -> None:
             )
         )
         policy = policy_from_data(RULES)
-        system = SystemProfile(name="bench", decision="x", exposure="public_api",
-                               data_sources=["own"], wrong_answer_cost="major")  # fmt: skip
+        system = SystemProfile(
+            name="bench",
+            decision="x",
+            exposure="public_api",
+            data_sources=["own"],
+            wrong_answer_cost="major",
+        )
         register = build_register(system)
         sha = file_sha256(weights)
         report = synthetic_report(args.findings, sha, str(model))
-        rows.append((f"gate: {len(RULES)} rules over {len(report.findings)} findings (ms)",
-                     1e3 * timed(lambda: evaluate(policy, report, register), 20)))  # fmt: skip
-        rows.append((f"register update from {len(report.findings)} findings (ms)",
-                     1e3 * timed(lambda: update_from_report(build_register(system), report), 20)))  # fmt: skip
+        rows.append(
+            (
+                f"gate: {len(RULES)} rules over {len(report.findings)} findings (ms)",
+                1e3 * timed(lambda: evaluate(policy, report, register), 20),
+            )
+        )
+        rows.append(
+            (
+                f"register update from {len(report.findings)} findings (ms)",
+                1e3 * timed(lambda: update_from_report(build_register(system), report), 20),
+            )
+        )
         report_path = root / "report.json"
         report_path.write_text(report.model_dump_json())
         files = generate_signing_key(root / "keys" / "signing.key")

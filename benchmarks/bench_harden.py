@@ -57,8 +57,17 @@ def ensemble_accuracy(
     model, data: Dataset, *, eps: float, n: int, steps: int, seed: int = 0
 ) -> float:
     x, y = data.x[:n], data.y[:n]
-    mask = robust_mask(model, x, y, attack="ensemble", eps=eps, norm="inf", bounds=data.bounds,
-                       steps=steps, generator=torch.Generator().manual_seed(seed))  # fmt: skip
+    mask = robust_mask(
+        model,
+        x,
+        y,
+        attack="ensemble",
+        eps=eps,
+        norm="inf",
+        bounds=data.bounds,
+        steps=steps,
+        generator=torch.Generator().manual_seed(seed),
+    )
     return float(mask.float().mean())
 
 
@@ -79,15 +88,28 @@ def adversarial_suite(args, name: str, recipes: dict[str, str], spec_params: dic
             model, bundle.test, eps=args.eps, n=args.n_eval, steps=args.apgd_steps
         )
         n_clean = accuracy(model, bundle.test.x[: args.n_eval], bundle.test.y[: args.n_eval])
-        record(args.results, {
-            "suite": name, "recipe": label, "spec": recipe, "model": spec.params,
-            "eps": args.eps, "train_eps": train_eps, "clean_accuracy": clean, "clean_accuracy_eval_subset": n_clean,
-            "robust_accuracy": robust, "attack": f"ensemble (APGD-CE + APGD-T, {args.apgd_steps} steps)",
-            "n_eval": args.n_eval, "train_seconds": round(res.train_seconds, 1),
-            "seconds_total": round(seconds, 1), "epochs_run": res.train.epochs_run if res.train else None,
-            "best_epoch": res.train.best_epoch if res.train else None, "notes": res.notes,
-            "threads": torch.get_num_threads(),
-        })  # fmt: skip
+        record(
+            args.results,
+            {
+                "suite": name,
+                "recipe": label,
+                "spec": recipe,
+                "model": spec.params,
+                "eps": args.eps,
+                "train_eps": train_eps,
+                "clean_accuracy": clean,
+                "clean_accuracy_eval_subset": n_clean,
+                "robust_accuracy": robust,
+                "attack": f"ensemble (APGD-CE + APGD-T, {args.apgd_steps} steps)",
+                "n_eval": args.n_eval,
+                "train_seconds": round(res.train_seconds, 1),
+                "seconds_total": round(seconds, 1),
+                "epochs_run": res.train.epochs_run if res.train else None,
+                "best_epoch": res.train.best_epoch if res.train else None,
+                "notes": res.notes,
+                "threads": torch.get_num_threads(),
+            },
+        )
 
 
 def dp_suite(args, name: str, spec_params: dict, epochs: int, eps_list: list[float]) -> None:
@@ -103,8 +125,10 @@ def dp_suite(args, name: str, spec_params: dict, epochs: int, eps_list: list[flo
         if math.isinf(target):
             recipe = f"standard: {{epochs: {epochs}, val_fraction: 0, lr: {args.dp_lr}}}"
         else:
-            recipe = (f"dp_sgd: {{target_epsilon: {target}, epochs: {epochs}, lr: {args.dp_lr}, "
-                      f"batch_size: {args.dp_batch}, max_grad_norm: {args.dp_clip}}}")  # fmt: skip
+            recipe = (
+                f"dp_sgd: {{target_epsilon: {target}, epochs: {epochs}, lr: {args.dp_lr}, "
+                f"batch_size: {args.dp_batch}, max_grad_norm: {args.dp_clip}}}"
+            )
         parsed = parse_recipe(_yaml(recipe))
         start = time.perf_counter()
         res = apply_recipe(parsed, parent, bundle.train, seed=args.seed)
@@ -113,16 +137,25 @@ def dp_suite(args, name: str, spec_params: dict, epochs: int, eps_list: list[flo
         lira = RecipeLiRA(parsed, n_shadow=args.shadows, seed=args.seed).fit(population, parent)
         scores, members = lira.evaluate()
         m = membership_metrics(scores, members, fprs=[0.001, 0.01])
-        record(args.results, {
-            "suite": f"dp-{name}", "target_epsilon": target,
-            "epsilon_spent": res.dp.epsilon if res.dp else math.inf,
-            "delta": res.dp.delta if res.dp else None,
-            "noise_multiplier": res.dp.noise_multiplier if res.dp else 0.0,
-            "clean_accuracy": clean, "lira_tpr_at_0.1%_fpr": m.tpr_at_fpr[0.001],
-            "lira_tpr_at_1%_fpr": m.tpr_at_fpr[0.01], "lira_auc": m.auc,
-            "shadows": args.shadows, "population": n_pop, "epochs": epochs,
-            "train_seconds": round(res.train_seconds, 1), "seconds_total": round(seconds, 1),
-        })  # fmt: skip
+        record(
+            args.results,
+            {
+                "suite": f"dp-{name}",
+                "target_epsilon": target,
+                "epsilon_spent": res.dp.epsilon if res.dp else math.inf,
+                "delta": res.dp.delta if res.dp else None,
+                "noise_multiplier": res.dp.noise_multiplier if res.dp else 0.0,
+                "clean_accuracy": clean,
+                "lira_tpr_at_0.1%_fpr": m.tpr_at_fpr[0.001],
+                "lira_tpr_at_1%_fpr": m.tpr_at_fpr[0.01],
+                "lira_auc": m.auc,
+                "shadows": args.shadows,
+                "population": n_pop,
+                "epochs": epochs,
+                "train_seconds": round(res.train_seconds, 1),
+                "seconds_total": round(seconds, 1),
+            },
+        )
 
 
 def sanitize_suite(args) -> None:
@@ -154,17 +187,30 @@ def sanitize_suite(args) -> None:
             ):  # spectral with ε = the true poisoned share of the class
                 step = {"method": "spectral", "expected_rate": round(in_class, 4)}
             recipe = parse_recipe([{"sanitize": step}, "standard"])
-            res = apply_recipe(recipe, bad.module, poisoned.dataset, feature_model=bad.module,
-                               poisoned=poisoned.indices, seed=seed)  # fmt: skip
+            res = apply_recipe(
+                recipe,
+                bad.module,
+                poisoned.dataset,
+                feature_model=bad.module,
+                poisoned=poisoned.indices,
+                seed=seed,
+            )
             q = res.sanitize.quality
-            record(args.results, {
-                **row, "method": method, "precision": q.precision, "recall": q.recall,
-                "n_flagged": q.n_flagged, "n_poisoned": q.n_poisoned,
-                "poisoned_classes": res.sanitize.poisoned_classes,
-                "asr_after": backdoor_success_rate(res.module, x, y, **trig),
-                "accuracy_after": accuracy(res.module, x, y),
-                "seconds": round(res.seconds, 1),
-            })  # fmt: skip
+            record(
+                args.results,
+                {
+                    **row,
+                    "method": method,
+                    "precision": q.precision,
+                    "recall": q.recall,
+                    "n_flagged": q.n_flagged,
+                    "n_poisoned": q.n_poisoned,
+                    "poisoned_classes": res.sanitize.poisoned_classes,
+                    "asr_after": backdoor_success_rate(res.module, x, y, **trig),
+                    "accuracy_after": accuracy(res.module, x, y),
+                    "seconds": round(res.seconds, 1),
+                },
+            )
 
 
 def _yaml(text: str) -> object:
@@ -174,8 +220,15 @@ def _yaml(text: str) -> object:
 
 
 def _concat(a: Dataset, b: Dataset) -> Dataset:
-    return Dataset(name=a.name, x=torch.cat([a.x, b.x]), y=torch.cat([a.y, b.y]),
-                   class_names=a.class_names, bounds=a.bounds, source=a.source, split="all")  # fmt: skip
+    return Dataset(
+        name=a.name,
+        x=torch.cat([a.x, b.x]),
+        y=torch.cat([a.y, b.y]),
+        class_names=a.class_names,
+        bounds=a.bounds,
+        source=a.source,
+        split="all",
+    )
 
 
 def table(path: Path) -> None:
@@ -213,12 +266,19 @@ def main() -> None:
     p.add_argument("--dp-batch", type=int, default=64)
     p.add_argument("--dp-clip", type=float, default=1.0)
     p.add_argument("--dp-eps", type=float, action="append")
-    p.add_argument("--dp-data", action="append", choices=["digits", "fashion-mnist"],
-                   help="datasets for the dp suite (default: digits)")  # fmt: skip
+    p.add_argument(
+        "--dp-data",
+        action="append",
+        choices=["digits", "fashion-mnist"],
+        help="datasets for the dp suite (default: digits)",
+    )
     p.add_argument("--bd-target", type=int, default=0)
     p.add_argument("--sanitize-seeds", type=int)
-    p.add_argument("--sanitize-methods", action="append",
-                   choices=["activation", "spectral", "both", "spectral-oracle"])  # fmt: skip
+    p.add_argument(
+        "--sanitize-methods",
+        action="append",
+        choices=["activation", "spectral", "both", "spectral-oracle"],
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--results", type=Path, default=RESULTS)

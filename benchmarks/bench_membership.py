@@ -57,9 +57,12 @@ def art_scores(
     np.random.seed(seed)
     probs = nn.Sequential(model, nn.Softmax(dim=1)).eval()
     clf = PyTorchClassifier(
-        model=probs, loss=nn.NLLLoss(), input_shape=tuple(fit_x.shape[1:]), nb_classes=10,
+        model=probs,
+        loss=nn.NLLLoss(),
+        input_shape=tuple(fit_x.shape[1:]),
+        nb_classes=10,
         clip_values=(0.0, 1.0),
-    )  # fmt: skip
+    )
     attack = MembershipInferenceBlackBox(clf, input_type="prediction", attack_model_type="nn")
     fx, fy = fit_x.numpy(), fit_y.numpy()
     m = fit_member.numpy()
@@ -70,10 +73,14 @@ def art_scores(
 def row(name: str, scores, member, extra: dict | None = None) -> dict:
     m = membership_metrics(scores, member)
     return {
-        "attack": name, "auc": round(m.auc, 4), "tpr_at_0.1%": round(m.tpr_at(0.001), 4),
-        "tpr_at_1%": round(m.tpr_at(0.01), 4), "members": m.n_members,
-        "nonmembers": m.n_nonmembers, **(extra or {}),
-    }  # fmt: skip
+        "attack": name,
+        "auc": round(m.auc, 4),
+        "tpr_at_0.1%": round(m.tpr_at(0.001), 4),
+        "tpr_at_1%": round(m.tpr_at(0.01), 4),
+        "members": m.n_members,
+        "nonmembers": m.n_nonmembers,
+        **(extra or {}),
+    }
 
 
 def main() -> None:
@@ -146,18 +153,28 @@ def main() -> None:
     art_cpu = time.process_time() - t
 
     setting = {
-        "bench": "membership", "dataset": "fashion-mnist", "population": n,
-        "shadows": args.shadows, "epochs": args.epochs, "model": f"cnn(width={args.width})",
-        "train_acc": round(train_acc, 4), "test_acc": round(test_acc, 4), "seed": args.seed,
-    }  # fmt: skip
+        "bench": "membership",
+        "dataset": "fashion-mnist",
+        "population": n,
+        "shadows": args.shadows,
+        "epochs": args.epochs,
+        "model": f"cnn(width={args.width})",
+        "train_acc": round(train_acc, 4),
+        "test_acc": round(test_acc, 4),
+        "seed": args.seed,
+    }
     rows = []
     for name, s in scores.items():
         rows.append(row(name, s[eval_idx], member[eval_idx], {"on": "eval half"}))
         rows.append(row(name, s, member, {"on": "population"}))
     rows.append(row("ART MembershipInferenceBlackBox", art, member[eval_idx], {"on": "eval half"}))
-    timing = {"target_cpu_s": round(target_cpu, 1), "lira_fit_cpu_s": round(lira_cpu, 1),
-              "art_cpu_s": round(art_cpu, 1), "total_cpu_s": round(time.process_time() - cpu0, 1),
-              "total_wall_s": round(time.perf_counter() - wall0, 1)}  # fmt: skip
+    timing = {
+        "target_cpu_s": round(target_cpu, 1),
+        "lira_fit_cpu_s": round(lira_cpu, 1),
+        "art_cpu_s": round(art_cpu, 1),
+        "total_cpu_s": round(time.process_time() - cpu0, 1),
+        "total_wall_s": round(time.perf_counter() - wall0, 1),
+    }
     args.results.parent.mkdir(parents=True, exist_ok=True)
     with args.results.open("a") as f:
         for r in rows:

@@ -76,31 +76,60 @@ def main() -> None:
         train_model(model, dataset, epochs=args.epochs, batch_size=64, lr=1e-3, seed=args.seed)
         return model, time.process_time() - start
 
-    setting = {"bench": "poisoning", "dataset": "fashion-mnist", "train_size": len(train),
-               "epochs": args.epochs, "model": f"cnn(width={args.width})", "seed": args.seed}  # fmt: skip
+    setting = {
+        "bench": "poisoning",
+        "dataset": "fashion-mnist",
+        "train_size": len(train),
+        "epochs": args.epochs,
+        "model": f"cnn(width={args.width})",
+        "seed": args.seed,
+    }
     clean, cpu = fit(train)
     clean_acc = accuracy(clean, x, y)
-    rows = [{"attack": "clean", "rate": 0.0, "n_poisoned": 0, "clean_accuracy": clean_acc,
-             "accuracy_change": 0.0,
-             "attack_success_rate": backdoor_success_rate(clean, x, y, **trigger), "cpu_s": cpu}]  # fmt: skip
+    rows = [
+        {
+            "attack": "clean",
+            "rate": 0.0,
+            "n_poisoned": 0,
+            "clean_accuracy": clean_acc,
+            "accuracy_change": 0.0,
+            "attack_success_rate": backdoor_success_rate(clean, x, y, **trigger),
+            "cpu_s": cpu,
+        }
+    ]
     log.info("%s", rows[-1])
     gen = torch.Generator().manual_seed(args.seed)
     for rate in args.badnets_rates:
         poisoned = poison_dataset(train, rate=rate, generator=gen, **trigger)
         model, cpu = fit(poisoned.dataset)
         acc = accuracy(model, x, y)
-        rows.append({"attack": "badnets", "rate": rate, "n_poisoned": len(poisoned.indices),
-                     "clean_accuracy": acc, "accuracy_change": acc - clean_acc,
-                     "attack_success_rate": backdoor_success_rate(model, x, y, **trigger),
-                     "cpu_s": cpu})  # fmt: skip
+        rows.append(
+            {
+                "attack": "badnets",
+                "rate": rate,
+                "n_poisoned": len(poisoned.indices),
+                "clean_accuracy": acc,
+                "accuracy_change": acc - clean_acc,
+                "attack_success_rate": backdoor_success_rate(model, x, y, **trigger),
+                "cpu_s": cpu,
+            }
+        )
         log.info("%s", rows[-1])
     for rate in args.flip_rates:
         flipped = flip_labels(train, rate=rate, generator=gen)
         model, cpu = fit(flipped.dataset)
         acc = accuracy(model, x, y)
-        rows.append({"attack": "label-flip", "rate": rate, "n_poisoned": len(flipped.indices),
-                     "clean_accuracy": acc, "accuracy_change": acc - clean_acc,
-                     "attack_success_rate": None, "cpu_s": cpu})  # fmt: skip
+        rows.append(
+            {
+                "attack": "label-flip",
+                "rate": rate,
+                "n_poisoned": len(flipped.indices),
+                "clean_accuracy": acc,
+                "accuracy_change": acc - clean_acc,
+                "attack_success_rate": None,
+                "cpu_s": cpu,
+            }
+        )
         log.info("%s", rows[-1])
 
     args.results.parent.mkdir(parents=True, exist_ok=True)
@@ -112,8 +141,10 @@ def main() -> None:
         f"{'attack':11} {'rate':>6} {'rows':>6} {'clean acc':>9} {'Δ acc':>7} {'success':>8} {'CPU s':>6}"
     )
     for r in rows:
-        print(f"{r['attack']:11} {r['rate']:6.2%} {r['n_poisoned']:6d} {r['clean_accuracy']:9.4f} "
-              f"{r['accuracy_change']:+7.4f} {_num(r['attack_success_rate']):>8} {r['cpu_s']:6.1f}")  # fmt: skip
+        print(
+            f"{r['attack']:11} {r['rate']:6.2%} {r['n_poisoned']:6d} {r['clean_accuracy']:9.4f} "
+            f"{r['accuracy_change']:+7.4f} {_num(r['attack_success_rate']):>8} {r['cpu_s']:6.1f}"
+        )
 
 
 if __name__ == "__main__":

@@ -46,8 +46,11 @@ from fastapi import FastAPI, Request
 
 CONFIGS = ("bare", "gateway-open", "secured", "guard-off", "guard-on")
 HIGH_LIMITS = {
-    "requests_per_s": 1e6, "requests_burst": 1e6, "samples_per_s": 1e6, "samples_burst": 1e6,
-}  # fmt: skip
+    "requests_per_s": 1e6,
+    "requests_burst": 1e6,
+    "samples_per_s": 1e6,
+    "samples_burst": 1e6,
+}
 
 
 # ----------------------------------------------------------------------------- bare server
@@ -85,8 +88,9 @@ def bare_app(model_dir: str):
 def serve_bare(model_dir: str, port: int) -> None:
     import uvicorn
 
-    uvicorn.run(bare_app(model_dir), host="127.0.0.1", port=port, log_level="warning",
-                access_log=False)  # fmt: skip
+    uvicorn.run(
+        bare_app(model_dir), host="127.0.0.1", port=port, log_level="warning", access_log=False
+    )
 
 
 # ----------------------------------------------------------------------------- set-up
@@ -144,9 +148,22 @@ def start(name: str, work: Path, model: Path, port: int) -> subprocess.Popen:
     if name == "bare":
         cmd = [sys.executable, __file__, "--serve-bare", str(model), "--port", str(port)]
     else:
-        cmd = [sys.executable, "-m", "bastion.cli", "serve", "--model", str(model),
-               "--config", str(write_config(work, name)), "--db", f"sqlite:///{work / 'serve.db'}",
-               "--port", str(port), "--log-level", "warning"]  # fmt: skip
+        cmd = [
+            sys.executable,
+            "-m",
+            "bastion.cli",
+            "serve",
+            "--model",
+            str(model),
+            "--config",
+            str(write_config(work, name)),
+            "--db",
+            f"sqlite:///{work / 'serve.db'}",
+            "--port",
+            str(port),
+            "--log-level",
+            "warning",
+        ]
     log = open(work / f"{name}.log", "w")  # noqa: SIM115 - closed with the process
     proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
     import httpx
@@ -210,18 +227,35 @@ def _ms(text: str) -> float:
 def run_wrk(url: str, script: Path, connections: int, seconds: float) -> dict:
     threads = min(connections, 2)
     out = subprocess.run(
-        ["wrk", f"-t{threads}", f"-c{connections}", f"-d{seconds:g}s", "--latency", "-s", str(script), url],
-        capture_output=True, text=True, check=True, timeout=seconds + 60,
-    ).stdout  # fmt: skip
+        [
+            "wrk",
+            f"-t{threads}",
+            f"-c{connections}",
+            f"-d{seconds:g}s",
+            "--latency",
+            "-s",
+            str(script),
+            url,
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=seconds + 60,
+    ).stdout
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
     p50 = _ms(re.search(r"\s50%\s+(\S+)", out).group(1))
     p99 = _ms(re.search(r"\s99%\s+(\S+)", out).group(1))
     total = int(re.search(r"(\d+) requests in", out).group(1))
     bad = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
     errors = re.search(r"Socket errors: (.*)", out)
-    return {"rps": rps, "p50_ms": p50, "p99_ms": p99, "requests": total,
-            "non_2xx": int(bad.group(1)) if bad else 0,
-            "socket_errors": errors.group(1) if errors else ""}  # fmt: skip
+    return {
+        "rps": rps,
+        "p50_ms": p50,
+        "p99_ms": p99,
+        "requests": total,
+        "non_2xx": int(bad.group(1)) if bad else 0,
+        "socket_errors": errors.group(1) if errors else "",
+    }
 
 
 def run_httpx(
@@ -238,8 +272,10 @@ def run_httpx(
         i = offset
         while time.perf_counter() < stop_at:
             t = time.perf_counter()
-            headers = {"Authorization": f"Bearer {keys[i % len(keys)]}",
-                       "Content-Type": "application/json"}  # fmt: skip
+            headers = {
+                "Authorization": f"Bearer {keys[i % len(keys)]}",
+                "Content-Type": "application/json",
+            }
             r = await client.post(url, content=bodies[i % len(bodies)], headers=headers)
             latencies.append((time.perf_counter() - t) * 1000)
             bad += r.status_code >= 300
@@ -255,16 +291,24 @@ def run_httpx(
 
     elapsed = asyncio.run(main())
     q = statistics.quantiles(latencies, n=100)
-    return {"rps": len(latencies) / elapsed, "p50_ms": q[49], "p99_ms": q[98],
-            "requests": len(latencies), "non_2xx": bad, "socket_errors": ""}  # fmt: skip
+    return {
+        "rps": len(latencies) / elapsed,
+        "p50_ms": q[49],
+        "p99_ms": q[98],
+        "requests": len(latencies),
+        "non_2xx": bad,
+        "socket_errors": "",
+    }
 
 
 def verdict_counts(port: int) -> dict[str, float]:
     import httpx
 
     text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
-    return {m.group(1): float(m.group(2))
-            for m in re.finditer(r'bastion_verdicts_total\{verdict="(\w+)"\} ([\d.e+]+)', text)}  # fmt: skip
+    return {
+        m.group(1): float(m.group(2))
+        for m in re.finditer(r'bastion_verdicts_total\{verdict="(\w+)"\} ([\d.e+]+)', text)
+    }
 
 
 def fsync_latency(work: Path, n: int = 200) -> tuple[float, float]:
@@ -304,12 +348,25 @@ def cpu_per_request(work: Path, model: Path, bodies: list[str], name: str, n: in
     raw = [b.encode() for b in bodies]
 
     async def call(body: bytes) -> int:
-        headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
-                   (b"authorization", f"Bearer {key}".encode())]  # fmt: skip
-        scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1",
-                 "method": "POST", "scheme": "http", "path": "/v1/predict",
-                 "raw_path": b"/v1/predict", "query_string": b"", "root_path": "",
-                 "headers": headers, "client": ("127.0.0.1", 1), "server": ("127.0.0.1", 80)}  # fmt: skip
+        headers = [
+            (b"content-type", b"application/json"),
+            (b"content-length", str(len(body)).encode()),
+            (b"authorization", f"Bearer {key}".encode()),
+        ]
+        scope = {
+            "type": "http",
+            "asgi": {"version": "3.0"},
+            "http_version": "1.1",
+            "method": "POST",
+            "scheme": "http",
+            "path": "/v1/predict",
+            "raw_path": b"/v1/predict",
+            "query_string": b"",
+            "root_path": "",
+            "headers": headers,
+            "client": ("127.0.0.1", 1),
+            "server": ("127.0.0.1", 80),
+        }
         messages = [{"type": "http.request", "body": body, "more_body": False}]
         sent: list[dict] = []
 
@@ -371,9 +428,12 @@ def main() -> None:
         model, bodies, keys = prepare(work, args.model, args.clients)
         script = wrk_script(work, bodies, keys) if use_wrk else None
         f50, f99 = fsync_latency(work)
-        print(f"load generator: {'wrk' if use_wrk else 'httpx (asyncio)'}; cores: {os.cpu_count()}; "
-              f"clients: {args.clients}; load average before: {loadavg()}; "
-              f"SQLite durable commit p50 {f50:.2f} ms, p99 {f99:.2f} ms", flush=True)  # fmt: skip
+        print(
+            f"load generator: {'wrk' if use_wrk else 'httpx (asyncio)'}; cores: {os.cpu_count()}; "
+            f"clients: {args.clients}; load average before: {loadavg()}; "
+            f"SQLite durable commit p50 {f50:.2f} ms, p99 {f99:.2f} ms",
+            flush=True,
+        )
         if args.cpu:
             torch.set_num_threads(1)
             for name in args.configs:
@@ -395,9 +455,12 @@ def main() -> None:
                         row = run_httpx(url, bodies, keys, conns, args.duration)
                     row.update(config=name, connections=conns, clients=args.clients, load=loadavg())
                     results.append(row)
-                    print(f"{name:>12}  c={conns}  {row['rps']:8.0f} req/s  p50 {row['p50_ms']:6.2f} ms"
-                          f"  p99 {row['p99_ms']:6.2f} ms  non-2xx {row['non_2xx']}  "
-                          f"load {row['load']}", flush=True)  # fmt: skip
+                    print(
+                        f"{name:>12}  c={conns}  {row['rps']:8.0f} req/s  p50 {row['p50_ms']:6.2f} ms"
+                        f"  p99 {row['p99_ms']:6.2f} ms  non-2xx {row['non_2xx']}  "
+                        f"load {row['load']}",
+                        flush=True,
+                    )
                 if name in ("guard-off", "guard-on"):
                     results[-1]["verdicts"] = verdict_counts(port)
                     print(f"{'':>12}  verdicts: {results[-1]['verdicts']}")
@@ -414,8 +477,10 @@ def report(results: list[dict]) -> None:
     print("\n| server | conns | req/s | p50 ms | p99 ms | non-2xx |")
     print("|---|---:|---:|---:|---:|---:|")
     for r in results:
-        print(f"| {r['config']} | {r['connections']} | {r['rps']:.0f} | {r['p50_ms']:.2f} | "
-              f"{r['p99_ms']:.2f} | {r['non_2xx']} |")  # fmt: skip
+        print(
+            f"| {r['config']} | {r['connections']} | {r['rps']:.0f} | {r['p50_ms']:.2f} | "
+            f"{r['p99_ms']:.2f} | {r['non_2xx']} |"
+        )
     get = {(r["config"], r["connections"]): r for r in results}
     if ("bare", 1) in get:
         for name in ("gateway-open", "secured", "guard-off", "guard-on"):

@@ -45,9 +45,10 @@ def describe_validation_error(exc: ValidationError, source: str) -> str:
     # a union branch that failed only on its type ("should be a valid string") adds nothing
     # when another branch explains the problem
     kept = [
-        (loc, msg) for loc, msg, kind, branched in items
+        (loc, msg)
+        for loc, msg, kind, branched in items
         if not (branched and kind.endswith("_type") and len(items) > 1)
-    ]  # fmt: skip
+    ]
     kept = list(dict.fromkeys(kept)) or [(loc, msg) for loc, msg, _, _ in items]
     more = f" (+{len(kept) - 5} more)" if len(kept) > 5 else ""
     return f"{source}: " + "; ".join(f"{loc}: {msg}" for loc, msg in kept[:5]) + more

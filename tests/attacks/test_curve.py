@@ -37,8 +37,20 @@ def test_curve_is_as_strong_as_independent_pgd_within_a_few_points(digits_module
     x, y = batch
     curve = pgd_curve(digits_module, x, y, GRID).float().mean(1)
     for k, eps in enumerate(GRID):
-        one = robust_mask(digits_module, x, y, attack="pgd", eps=eps, steps=20,
-                          step_size=eps / 10, random_init=False).float().mean()  # fmt: skip
+        one = (
+            robust_mask(
+                digits_module,
+                x,
+                y,
+                attack="pgd",
+                eps=eps,
+                steps=20,
+                step_size=eps / 10,
+                random_init=False,
+            )
+            .float()
+            .mean()
+        )
         assert float(curve[k]) <= float(one) + 0.03, (eps, float(curve[k]), float(one))
 
 
@@ -48,8 +60,16 @@ def test_warm_start_from_an_adversarial_point_stays_fooled(digits_module, batch)
     with torch.no_grad():
         fooled = digits_module(adv).argmax(1) != y
     assert fooled.sum() > 10
-    again = pgd(digits_module, x[fooled], y[fooled], eps=0.1, steps=1, step_size=0.0,
-                x_init=adv[fooled], early_stop=True)  # fmt: skip
+    again = pgd(
+        digits_module,
+        x[fooled],
+        y[fooled],
+        eps=0.1,
+        steps=1,
+        step_size=0.0,
+        x_init=adv[fooled],
+        early_stop=True,
+    )
     assert (again - x[fooled]).abs().max() <= 0.1 + 1e-6
     with torch.no_grad():
         assert (digits_module(again).argmax(1) != y[fooled]).all()

@@ -62,9 +62,19 @@ def test_every_attack_stays_in_bounds_and_in_the_eps_ball(problem, attack, early
     x, y, bounds, norm, eps, seed = problem
     model = tiny_model(x[0].numel(), seed)
     extra = {"n_target_classes": 3} if attack in ("apgd-t", "ensemble") else {}
-    adv = ATTACKS[attack](model, x, y, eps=eps, norm=norm, bounds=bounds, steps=4, restarts=2,
-                          generator=torch.Generator().manual_seed(seed), early_stop=early_stop,
-                          **extra)  # fmt: skip
+    adv = ATTACKS[attack](
+        model,
+        x,
+        y,
+        eps=eps,
+        norm=norm,
+        bounds=bounds,
+        steps=4,
+        restarts=2,
+        generator=torch.Generator().manual_seed(seed),
+        early_stop=early_stop,
+        **extra,
+    )
     check_ball(adv, x, eps, norm, bounds)
 
 

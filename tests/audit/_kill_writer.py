@@ -47,8 +47,9 @@ async def grouped(log: AuditLog) -> None:
 
 def main() -> None:
     url, schema, mode = sys.argv[1], sys.argv[2] or None, sys.argv[3]
-    log = AuditLog.open(url, schema=schema, signing_key=Ed25519PrivateKey.generate(),
-                        checkpoint_every=50)  # fmt: skip
+    log = AuditLog.open(
+        url, schema=schema, signing_key=Ed25519PrivateKey.generate(), checkpoint_every=50
+    )
     sys.stdout.write("ready\n")
     sys.stdout.flush()
     if mode == "group":

@@ -77,7 +77,12 @@ def open_log(request, tmp_path) -> Iterator[Callable[..., AuditLog]]:
 def entry(i: int) -> dict:
     """A gateway-like decision entry."""
     return {
-        "event": "predict", "key_id": f"k{i % 7}", "input_sha256": f"{i * 7919:064x}",
-        "scores": {"mahalanobis": 1.25 + i, "recon": 0.01}, "verdict": "allow",
-        "model": "sha256:abc", "latency_ms": 3.5, "seq": i,
-    }  # fmt: skip
+        "event": "predict",
+        "key_id": f"k{i % 7}",
+        "input_sha256": f"{i * 7919:064x}",
+        "scores": {"mahalanobis": 1.25 + i, "recon": 0.01},
+        "verdict": "allow",
+        "model": "sha256:abc",
+        "latency_ms": 3.5,
+        "seq": i,
+    }

@@ -48,8 +48,10 @@ def test_verify_names_the_first_bad_entry_exit_1(env):
     with AuditLog.open(url) as log:
         x = Intruder(log)
         blob = x.q("SELECT entries FROM audit_log_blocks WHERE start = 10")[0][0]
-        x.q("UPDATE audit_log_blocks SET entries = ? WHERE start = 10",
-            blob.replace(b'"seq":14', b'"seq":99'))  # fmt: skip
+        x.q(
+            "UPDATE audit_log_blocks SET entries = ? WHERE start = 10",
+            blob.replace(b'"seq":14', b'"seq":99'),
+        )
         x.close()
     r = invoke("audit", "verify", "--key", str(pub))
     assert r.exit_code == 1

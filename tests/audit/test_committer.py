@@ -107,8 +107,9 @@ def test_a_bad_entry_fails_alone_and_a_failed_commit_fails_its_batch(sqlite_url)
             await gc.submit({"bad": float("inf")})
         assert await good == 0
         slow.fail = True
-        results = await asyncio.gather(*[gc.submit({"n": n}) for n in range(5)],
-                                       return_exceptions=True)  # fmt: skip
+        results = await asyncio.gather(
+            *[gc.submit({"n": n}) for n in range(5)], return_exceptions=True
+        )
         assert all(isinstance(r, StoreError) and "disk full" in str(r) for r in results)
         slow.fail = False
         assert await gc.submit({"after": 1}) == 1  # the committer keeps working

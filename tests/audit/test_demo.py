@@ -29,8 +29,10 @@ def test_demo_stage_logs_signs_and_verifies(tmp_path):
     head = SignedTreeHead.from_json((tmp_path / "audit" / "sth.json").read_text())
     assert head.verify(load_public_key(tmp_path / "audit" / "audit-pub.pem"))
     with AuditLog.open(ctx.extra["audit_db"]) as log:
-        assert log.entry(0) == {"event": "gate_decision",
-                                "decision": {"policy": "release", "passed": True}}  # fmt: skip
+        assert log.entry(0) == {
+            "event": "gate_decision",
+            "decision": {"policy": "release", "passed": True},
+        }
         assert log.entry(2)["stage"] == "gate"
         assert log.verify(load_public_key(tmp_path / "audit" / "audit-pub.pem")).ok
     demo_stage(ctx)  # a second run appends to the same log

@@ -22,8 +22,11 @@ def run_and_kill(url: str, schema: str, mode: str, acks_wanted: int = 300) -> di
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     proc = subprocess.Popen(
         [sys.executable, str(WRITER), url, schema, mode],
-        stdout=subprocess.PIPE, text=True, env=env, cwd=ROOT,
-    )  # fmt: skip
+        stdout=subprocess.PIPE,
+        text=True,
+        env=env,
+        cwd=ROOT,
+    )
     acked: dict[int, int] = {}
     deadline = time.monotonic() + 40
     try:

@@ -144,9 +144,12 @@ def test_out_of_range_requests(sqlite_url):
 
 @pytest.mark.parametrize(
     ("url", "match"),
-    [("mysql://x", "unsupported audit log URL"), ("sqlite://", "must be durable"),
-     ("sqlite:/x.db", "bad SQLite URL")],
-)  # fmt: skip
+    [
+        ("mysql://x", "unsupported audit log URL"),
+        ("sqlite://", "must be durable"),
+        ("sqlite:/x.db", "bad SQLite URL"),
+    ],
+)
 def test_bad_urls(url, match):
     with pytest.raises(StoreError, match=match):
         AuditLog.open(url)

@@ -55,8 +55,12 @@ class Intruder:
                 entries = bytes(blob).split(SEP)
                 hashes = b"".join(hashlib.sha256(b"\x00" + e).digest() for e in entries)
                 n = len(entries)
-                self.q("UPDATE audit_log_blocks SET n_entries = ?, hashes = ? WHERE start = ?",
-                       n, hashes, s)  # fmt: skip
+                self.q(
+                    "UPDATE audit_log_blocks SET n_entries = ?, hashes = ? WHERE start = ?",
+                    n,
+                    hashes,
+                    s,
+                )
             prev = hashlib.sha256(
                 b"\x02" + struct.pack(">QQ", s, n) + bytes(hashes) + prev
             ).digest()
@@ -180,8 +184,11 @@ def test_forged_signature(setup, key):
 
 def test_head_signed_with_another_key(setup, key):
     log, _ = setup
-    with AuditLog.open(log.url, signing_key=Ed25519PrivateKey.generate(),
-                       schema=getattr(log.backend, "schema", None)) as rogue:  # fmt: skip
+    with AuditLog.open(
+        log.url,
+        signing_key=Ed25519PrivateKey.generate(),
+        schema=getattr(log.backend, "schema", None),
+    ) as rogue:
         rogue.sign_tree_head()
     result = log.verify(key.public_key())
     assert not result.ok and "(size 60) has an invalid signature" in result.message

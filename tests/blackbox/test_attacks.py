@@ -29,10 +29,16 @@ def test_square_lowers_accuracy_within_the_ball(correct_batch, digits_module, no
 def test_square_is_seeded_and_finer_eps_is_weaker(correct_batch, digits_module):
     x, y = correct_batch
     runs = [
-        square_attack(ModuleTarget(digits_module), x, y, eps=e, max_queries=100,
-                      generator=torch.Generator().manual_seed(3))
+        square_attack(
+            ModuleTarget(digits_module),
+            x,
+            y,
+            eps=e,
+            max_queries=100,
+            generator=torch.Generator().manual_seed(3),
+        )
         for e in (0.05, 0.05, 0.3)
-    ]  # fmt: skip
+    ]
     assert torch.equal(runs[0].x_adv, runs[1].x_adv)
     assert runs[2].success.sum() > runs[0].success.sum()
 
@@ -112,8 +118,9 @@ def test_hopskipjump_targeted_and_errors(correct_batch, digits_module):
         hopskipjump(target, x, y, x_init=x[:2])
     # targeted: start from images of another class, end classified as that class
     goal = y.roll(1)
-    res = hopskipjump(target, x[:8], goal[:8], targeted=True, x_init=x.roll(1, 0)[:8],
-                      max_queries=300)  # fmt: skip
+    res = hopskipjump(
+        target, x[:8], goal[:8], targeted=True, x_init=x.roll(1, 0)[:8], max_queries=300
+    )
     with torch.no_grad():
         assert (digits_module(res.x_adv[res.success]).argmax(1) == goal[:8][res.success]).all()
     assert res.success.any()

@@ -54,9 +54,16 @@ def test_fidelity_grows_with_the_budget(digits, digits_module, split, kind):
     pool, x_eval, y_eval, victim = split
     target = ModuleTarget(digits_module, kind=kind)
     curve = extraction_curve(
-        target, builder(digits), pool, x_eval, y_eval, victim,
-        source="pool", budgets=[20, 1000], **FAST,
-    )  # fmt: skip
+        target,
+        builder(digits),
+        pool,
+        x_eval,
+        y_eval,
+        victim,
+        source="pool",
+        budgets=[20, 1000],
+        **FAST,
+    )
     assert curve.answers == kind and curve.budgets == [20, 1000]
     assert curve.queries == 1000 == target.queries  # nested: the large budget includes the small
     assert curve.fidelity[1] > curve.fidelity[0] + 0.1

@@ -20,9 +20,11 @@ def gateway(digits_model_dir, tmp_path):
     from bastion.store.keys import create_key
 
     settings = ServeSettings(
-        model_dir=digits_model_dir, db_url=f"sqlite:///{tmp_path / 'serve.db'}",
-        guard={"enabled": False}, reviews={"check_every_s": 3600},
-    )  # fmt: skip
+        model_dir=digits_model_dir,
+        db_url=f"sqlite:///{tmp_path / 'serve.db'}",
+        guard={"enabled": False},
+        reviews={"check_every_s": 3600},
+    )
     engine = make_engine(settings.db_url)
     _, secret = create_key(engine, "client", "attacker")
     engine.dispose()

@@ -48,8 +48,11 @@ def test_blackbox_probe_findings_and_resume(ctx):
     c = ctx()
     findings = list(BlackBoxProbe().run(c))
     assert [(f.attack, f.params["eps"]) for f in findings] == [
-        ("square", 0.1), ("square", 0.3), ("hopskipjump", 0.1), ("hopskipjump", 0.3)
-    ]  # fmt: skip
+        ("square", 0.1),
+        ("square", 0.3),
+        ("hopskipjump", 0.1),
+        ("hopskipjump", 0.3),
+    ]
     for f in findings:
         m = f.metrics
         assert 0 <= f.severity <= 10 and 0 <= m["robust_accuracy"] <= m["clean_accuracy"]

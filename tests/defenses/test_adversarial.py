@@ -37,13 +37,21 @@ def test_adversarially_trained_child_is_more_robust_than_parent(digits, digits_m
 def test_trades_beta_zero_is_natural_training(digits, digits_module):
     sub = digits.train.head(400)
     natural = apply_recipe(parse_recipe([{"standard": {"epochs": 2}}]), digits_module, sub)
-    trades = apply_recipe(parse_recipe([{"trades": {"epochs": 2, "beta": 0, "steps": 2, "select": "clean"}}]),
-                          digits_module, sub, eps=0.1)  # fmt: skip
+    trades = apply_recipe(
+        parse_recipe([{"trades": {"epochs": 2, "beta": 0, "steps": 2, "select": "clean"}}]),
+        digits_module,
+        sub,
+        eps=0.1,
+    )
     assert trades.train.train_loss == pytest.approx(natural.train.train_loss, rel=1e-5)
     for a, b in zip(natural.module.parameters(), trades.module.parameters(), strict=True):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
-    beta6 = apply_recipe(parse_recipe([{"trades": {"epochs": 2, "beta": 6, "steps": 2, "select": "clean"}}]),
-                         digits_module, sub, eps=0.1)  # fmt: skip
+    beta6 = apply_recipe(
+        parse_recipe([{"trades": {"epochs": 2, "beta": 6, "steps": 2, "select": "clean"}}]),
+        digits_module,
+        sub,
+        eps=0.1,
+    )
     assert beta6.train.train_loss[0] > natural.train.train_loss[0]
 
 
@@ -68,8 +76,14 @@ def test_collapse_guard_stops_and_rolls_back(digits, small_spec):
     scripted = iter([0.5, 0.7, 0.1, 0.9, 0.9, 0.9])
     guard = adv.CollapseGuard(drop=0.2)
     model = build_model(small_spec)
-    result = train_model(model, digits.train.head(200), epochs=6, seed=0,
-                         select_fn=lambda m, xv, yv: next(scripted), stop_fn=guard)  # fmt: skip
+    result = train_model(
+        model,
+        digits.train.head(200),
+        epochs=6,
+        seed=0,
+        select_fn=lambda m, xv, yv: next(scripted),
+        stop_fn=guard,
+    )
     assert result.stopped_early and result.epochs_run == 3
     assert result.best_epoch == 1 and guard.collapsed_at == 2
 

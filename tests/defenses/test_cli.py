@@ -34,8 +34,17 @@ def test_harden_writes_child_provenance_and_comparison(
     recipe = tmp_path / "recipe.yaml"
     recipe.write_text("- fast_at: {epochs: 2, init: parent, lr: 0.002, select_n: 64}\n")
     out = tmp_path / "child"
-    args = ["harden", "--model", str(digits_model_dir), "--recipe", str(recipe),
-            "--threat", str(threat), "--out", str(out)]  # fmt: skip
+    args = [
+        "harden",
+        "--model",
+        str(digits_model_dir),
+        "--recipe",
+        str(recipe),
+        "--threat",
+        str(threat),
+        "--out",
+        str(out),
+    ]
     code, stdout, err = run_cli(monkeypatch, capsys, *args)
     assert code in (0, None), err
     child, parent = load_model(out), load_model(digits_model_dir)
@@ -90,14 +99,16 @@ def test_harden_resumes_after_a_kill(monkeypatch, tmp_path, digits, digits_model
 @pytest.mark.parametrize(
     ("args", "match"),
     [
-        (["--recipe", "adversarial", "--model", "MODEL"],
-         "unknown recipe 'adversarial': choose from dp_sgd, fast_at, pgd_at, sanitize"),
+        (
+            ["--recipe", "adversarial", "--model", "MODEL"],
+            "unknown recipe 'adversarial': choose from dp_sgd, fast_at, pgd_at, sanitize",
+        ),
         (["--recipe", "trades+dp_sgd", "--model", "MODEL"], "a recipe trains once"),
         (["--recipe", "dp_sgd", "--model", "/nonexistent"], "model not found"),
         (["--recipe", "trades"], "give --profile FILE or --model DIR"),
         (["--recipe", "nope.yaml", "--model", "MODEL"], "file not found: nope.yaml"),
     ],
-)  # fmt: skip
+)
 def test_harden_user_errors_exit_2(monkeypatch, capsys, tmp_path, digits_model_dir, args, match):
     args = [str(digits_model_dir) if a == "MODEL" else a for a in args]
     code, _, err = run_cli(monkeypatch, capsys, "harden", *args, "--out", str(tmp_path / "o"))

@@ -41,8 +41,13 @@ def test_target_epsilon_is_met_and_reported(digits, small_spec):
 
 
 def test_batchnorm_is_replaced_and_reported(digits):
-    model = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(),
-                          nn.Linear(4 * 64, 10))  # fmt: skip
+    model = nn.Sequential(
+        nn.Conv2d(1, 4, 3, padding=1),
+        nn.BatchNorm2d(4),
+        nn.ReLU(),
+        nn.Flatten(),
+        nn.Linear(4 * 64, 10),
+    )
     fixed, fixes = fix_module(model)
     assert isinstance(fixed[1], nn.GroupNorm)
     assert fixes and "BatchNorm2d → GroupNorm" in fixes[0]

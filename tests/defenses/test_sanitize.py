@@ -75,8 +75,9 @@ def test_sanitization_finds_most_badnets_poisons_on_digits(digits, badnets, back
     )
     recipe = parse_recipe("standard").training
     trainer = natural_trainer(backdoored, recipe.model_copy(update={"epochs": 8}), seed=0)
-    res = sanitize(backdoored, badnets.dataset, method="activation", train_fn=trainer,
-                   poisoned=badnets.indices)  # fmt: skip
+    res = sanitize(
+        backdoored, badnets.dataset, method="activation", train_fn=trainer, poisoned=badnets.indices
+    )
     assert res.quality.recall >= 0.9, res.quality
     assert res.quality.precision > 0.2  # far above the 5 % base rate
     assert 0 in res.poisoned_classes and res.reclassification[0] < 0.5
@@ -85,8 +86,9 @@ def test_sanitization_finds_most_badnets_poisons_on_digits(digits, badnets, back
 
 def test_sanitize_then_retrain_removes_the_backdoor(digits, badnets, backdoored):
     recipe = parse_recipe([{"sanitize": {}}, {"standard": {"epochs": 8}}])
-    res = apply_recipe(recipe, backdoored, badnets.dataset, feature_model=backdoored,
-                       poisoned=badnets.indices)  # fmt: skip
+    res = apply_recipe(
+        recipe, backdoored, badnets.dataset, feature_model=backdoored, poisoned=badnets.indices
+    )
     asr = backdoor_success_rate(res.module, digits.test.x, digits.test.y, target=0, patch_size=3)
     assert asr < 0.1 and res.sanitize.quality.recall >= 0.9
     assert res.notes and "dropped" in res.notes[0]

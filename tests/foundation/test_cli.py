@@ -60,9 +60,16 @@ def test_profile_typo_names_the_key(monkeypatch, capsys, tmp_path, digits_model_
 
 def test_bad_threat_values(monkeypatch, capsys, tmp_path, digits_model_dir):
     code, _, err = run_cli(
-        monkeypatch, capsys, "assess", "--model", str(digits_model_dir), "--eps", "-0.1",
-        "--out", str(tmp_path / "o"),
-    )  # fmt: skip
+        monkeypatch,
+        capsys,
+        "assess",
+        "--model",
+        str(digits_model_dir),
+        "--eps",
+        "-0.1",
+        "--out",
+        str(tmp_path / "o"),
+    )
     assert code == 2 and "ε values must be >= 0" in err
 
 

@@ -23,13 +23,17 @@ def test_fit_then_evaluate(model_dir, tmp_path):
     runner = CliRunner()
     cfg = tmp_path / "guard.yaml"
     cfg.write_text("detectors:\n  reconstruction: {epochs: 5}\nextraction: {delta: 0.9}\n")
-    res = runner.invoke(build_app(), ["guard", "fit", "--model", str(model_dir), "--fpr", "0.02",
-                                      "--config", str(cfg)])  # fmt: skip
+    res = runner.invoke(
+        build_app(),
+        ["guard", "fit", "--model", str(model_dir), "--fpr", "0.02", "--config", str(cfg)],
+    )
     assert res.exit_code == 0, res.output
     assert "guard written to" in res.output and (model_dir / "guard.json").exists()
     out = tmp_path / "eval.json"
-    res = runner.invoke(build_app(), ["guard", "evaluate", "--model", str(model_dir), "--out",
-                                      str(out), "--n", "120"])  # fmt: skip
+    res = runner.invoke(
+        build_app(),
+        ["guard", "evaluate", "--model", str(model_dir), "--out", str(out), "--n", "120"],
+    )
     assert res.exit_code == 0, res.output
     doc = json.loads(out.read_text())
     assert doc["target_fpr"] == 0.02 and doc["attack"]["eps"] == 0.1
@@ -43,8 +47,10 @@ def test_fit_then_evaluate(model_dir, tmp_path):
 def test_evaluate_without_guard_says_how_to_fit(model_dir, tmp_path):
     from bastion.guard import GuardNotFittedError
 
-    res = CliRunner().invoke(build_app(), ["guard", "evaluate", "--model", str(model_dir), "--out",
-                                           str(tmp_path / "e.json")])  # fmt: skip
+    res = CliRunner().invoke(
+        build_app(),
+        ["guard", "evaluate", "--model", str(model_dir), "--out", str(tmp_path / "e.json")],
+    )
     assert isinstance(res.exception, GuardNotFittedError)
     assert "bastion guard fit --model" in str(res.exception)
 

@@ -88,8 +88,12 @@ def test_calibration_on_digits_is_close(fitted_guard, digits):
 
 def test_score_before_fit_raises(digits_module):
     x = torch.zeros(2, 1, 8, 8)
-    for det in (MahalanobisDetector(digits_module), ReconstructionDetector(), ZScoreDetector(),
-                FeatureSqueezingDetector(digits_module)):  # fmt: skip
+    for det in (
+        MahalanobisDetector(digits_module),
+        ReconstructionDetector(),
+        ZScoreDetector(),
+        FeatureSqueezingDetector(digits_module),
+    ):
         with pytest.raises(NotFittedError, match=r"not fitted yet: call \w+\.fit"):
             det.score(x)
         with pytest.raises(NotFittedError, match="fit"):

@@ -73,11 +73,13 @@ def test_gaussian_scores_match_the_analytic_roc():
 
 @pytest.mark.parametrize(
     ("scores", "member", "kw", "match"),
-    [([0.1, 0.2], [True], {}, "2 scores but 1 membership labels"),
-     ([0.1, 0.2], [True, True], {}, "need both members and non-members"),
-     ([0.1, float("nan")], [True, False], {}, "NaN or Inf"),
-     ([0.1, 0.2], [True, False], {"fprs": [0.0]}, r"FPR levels must lie in \(0, 1\)")],
-)  # fmt: skip
+    [
+        ([0.1, 0.2], [True], {}, "2 scores but 1 membership labels"),
+        ([0.1, 0.2], [True, True], {}, "need both members and non-members"),
+        ([0.1, float("nan")], [True, False], {}, "NaN or Inf"),
+        ([0.1, 0.2], [True, False], {"fprs": [0.0]}, r"FPR levels must lie in \(0, 1\)"),
+    ],
+)
 def test_metric_errors(scores, member, kw, match):
     with pytest.raises(AttackError, match=match):
         membership_metrics(np.array(scores), np.array(member), **kw)

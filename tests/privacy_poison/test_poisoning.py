@@ -30,9 +30,13 @@ def gen(seed: int = 0) -> torch.Generator:
 # ----------------------------------------------------------------------------- trigger
 @pytest.mark.parametrize(
     ("location", "rows", "cols"),
-    [("bottom-right", slice(5, 8), slice(5, 8)), ("top-left", slice(0, 3), slice(0, 3)),
-     ("top-right", slice(0, 3), slice(5, 8)), ("bottom-left", slice(5, 8), slice(0, 3))],
-)  # fmt: skip
+    [
+        ("bottom-right", slice(5, 8), slice(5, 8)),
+        ("top-left", slice(0, 3), slice(0, 3)),
+        ("top-right", slice(0, 3), slice(5, 8)),
+        ("bottom-left", slice(5, 8), slice(0, 3)),
+    ],
+)
 def test_trigger_stamps_only_the_patch(digits, location, rows, cols):
     x = digits.test.x[:5]
     before = x.clone()
@@ -55,11 +59,13 @@ def test_trigger_single_image_and_bounds():
 
 @pytest.mark.parametrize(
     ("kwargs", "match"),
-    [({"location": "centre"}, "unknown trigger location"),
-     ({"patch_size": 9}, r"patch_size must be an integer in \[1, 8\]"),
-     ({"patch_size": 0}, "patch_size must be"),
-     ({"value": 2.0}, r"outside the input bounds \[0.0, 1.0\]")],
-)  # fmt: skip
+    [
+        ({"location": "centre"}, "unknown trigger location"),
+        ({"patch_size": 9}, r"patch_size must be an integer in \[1, 8\]"),
+        ({"patch_size": 0}, "patch_size must be"),
+        ({"value": 2.0}, r"outside the input bounds \[0.0, 1.0\]"),
+    ],
+)
 def test_trigger_errors(digits, kwargs, match):
     with pytest.raises(AttackError, match=match):
         apply_trigger(digits.test.x[:2], **kwargs)

@@ -19,20 +19,32 @@ EXAMPLE_POLICY = ROOT / "examples" / "policy.yaml"
 
 def evasion(attack: str, eps: float, robust: float, clean: float = 0.95) -> Finding:
     return Finding(
-        probe="evasion", attack=attack, params={"norm": "inf", "n": 100, "eps": eps},
-        metrics={"clean_accuracy": clean, "robust_accuracy": robust,
-                 "attack_success_rate": 1 - robust / clean},
+        probe="evasion",
+        attack=attack,
+        params={"norm": "inf", "n": 100, "eps": eps},
+        metrics={
+            "clean_accuracy": clean,
+            "robust_accuracy": robust,
+            "attack_success_rate": 1 - robust / clean,
+        },
         severity=10 * (1 - robust / clean),
-    )  # fmt: skip
+    )
 
 
 def membership(attack: str, tpr_01: float, tpr_1: float, auc: float = 0.55) -> Finding:
     return Finding(
-        probe="membership", attack=attack, params={"n_members": 450},
-        metrics={"auc": auc, "tpr_at_0.1%_fpr": tpr_01, "tpr_at_1%_fpr": tpr_1,
-                 "tpr_at_fpr": tpr_01, "nonmembers": 450.0},
+        probe="membership",
+        attack=attack,
+        params={"n_members": 450},
+        metrics={
+            "auc": auc,
+            "tpr_at_0.1%_fpr": tpr_01,
+            "tpr_at_1%_fpr": tpr_1,
+            "tpr_at_fpr": tpr_01,
+            "nonmembers": 450.0,
+        },
         severity=1.0,
-    )  # fmt: skip
+    )
 
 
 def make_report(
@@ -116,8 +128,11 @@ def real_report(digits_model_dir, digits, tmp_path_factory) -> Path:
     torch.set_num_threads(2)
     out = tmp_path_factory.mktemp("assess")
     threat = ThreatModel(
-        attacks=["fgsm", "pgd"], eps=[0.1], curve_eps=[0.1], probes=["evasion"],
+        attacks=["fgsm", "pgd"],
+        eps=[0.1],
+        curve_eps=[0.1],
+        probes=["evasion"],
         budgets=Budgets(n_eval=32, pgd_steps=5),
-    )  # fmt: skip
+    )
     ctx = ProbeContext(model=load_model(digits_model_dir), data=digits, threat=threat, out_dir=out)
     return finish(run_assessment(ctx), out)

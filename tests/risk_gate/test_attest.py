@@ -93,8 +93,13 @@ def test_wrong_key_types(tmp_path, key_pair):
 
     ec_key = ec.generate_private_key(ec.SECP256R1())
     path = tmp_path / "ec.key"
-    path.write_bytes(ec_key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                          serialization.NoEncryption()))  # fmt: skip
+    path.write_bytes(
+        ec_key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
     path.chmod(0o600)
     with pytest.raises(SigningKeyError, match=r"ec.key: the key is \w+, not Ed25519"):
         load_signing_key(path)
@@ -111,15 +116,18 @@ def signed(model_copy, key_pair, tmp_path):
 
     from .conftest import EXAMPLE_SYSTEM
 
-    report = make_report(model_sha=file_sha256(model_copy / "model.safetensors"),
-                         model_path=str(model_copy))  # fmt: skip
+    report = make_report(
+        model_sha=file_sha256(model_copy / "model.safetensors"), model_path=str(model_copy)
+    )
     report_path = write_report(report, tmp_path / "assess" / "report.json")
     reg_path = save_register(build_register(load_system(EXAMPLE_SYSTEM)), tmp_path / "reg.json")
     att = create_attestation(
-        report_path=report_path, policy=load_policy(EXAMPLE_POLICY),
-        key=load_signing_key(key_pair.private), out=tmp_path / "release" / "att.json",
+        report_path=report_path,
+        policy=load_policy(EXAMPLE_POLICY),
+        key=load_signing_key(key_pair.private),
+        out=tmp_path / "release" / "att.json",
         register_path=reg_path,
-    )  # fmt: skip
+    )
     return att, report_path, load_public_key(key_pair.public)
 
 
@@ -175,8 +183,11 @@ def test_tampered_statement_fails_the_signature(signed):
     att.path.write_text(json.dumps(env))
     result = verify_attestation(att.path, public)
     assert not result.signature_ok
-    assert any("signature does not match the statement: the statement (payload) or the "
-               "signature was altered" in p for p in result.problems)  # fmt: skip
+    assert any(
+        "signature does not match the statement: the statement (payload) or the "
+        "signature was altered" in p
+        for p in result.problems
+    )
 
 
 def test_tampered_signature_fails(signed):
@@ -229,8 +240,12 @@ def test_report_about_another_model_is_refused(model_copy, key_pair, tmp_path):
     with pytest.raises(
         ConfigError, match=r"assessed a model with sha256 000000000000…, but .* has sha256"
     ):
-        create_attestation(report_path=report_path, policy=load_policy(EXAMPLE_POLICY),
-                           key=load_signing_key(key_pair.private), out=tmp_path / "a.json")  # fmt: skip
+        create_attestation(
+            report_path=report_path,
+            policy=load_policy(EXAMPLE_POLICY),
+            key=load_signing_key(key_pair.private),
+            out=tmp_path / "a.json",
+        )
 
 
 def test_pae_matches_the_dsse_spec():
@@ -242,9 +257,11 @@ def test_pae_matches_the_dsse_spec():
 
 def test_attest_a_real_report(real_report, digits_model_dir, key_pair, tmp_path):
     att = create_attestation(
-        report_path=real_report, policy=load_policy(EXAMPLE_POLICY),
-        key=load_signing_key(key_pair.private), out=tmp_path / "att.json",
-    )  # fmt: skip
+        report_path=real_report,
+        policy=load_policy(EXAMPLE_POLICY),
+        key=load_signing_key(key_pair.private),
+        out=tmp_path / "att.json",
+    )
     result = verify_attestation(att.path, load_public_key(key_pair.public))
     assert result.ok, result.problems
     names = {s.name for s in result.subjects}

@@ -58,8 +58,21 @@ def test_risk_commands(tmp_path):
 
     r = run("risk", "set", "EVA-01", "-r", reg, "--status", "accepted")
     assert isinstance(r.exception, ConfigError) and "needs a reason" in str(r.exception)
-    r = run("risk", "set", "EVA-01", "-r", reg, "--status", "mitigated", "--reason", "PGD-AT",
-            "--owner", "alice", "--control", "AML.M0003")  # fmt: skip
+    r = run(
+        "risk",
+        "set",
+        "EVA-01",
+        "-r",
+        reg,
+        "--status",
+        "mitigated",
+        "--reason",
+        "PGD-AT",
+        "--owner",
+        "alice",
+        "--control",
+        "AML.M0003",
+    )
     assert r.exit_code == 0, r.output
     assert "EVA-01: owner alice, status mitigated" in r.output
 
@@ -91,8 +104,19 @@ def test_gate_exit_codes_and_junit(tmp_path):
 
     reg = tmp_path / "reg.json"
     run("risk", "init", "--system", EXAMPLE_SYSTEM, "--out", reg)
-    r = run("gate", "--report", report, "--policy", EXAMPLE_POLICY, "--register", reg,
-            "--junit", tmp_path / "j2.xml", "--json", tmp_path / "d.json")  # fmt: skip
+    r = run(
+        "gate",
+        "--report",
+        report,
+        "--policy",
+        EXAMPLE_POLICY,
+        "--register",
+        reg,
+        "--junit",
+        tmp_path / "j2.xml",
+        "--json",
+        tmp_path / "d.json",
+    )
     assert r.exit_code == 1, r.output
     assert "FAIL" in r.output
     decision = json.loads((tmp_path / "d.json").read_text())
@@ -127,8 +151,9 @@ def test_keys_attest_and_verify(tmp_path, model_copy, monkeypatch):
     assert r.exit_code == 0, r.output
     assert stat.S_IMODE(key.stat().st_mode) == 0o600
     assert "PRIVATE KEY" not in r.output  # never printed
-    report = make_report(model_sha=file_sha256(model_copy / "model.safetensors"),
-                         model_path=str(model_copy))  # fmt: skip
+    report = make_report(
+        model_sha=file_sha256(model_copy / "model.safetensors"), model_path=str(model_copy)
+    )
     report_path = write_report(report, tmp_path / "assess" / "report.json")
     r = run("attest", "--report", report_path.parent, "--policy", EXAMPLE_POLICY, "--key", key)
     assert r.exit_code == 0, r.output
@@ -169,8 +194,14 @@ def test_demo_stage(tmp_path, digits, digits_model_dir, real_report):
     assert stages == ["risk", "gate", "attest"]
     assert "verified" in ctx.summary[2][1]
     out = tmp_path / "gate"
-    for name in ("register.json", "risk-report.html", "gate-junit.xml", "gate.json",
-                 "attestation.dsse.json", "throwaway-keys/signing.key"):  # fmt: skip
+    for name in (
+        "register.json",
+        "risk-report.html",
+        "gate-junit.xml",
+        "gate.json",
+        "attestation.dsse.json",
+        "throwaway-keys/signing.key",
+    ):
         assert (out / name).is_file(), name
     pub = load_public_key(out / "throwaway-keys" / "signing.pub")
     assert verify_attestation(out / "attestation.dsse.json", pub).ok

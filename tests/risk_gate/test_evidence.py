@@ -85,15 +85,33 @@ def test_mitigated_risk_reopens_when_evidence_gets_worse(register):
 
 def test_poisoning_and_extraction_mappings(register):
     findings = [
-        Finding(probe="poisoning", attack="badnets", severity=9,
-                metrics={"attack_success_rate": 0.91, "clean_model_success_rate": 0.1}),
-        Finding(probe="poisoning", attack="label-flip", severity=3,
-                metrics={"clean_accuracy": 0.8, "accuracy_change": -0.15}),
-        Finding(probe="extraction", attack="knockoff", params={"queries": 1000}, severity=5,
-                metrics={"fidelity": 0.91}),
-        Finding(probe="extraction", attack="knockoff", params={"queries": 100}, severity=2,
-                metrics={"fidelity": 0.40}),
-    ]  # fmt: skip
+        Finding(
+            probe="poisoning",
+            attack="badnets",
+            severity=9,
+            metrics={"attack_success_rate": 0.91, "clean_model_success_rate": 0.1},
+        ),
+        Finding(
+            probe="poisoning",
+            attack="label-flip",
+            severity=3,
+            metrics={"clean_accuracy": 0.8, "accuracy_change": -0.15},
+        ),
+        Finding(
+            probe="extraction",
+            attack="knockoff",
+            params={"queries": 1000},
+            severity=5,
+            metrics={"fidelity": 0.91},
+        ),
+        Finding(
+            probe="extraction",
+            attack="knockoff",
+            params={"queries": 100},
+            severity=2,
+            metrics={"fidelity": 0.40},
+        ),
+    ]
     update_from_report(register, make_report(findings))
     assert register.get("POI-01").occurrence == rate_to_occurrence((0.91 - 0.1) / 0.9)
     assert register.get("POI-02").occurrence == rate_to_occurrence(0.15 / 0.3)
@@ -103,13 +121,18 @@ def test_poisoning_and_extraction_mappings(register):
 
 def test_guard_evaluation_sets_detection(register, tmp_path):
     path = tmp_path / "guard-eval.json"
-    path.write_text(json.dumps({
-        "model": "digits", "detectors": {
-            "mahalanobis": {"tpr": 0.82, "fpr": 0.01, "auroc": 0.93},
-            "squeeze": {"tpr": 0.40, "fpr": 0.01, "auroc": 0.70},
-            "extraction": {"tpr": 0.96, "fpr": 0.02},
-        },
-    }))  # fmt: skip
+    path.write_text(
+        json.dumps(
+            {
+                "model": "digits",
+                "detectors": {
+                    "mahalanobis": {"tpr": 0.82, "fpr": 0.01, "auroc": 0.93},
+                    "squeeze": {"tpr": 0.40, "fpr": 0.01, "auroc": 0.70},
+                    "extraction": {"tpr": 0.96, "fpr": 0.02},
+                },
+            }
+        )
+    )
     guard = load_guard_evaluation(path)
     result = update_from_report(register, make_report(), guard=guard, guard_path=path)
     eva = register.get("EVA-01")
@@ -154,8 +177,11 @@ def test_report_errors(tmp_path):
 def test_update_from_a_real_assessment(real_report, register):
     """A report produced by bastion.assess.runner.run_assessment moves the register."""
     report = load_report(real_report)
-    asr = max(f.metrics["attack_success_rate"] for f in report.findings
-              if "attack_success_rate" in f.metrics)  # fmt: skip
+    asr = max(
+        f.metrics["attack_success_rate"]
+        for f in report.findings
+        if "attack_success_rate" in f.metrics
+    )
     result = update_from_report(register, report, report_path=real_report)
     eva = register.get("EVA-01")
     assert eva.occurrence == rate_to_occurrence(asr)

@@ -32,27 +32,35 @@ def test_all_rules_hold():
 
 
 def test_every_failure_is_reported_not_just_the_first():
-    d = decide(["score <= 10", "clean_accuracy >= 0.9", "robust_accuracy >= 0.9", "sanity_warnings == 0"],
-               make_report(warnings=2))  # fmt: skip
+    d = decide(
+        ["score <= 10", "clean_accuracy >= 0.9", "robust_accuracy >= 0.9", "sanity_warnings == 0"],
+        make_report(warnings=2),
+    )
     verdicts = {r.rule: r.verdict for r in d.results}
     assert verdicts == {
-        "score <= 10": "fail", "clean_accuracy >= 0.9": "pass",
-        "robust_accuracy >= 0.9": "fail", "sanity_warnings == 0": "fail",
-    }  # fmt: skip
+        "score <= 10": "fail",
+        "clean_accuracy >= 0.9": "pass",
+        "robust_accuracy >= 0.9": "fail",
+        "sanity_warnings == 0": "fail",
+    }
     assert not d.passed and len(d.failures) == 3
     assert "30 <= 10 does not hold" in by_rule(d)["score <= 10"].reason
 
 
 def test_worst_case_aggregation_and_filters():
-    d = by_rule(decide([
-        "robust_accuracy >= 0.1",                       # min over every attack and ε: 0.40
-        "robust_accuracy(eps=0.1) >= 0.1",              # min over fgsm/pgd at 0.1: 0.72
-        "robust_accuracy(attack=fgsm, eps=0.1) >= 0.1", # 0.80
-        "attack_success_rate(eps=0.1) <= 1",            # max: pgd at 0.1
-        "robust_accuracy(eps=1/10, norm=linf) >= 0.1",  # fraction and Linf spelling
-        "membership.tpr_at_fpr(0.001) <= 1",             # max over loss-threshold and LiRA
-        "membership.tpr_at_fpr(1e-2, attack=loss-threshold) <= 1",
-    ]))  # fmt: skip
+    d = by_rule(
+        decide(
+            [
+                "robust_accuracy >= 0.1",  # min over every attack and ε: 0.40
+                "robust_accuracy(eps=0.1) >= 0.1",  # min over fgsm/pgd at 0.1: 0.72
+                "robust_accuracy(attack=fgsm, eps=0.1) >= 0.1",  # 0.80
+                "attack_success_rate(eps=0.1) <= 1",  # max: pgd at 0.1
+                "robust_accuracy(eps=1/10, norm=linf) >= 0.1",  # fraction and Linf spelling
+                "membership.tpr_at_fpr(0.001) <= 1",  # max over loss-threshold and LiRA
+                "membership.tpr_at_fpr(1e-2, attack=loss-threshold) <= 1",
+            ]
+        )
+    )
     assert d["robust_accuracy >= 0.1"].measured == pytest.approx(0.20)
     assert d["robust_accuracy >= 0.1"].matched == 3
     assert d["robust_accuracy(eps=0.1) >= 0.1"].measured == pytest.approx(0.72)
@@ -125,15 +133,22 @@ def test_dp_epsilon_from_a_finding_and_from_provenance(tmp_path):
 
 
 def test_poisoning_drop_is_derived_from_accuracy_change():
-    flip = Finding(probe="poisoning", attack="label-flip",
-                   metrics={"clean_accuracy": 0.80, "accuracy_change": -0.15}, severity=3)  # fmt: skip
+    flip = Finding(
+        probe="poisoning",
+        attack="label-flip",
+        metrics={"clean_accuracy": 0.80, "accuracy_change": -0.15},
+        severity=3,
+    )
     d = decide(["poisoning.clean_accuracy_drop(attack=label-flip) <= 0.05"], make_report([flip]))
     assert d.results[0].measured == pytest.approx(0.15) and not d.passed
 
 
 def test_register_rules(register):
-    rules = ["count(risks, priority=high, status=open) == 0", "count(risks, layer=data) >= 1",
-             "max_rpn(risks, status=open) <= 1000"]  # fmt: skip
+    rules = [
+        "count(risks, priority=high, status=open) == 0",
+        "count(risks, layer=data) >= 1",
+        "max_rpn(risks, status=open) <= 1000",
+    ]
     d = by_rule(decide(rules, register=register))
     high_open = [r.id for r in register.risks if r.priority == "high" and r.status == "open"]
     assert d[rules[0]].measured == len(high_open) > 0 and d[rules[0]].verdict == "fail"
@@ -146,8 +161,12 @@ def test_register_rules(register):
 
 
 def test_sanity_warning_filter_and_severity():
-    d = by_rule(decide(["sanity_warnings(check=check1) == 0", "severity(probe=evasion) <= 10"],
-                       make_report(warnings=2)))  # fmt: skip
+    d = by_rule(
+        decide(
+            ["sanity_warnings(check=check1) == 0", "severity(probe=evasion) <= 10"],
+            make_report(warnings=2),
+        )
+    )
     assert d["sanity_warnings(check=check1) == 0"].measured == 1
     assert d["severity(probe=evasion) <= 10"].measured == pytest.approx(10 * (1 - 0.20 / 0.95))
 
@@ -159,9 +178,13 @@ def test_tolerance_on_boundaries():
 
 
 def test_junit_xml_for_ci():
-    d = decide([
-        "score <= 40", "score <= 10", {"rule": "dp.epsilon <= 8", "if_missing": "skip"},
-    ])  # fmt: skip
+    d = decide(
+        [
+            "score <= 40",
+            "score <= 10",
+            {"rule": "dp.epsilon <= 8", "if_missing": "skip"},
+        ]
+    )
     root = ET.fromstring(to_junit(d))
     suite = root.find("testsuite")
     assert (

@@ -72,8 +72,14 @@ def test_catalogue_is_complete():
     ids = {t.id for t in cat.threats}
     assert {"EVA-01", "POI-01", "MIA-01", "EXT-01", "SUP-01", "ART-01"} <= ids
     techniques = {a for t in cat.threats for a in t.atlas}
-    assert {"AML.T0043", "AML.T0020", "AML.T0024.000", "AML.T0024.002", "AML.T0010",
-            "AML.T0011.000"} <= techniques  # fmt: skip
+    assert {
+        "AML.T0043",
+        "AML.T0020",
+        "AML.T0024.000",
+        "AML.T0024.002",
+        "AML.T0010",
+        "AML.T0011.000",
+    } <= techniques
     assert {t.layer for t in cat.threats} == {
         "data",
         "training",
@@ -128,9 +134,13 @@ def test_register_from_profile(system):
 
 def test_profile_changes_scores_and_exclusions(system):
     device = system.model_copy(
-        update={"exposure": "on_device", "attacker_access": "white_box", "safety_critical": True,
-                "training_data_sensitivity": "none"}
-    )  # fmt: skip
+        update={
+            "exposure": "on_device",
+            "attacker_access": "white_box",
+            "safety_critical": True,
+            "training_data_sensitivity": "none",
+        }
+    )
     reg = build_register(device)
     assert reg.get("EVA-01").severity == 10 and reg.get("EVA-01").priority == "high"
     assert reg.get("EXT-01").occurrence == 9

@@ -39,10 +39,12 @@ class Gateway:
 @pytest.fixture()
 def settings(digits_model_dir, tmp_path) -> ServeSettings:
     return ServeSettings(
-        model_dir=digits_model_dir, db_url=f"sqlite:///{tmp_path / 'serve.db'}",
-        guard={"enabled": False}, auth={"cache_ttl_s": 0.0},
+        model_dir=digits_model_dir,
+        db_url=f"sqlite:///{tmp_path / 'serve.db'}",
+        guard={"enabled": False},
+        auth={"cache_ttl_s": 0.0},
         reviews={"check_every_s": 3600},
-    )  # fmt: skip
+    )
 
 
 @pytest.fixture()

@@ -35,8 +35,9 @@ def test_wrong_key_is_401(gw, sample, headers):
 
 
 def test_x_api_key_header_works(gw, sample):
-    r = gw.client.post("/v1/predict", json={"inputs": [sample]},
-                       headers={"X-API-Key": gw.keys["client"]})  # fmt: skip
+    r = gw.client.post(
+        "/v1/predict", json={"inputs": [sample]}, headers={"X-API-Key": gw.keys["client"]}
+    )
     assert r.status_code == 200, r.text
 
 

@@ -44,8 +44,16 @@ def test_health_and_openapi(gw):
     assert health["rate_limit"] == "local" and health["audit"] == "CommitterSink"
     spec = gw.client.get("/openapi.json").json()
     paths = spec["paths"]
-    for path in ("/v1/predict", "/v1/tickets/{ticket}", "/v1/reviews", "/v1/reviews/{ticket}/approve",
-                 "/v1/audit/entries", "/v1/audit/proof/inclusion", "/healthz", "/metrics"):  # fmt: skip
+    for path in (
+        "/v1/predict",
+        "/v1/tickets/{ticket}",
+        "/v1/reviews",
+        "/v1/reviews/{ticket}/approve",
+        "/v1/audit/entries",
+        "/v1/audit/proof/inclusion",
+        "/healthz",
+        "/metrics",
+    ):
         assert path in paths, path
     body = paths["/v1/predict"]["post"]["requestBody"]["content"]["application/json"]["schema"]
     assert {"inputs", "b64", "shape"} <= set(body["properties"])
@@ -80,12 +88,21 @@ def test_audit_routes_prove_inclusion_and_consistency(gw, sample):
     assert head["tree_size"] == 3 and head["signed"] is None
     proof = gw.client.get("/v1/audit/proof/inclusion?index=1", headers=h).json()
     assert proof["entry"]["kind"] == "decision"
-    assert verify_inclusion(bytes.fromhex(proof["leaf_hash"]), 1, 3,
-                            [bytes.fromhex(p) for p in proof["audit_path"]],
-                            bytes.fromhex(head["root_hash"]))  # fmt: skip
+    assert verify_inclusion(
+        bytes.fromhex(proof["leaf_hash"]),
+        1,
+        3,
+        [bytes.fromhex(p) for p in proof["audit_path"]],
+        bytes.fromhex(head["root_hash"]),
+    )
     cons = gw.client.get("/v1/audit/proof/consistency?first=2", headers=h).json()
-    assert verify_consistency(2, 3, bytes.fromhex(cons["first_root"]), bytes.fromhex(cons["second_root"]),
-                              [bytes.fromhex(p) for p in cons["proof"]])  # fmt: skip
+    assert verify_consistency(
+        2,
+        3,
+        bytes.fromhex(cons["first_root"]),
+        bytes.fromhex(cons["second_root"]),
+        [bytes.fromhex(p) for p in cons["proof"]],
+    )
     bad = gw.client.get("/v1/audit/proof/inclusion?index=7", headers=h)
     assert bad.status_code == 422 and "outside" in bad.json()["detail"]
     assert gw.client.get("/v1/audit/verify", headers=h).status_code == 403
@@ -100,8 +117,12 @@ def test_audit_routes_prove_inclusion_and_consistency(gw, sample):
 
 
 def test_every_acknowledged_request_is_in_the_log(gw, sample):
-    ids = [gw.client.post("/v1/predict", json={"inputs": [sample]}, headers=gw.auth()).json()["request_id"]
-           for _ in range(5)]  # fmt: skip
+    ids = [
+        gw.client.post("/v1/predict", json={"inputs": [sample]}, headers=gw.auth()).json()[
+            "request_id"
+        ]
+        for _ in range(5)
+    ]
     logged = [
         e["request_id"] for e in gw.state.audit.log.entries(0, 100) if e["kind"] == "decision"
     ]
@@ -113,8 +134,11 @@ def test_signed_tree_heads_with_a_key(settings, gateway_factory, sample, tmp_pat
 
     key_file = tmp_path / "audit.pem"
     generate_key_file(key_file)
-    signed = settings.model_copy(update={"audit": settings.audit.model_copy(
-        update={"key_file": key_file, "checkpoint_every": 2})})  # fmt: skip
+    signed = settings.model_copy(
+        update={
+            "audit": settings.audit.model_copy(update={"key_file": key_file, "checkpoint_every": 2})
+        }
+    )
     with gateway_factory(signed) as gw:
         for _ in range(2):
             gw.client.post("/v1/predict", json={"inputs": [sample]}, headers=gw.auth())

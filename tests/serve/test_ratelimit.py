@@ -37,8 +37,13 @@ def test_local_bucket_bursts_refuses_and_refills():
 
 
 def test_requests_over_the_rate_answer_429_with_retry_after(settings, gateway_factory, sample):
-    tight = settings.model_copy(update={"rate_limit": settings.rate_limit.model_copy(
-        update={"requests_per_s": 0.01, "requests_burst": 3})})  # fmt: skip
+    tight = settings.model_copy(
+        update={
+            "rate_limit": settings.rate_limit.model_copy(
+                update={"requests_per_s": 0.01, "requests_burst": 3}
+            )
+        }
+    )
     with gateway_factory(tight) as gw:
         codes = [
             gw.client.post("/v1/predict", json={"inputs": [sample]}, headers=gw.auth()).status_code
@@ -54,10 +59,14 @@ def test_requests_over_the_rate_answer_429_with_retry_after(settings, gateway_fa
 
 
 def test_samples_bucket_counts_the_batch(settings, gateway_factory, sample):
-    tight = settings.model_copy(update={
-        "rate_limit": settings.rate_limit.model_copy(update={"samples_per_s": 0.01, "samples_burst": 5}),
-        "limits": settings.limits.model_copy(update={"max_batch": 4}),
-    })  # fmt: skip
+    tight = settings.model_copy(
+        update={
+            "rate_limit": settings.rate_limit.model_copy(
+                update={"samples_per_s": 0.01, "samples_burst": 5}
+            ),
+            "limits": settings.limits.model_copy(update={"max_batch": 4}),
+        }
+    )
     with gateway_factory(tight) as gw:
         ok = gw.client.post("/v1/predict", json={"inputs": [sample] * 4}, headers=gw.auth())
         assert ok.status_code == 200
@@ -117,17 +126,24 @@ def test_redis_rate_limit_through_the_gateway(settings, gateway_factory, sample)
     _redis_or_skip()
     import redis
 
-    shared = settings.model_copy(update={
-        "redis_url": REDIS_URL,
-        "rate_limit": settings.rate_limit.model_copy(update={"requests_per_s": 0.01, "requests_burst": 2}),
-    })  # fmt: skip
+    shared = settings.model_copy(
+        update={
+            "redis_url": REDIS_URL,
+            "rate_limit": settings.rate_limit.model_copy(
+                update={"requests_per_s": 0.01, "requests_burst": 2}
+            ),
+        }
+    )
     with gateway_factory(shared) as gw:
         assert gw.client.get("/healthz").json()["rate_limit"] == "redis"
-        codes = [gw.client.post("/v1/predict", json={"inputs": [sample]}, headers=gw.auth()).status_code
-                 for _ in range(3)]  # fmt: skip
+        codes = [
+            gw.client.post("/v1/predict", json={"inputs": [sample]}, headers=gw.auth()).status_code
+            for _ in range(3)
+        ]
         assert codes == [200, 200, 429]
-    redis.Redis.from_url(REDIS_URL).delete(f"bastion:rl:{gw.ids['client']}:requests",
-                                           f"bastion:rl:{gw.ids['client']}:samples")  # fmt: skip
+    redis.Redis.from_url(REDIS_URL).delete(
+        f"bastion:rl:{gw.ids['client']}:requests", f"bastion:rl:{gw.ids['client']}:samples"
+    )
 
 
 @pytest.mark.redis

@@ -15,8 +15,9 @@ def _audit_kinds(gw) -> list[dict]:
 
 
 def test_hold_approve_answer_cycle(gw, scripted, sample):
-    held = gw.client.post("/v1/predict", json={"inputs": [sample, marked(sample, 0.25)]},
-                          headers=gw.auth())  # fmt: skip
+    held = gw.client.post(
+        "/v1/predict", json={"inputs": [sample, marked(sample, 0.25)]}, headers=gw.auth()
+    )
     assert held.status_code == 202, held.text
     body = held.json()
     assert body["status"] == "held" and body["poll"] == f"/v1/tickets/{body['ticket']}"
@@ -32,8 +33,9 @@ def test_hold_approve_answer_cycle(gw, scripted, sample):
     assert queue[0]["verdicts"][1]["reasons"] == ["scripted hold"]
     assert queue[0]["client_key_id"] == gw.ids["client"]
 
-    ok = gw.client.post(f"/v1/reviews/{ticket}/approve", json={"note": "looks fine"},
-                        headers=gw.auth("reviewer"))  # fmt: skip
+    ok = gw.client.post(
+        f"/v1/reviews/{ticket}/approve", json={"note": "looks fine"}, headers=gw.auth("reviewer")
+    )
     assert ok.status_code == 200 and ok.json()["status"] == "approved"
     again = gw.client.post(f"/v1/reviews/{ticket}/reject", headers=gw.auth("reviewer"))
     assert again.status_code == 409 and "already approved" in again.json()["detail"]
@@ -52,8 +54,9 @@ def test_hold_approve_answer_cycle(gw, scripted, sample):
 
 
 def test_rejected_ticket_never_gives_the_answer(gw, scripted, sample):
-    ticket = gw.client.post("/v1/predict", json={"inputs": [marked(sample, 0.25)]},
-                            headers=gw.auth()).json()["ticket"]  # fmt: skip
+    ticket = gw.client.post(
+        "/v1/predict", json={"inputs": [marked(sample, 0.25)]}, headers=gw.auth()
+    ).json()["ticket"]
     r = gw.client.post(f"/v1/reviews/{ticket}/reject", headers=gw.auth("admin"))
     assert r.status_code == 200 and "result" not in r.json()
     answer = gw.client.get(f"/v1/tickets/{ticket}", headers=gw.auth()).json()
@@ -80,12 +83,18 @@ def test_block_answers_403_and_flag_answers_200(gw, scripted, sample):
 def test_overdue_hold_escalates_once(settings, gateway_factory, sample):
     from tests.serve.conftest import ScriptedGuard
 
-    quick = settings.model_copy(update={"reviews": settings.reviews.model_copy(
-        update={"escalate_after_s": 0.05, "check_every_s": 0.05})})  # fmt: skip
+    quick = settings.model_copy(
+        update={
+            "reviews": settings.reviews.model_copy(
+                update={"escalate_after_s": 0.05, "check_every_s": 0.05}
+            )
+        }
+    )
     with gateway_factory(quick) as gw:
         gw.state.runtime.guard = ScriptedGuard(gw.state.runtime.module)
-        ticket = gw.client.post("/v1/predict", json={"inputs": [marked(sample, 0.25)]},
-                                headers=gw.auth()).json()["ticket"]  # fmt: skip
+        ticket = gw.client.post(
+            "/v1/predict", json={"inputs": [marked(sample, 0.25)]}, headers=gw.auth()
+        ).json()["ticket"]
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
             if gw.client.get(f"/v1/tickets/{ticket}", headers=gw.auth()).json()["escalated"]:

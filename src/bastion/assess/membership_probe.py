@@ -145,8 +145,12 @@ class MembershipProbe:
             if finding.key not in ctx.done:
                 start = time.perf_counter()
                 m = membership_metrics(correctness_scores(model, x, y), is_member)
-                yield self._finding(finding, m, start, ["label-only access: LiRA and the loss "
-                                                        "threshold need scores"])  # fmt: skip
+                yield self._finding(
+                    finding,
+                    m,
+                    start,
+                    ["label-only access: LiRA and the loss threshold need scores"],
+                )
             return
         finding = Finding(probe=self.name, attack="loss-threshold", params=base, severity=0)
         if finding.key not in ctx.done:
@@ -162,8 +166,12 @@ class MembershipProbe:
         recipe = ctx.recipe
         n_shadow = ctx.threat.budgets.shadow_models
         fixed = n_shadow < FIXED_VARIANCE_BELOW
-        params = {"n_members": int(is_member.sum()), "n_shadow": n_shadow,
-                  "epochs": recipe.epochs, "fixed_variance": fixed}  # fmt: skip
+        params = {
+            "n_members": int(is_member.sum()),
+            "n_shadow": n_shadow,
+            "epochs": recipe.epochs,
+            "fixed_variance": fixed,
+        }
         todo = [
             Finding(probe=self.name, attack=f"lira-{v}", params=params, severity=0)
             for v in ("online", "offline")
@@ -172,26 +180,39 @@ class MembershipProbe:
         if not todo:
             return
         if ctx.model.rebuild is None:
-            ctx.skipped.append(Skipped(
-                probe=f"{self.name}/lira",
-                reason=f"LiRA trains shadow copies of the architecture, and a {ctx.model.form} "
-                "model cannot be rebuilt untrained (give --entry-point): only the loss threshold ran",
-            ))  # fmt: skip
+            ctx.skipped.append(
+                Skipped(
+                    probe=f"{self.name}/lira",
+                    reason=f"LiRA trains shadow copies of the architecture, and a {ctx.model.form} "
+                    "model cannot be rebuilt untrained (give --entry-point): only the loss threshold ran",
+                )
+            )
             return
         if n_shadow < 2:
-            ctx.skipped.append(Skipped(
-                probe=f"{self.name}/lira", status="excluded",
-                reason=f"LiRA needs budgets.shadow_models >= 2, got {n_shadow}",
-            ))  # fmt: skip
+            ctx.skipped.append(
+                Skipped(
+                    probe=f"{self.name}/lira",
+                    status="excluded",
+                    reason=f"LiRA needs budgets.shadow_models >= 2, got {n_shadow}",
+                )
+            )
             return
         start = time.perf_counter()
         lira = LiRA(
-            n_shadow=n_shadow, online=True, fixed_variance=fixed, epochs=recipe.epochs,
-            lr=recipe.lr, batch_size=recipe.batch_size, seed=ctx.seed, device=ctx.device,
-        ).fit(population, ctx.model.rebuild)  # fmt: skip
+            n_shadow=n_shadow,
+            online=True,
+            fixed_variance=fixed,
+            epochs=recipe.epochs,
+            lr=recipe.lr,
+            batch_size=recipe.batch_size,
+            seed=ctx.seed,
+            device=ctx.device,
+        ).fit(population, ctx.model.rebuild)
         fit_seconds = time.perf_counter() - start
-        note = (f"{n_shadow} shadow models on random halves of {len(population)} rows "
-                f"(train ∪ test), {fit_seconds:.1f} s to train")  # fmt: skip
+        note = (
+            f"{n_shadow} shadow models on random halves of {len(population)} rows "
+            f"(train ∪ test), {fit_seconds:.1f} s to train"
+        )
         for finding in todo:
             start = time.perf_counter() - fit_seconds
             fit_seconds = 0.0  # the first finding carries the shadow training time
@@ -201,8 +222,12 @@ class MembershipProbe:
 
     @staticmethod
     def _finding(finding: Finding, m: MembershipMetrics, start: float, notes: list[str]) -> Finding:
-        return finding.model_copy(update={
-            "metrics": _metrics(m), "severity": membership_severity(m),
-            "series": {"fpr": m.fpr, "tpr": m.tpr},
-            "seconds": round(time.perf_counter() - start, 3), "notes": notes,
-        })  # fmt: skip
+        return finding.model_copy(
+            update={
+                "metrics": _metrics(m),
+                "severity": membership_severity(m),
+                "series": {"fpr": m.fpr, "tpr": m.tpr},
+                "seconds": round(time.perf_counter() - start, 3),
+                "notes": notes,
+            }
+        )

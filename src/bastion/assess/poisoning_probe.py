@@ -57,10 +57,14 @@ def save_indices(poisoned: PoisonedData, path: Path) -> Path:
     """Write the poisoned rows (ground truth for sanitization) as JSON."""
     path.parent.mkdir(parents=True, exist_ok=True)
     record = {
-        "kind": poisoned.kind, "rate": poisoned.rate, "target": poisoned.target,
-        "patch_size": poisoned.patch_size, "n": len(poisoned.dataset),
-        "indices": poisoned.indices.tolist(), "original_labels": poisoned.original_labels.tolist(),
-    }  # fmt: skip
+        "kind": poisoned.kind,
+        "rate": poisoned.rate,
+        "target": poisoned.target,
+        "patch_size": poisoned.patch_size,
+        "n": len(poisoned.dataset),
+        "indices": poisoned.indices.tolist(),
+        "original_labels": poisoned.original_labels.tolist(),
+    }
     path.write_text(json.dumps(record))
     return path
 
@@ -101,9 +105,11 @@ class PoisoningProbe:
         recipe = ctx.recipe
         common = {"rate": rate, "epochs": recipe.epochs, "seed": recipe.seed}
         badnets = Finding(
-            probe=self.name, attack="badnets", severity=0,
+            probe=self.name,
+            attack="badnets",
+            severity=0,
             params={**common, "target": self.target, "patch_size": patch},
-        )  # fmt: skip
+        )
         flip = Finding(probe=self.name, attack="label-flip", params=common, severity=0)
         x_test, y_test = _on(test, ctx.device)
         target_acc = float((ctx.model.predict(x_test).to(y_test.device) == y_test).float().mean())
@@ -124,19 +130,26 @@ class PoisoningProbe:
             path = save_indices(
                 poisoned, ctx.out_dir / "poisoning" / f"indices_badnets_rate{rate:g}.json"
             )
-            yield badnets.model_copy(update={
-                "metrics": {
-                    "attack_success_rate": asr, "clean_model_success_rate": base_asr,
-                    "clean_accuracy": acc, "clean_accuracy_baseline": base_acc,
-                    "accuracy_change": acc - base_acc, "target_accuracy": target_acc,
-                    "n_poisoned": float(len(poisoned.indices)),
-                },
-                "severity": rate_severity(asr, chance=base_asr),
-                "seconds": round(time.perf_counter() - start, 3),
-                "artifacts": {"poisoned_indices": str(path.relative_to(ctx.out_dir))},
-                "notes": [f"{len(poisoned.indices)} of {len(train)} training rows poisoned "
-                          f"({self._describe(trig)}, target class {self.target})"],
-            })  # fmt: skip
+            yield badnets.model_copy(
+                update={
+                    "metrics": {
+                        "attack_success_rate": asr,
+                        "clean_model_success_rate": base_asr,
+                        "clean_accuracy": acc,
+                        "clean_accuracy_baseline": base_acc,
+                        "accuracy_change": acc - base_acc,
+                        "target_accuracy": target_acc,
+                        "n_poisoned": float(len(poisoned.indices)),
+                    },
+                    "severity": rate_severity(asr, chance=base_asr),
+                    "seconds": round(time.perf_counter() - start, 3),
+                    "artifacts": {"poisoned_indices": str(path.relative_to(ctx.out_dir))},
+                    "notes": [
+                        f"{len(poisoned.indices)} of {len(train)} training rows poisoned "
+                        f"({self._describe(trig)}, target class {self.target})"
+                    ],
+                }
+            )
         if flip.key not in ctx.done:
             start = time.perf_counter()
             flipped = flip_labels(train, rate=rate, generator=ctx.generator(37))
@@ -152,16 +165,20 @@ class PoisoningProbe:
             path = save_indices(
                 flipped, ctx.out_dir / "poisoning" / f"indices_label-flip_rate{rate:g}.json"
             )
-            yield flip.model_copy(update={
-                "metrics": {
-                    "clean_accuracy": acc, "clean_accuracy_baseline": base_acc,
-                    "accuracy_change": acc - base_acc, "target_accuracy": target_acc,
-                    "n_poisoned": float(len(flipped.indices)),
-                },
-                "severity": severity,
-                "seconds": round(time.perf_counter() - start, 3),
-                "artifacts": {"poisoned_indices": str(path.relative_to(ctx.out_dir))},
-            })  # fmt: skip
+            yield flip.model_copy(
+                update={
+                    "metrics": {
+                        "clean_accuracy": acc,
+                        "clean_accuracy_baseline": base_acc,
+                        "accuracy_change": acc - base_acc,
+                        "target_accuracy": target_acc,
+                        "n_poisoned": float(len(flipped.indices)),
+                    },
+                    "severity": severity,
+                    "seconds": round(time.perf_counter() - start, 3),
+                    "artifacts": {"poisoned_indices": str(path.relative_to(ctx.out_dir))},
+                }
+            )
 
     @staticmethod
     def _trigger(test: Dataset, patch: int) -> dict:
@@ -174,8 +191,11 @@ class PoisoningProbe:
             width[torch.tensor(test.input_spec.frozen)] = -1.0
         k = min(TABULAR_TRIGGER_FEATURES, int((width > 0).sum()))
         features = width.argsort(descending=True)[:k].sort().values
-        return {"trigger": "features", "features": features.tolist(),
-                "value": test.bounds.hi.flatten()[features]}  # fmt: skip
+        return {
+            "trigger": "features",
+            "features": features.tolist(),
+            "value": test.bounds.hi.flatten()[features],
+        }
 
     @staticmethod
     def _describe(trig: dict) -> str:
@@ -189,9 +209,15 @@ class PoisoningProbe:
         torch.manual_seed(recipe.seed)
         model = ctx.model.rebuild()
         train_model(
-            model, data, epochs=recipe.epochs, batch_size=recipe.batch_size, lr=recipe.lr,
-            seed=recipe.seed, device=ctx.device, description=description,
-        )  # fmt: skip
+            model,
+            data,
+            epochs=recipe.epochs,
+            batch_size=recipe.batch_size,
+            lr=recipe.lr,
+            seed=recipe.seed,
+            device=ctx.device,
+            description=description,
+        )
         return model.eval()
 
     def _clean(self, ctx: ProbeContext) -> nn.Module:

@@ -70,12 +70,17 @@ class Profile(BaseModel):
             threat = load_yaml_model(ThreatModel, rel(threat) or threat)
         return self.model_copy(
             update={
-                "model": rel(self.model), "weights": rel(self.weights), "members": rel(self.members),
+                "model": rel(self.model),
+                "weights": rel(self.weights),
+                "members": rel(self.members),
                 "data": rel(self.data) or self.data,
-                "data_root": rel(self.data_root), "threat_model": threat,
-                "out": str(base / self.out) if self.out and not Path(self.out).is_absolute() else self.out,
+                "data_root": rel(self.data_root),
+                "threat_model": threat,
+                "out": str(base / self.out)
+                if self.out and not Path(self.out).is_absolute()
+                else self.out,
             }
-        )  # fmt: skip
+        )
 
 
 def load_profile(path: str | Path) -> Profile:

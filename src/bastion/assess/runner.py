@@ -141,15 +141,22 @@ def run_assessment(ctx: ProbeContext) -> Report:
     test = ctx.data.test
     report = Report(
         model=ModelRef(
-            name=ctx.model.name, sha256=ctx.model.sha256,
+            name=ctx.model.name,
+            sha256=ctx.model.sha256,
             path=str(ctx.model.path.resolve()) if ctx.model.path else None,
             spec=ctx.model.spec.model_dump() if ctx.model.spec else None,
-            form=ctx.model.form, capabilities=ctx.model.capabilities.model_dump(),
-            artifacts=[a.model_dump() for a in ctx.model.artifacts], notes=ctx.model.notes,
+            form=ctx.model.form,
+            capabilities=ctx.model.capabilities.model_dump(),
+            artifacts=[a.model_dump() for a in ctx.model.artifacts],
+            notes=ctx.model.notes,
         ),
         dataset=DatasetRef(
-            name=test.name, sha256=test.sha256(), n=len(test), split=test.split,
-            train_sha256=ctx.data.train.sha256(), manifest=test.manifest().model_dump(),
+            name=test.name,
+            sha256=test.sha256(),
+            n=len(test),
+            split=test.split,
+            train_sha256=ctx.data.train.sha256(),
+            manifest=test.manifest().model_dump(),
         ),
         threat_model=ctx.threat,
         findings=findings,
@@ -158,7 +165,7 @@ def run_assessment(ctx: ProbeContext) -> Report:
         score=overall_score(findings),
         seconds=round(time.perf_counter() - start, 3),
         device=str(ctx.device),
-    )  # fmt: skip
+    )
     return report
 
 

@@ -63,8 +63,14 @@ class AttackSpace:
             scale = torch.where(width > 0, width, torch.ones_like(width))
             box = Box(torch.zeros_like(lo), (width > 0).to(lo.dtype), frozen)
             return cls(spec, mode, lo, scale, box, spec.integer_mask())
-        return cls(spec, mode, torch.zeros_like(lo), torch.ones_like(lo), Box(lo, hi, frozen),
-                   spec.integer_mask())  # fmt: skip
+        return cls(
+            spec,
+            mode,
+            torch.zeros_like(lo),
+            torch.ones_like(lo),
+            Box(lo, hi, frozen),
+            spec.integer_mask(),
+        )
 
     @property
     def identity(self) -> bool:

@@ -146,11 +146,18 @@ def _run(
     # Per-sample state of the points still being attacked (rows compacted with `pos`).
     pos = torch.arange(n, device=x.device)
     s = {
-        "x": x, "y": y, "x_adv": x_adv, "x_old": x_adv.clone(), "x_best": x_adv.clone(),
-        "grad": grad, "grad_best": grad.clone(), "loss_best": loss.clone(),
+        "x": x,
+        "y": y,
+        "x_adv": x_adv,
+        "x_old": x_adv.clone(),
+        "x_best": x_adv.clone(),
+        "grad": grad,
+        "grad_best": grad.clone(),
+        "loss_best": loss.clone(),
         "step": torch.full((n,), 2.0 * eps, device=x.device, dtype=x.dtype),
-        "loss_last": loss.clone(), "reduced_last": torch.ones(n, dtype=torch.bool, device=x.device),
-    }  # fmt: skip
+        "loss_last": loss.clone(),
+        "reduced_last": torch.ones(n, dtype=torch.bool, device=x.device),
+    }
     if target is not None:
         s["target"] = target
     hist = torch.zeros(steps, n, device=x.device, dtype=loss.dtype)
@@ -258,9 +265,19 @@ def apgd_attack(
         if todo.numel() == 0:
             break
         adv, hit, loss_r = _run(
-            model, x[todo], y[todo], None, eps=eps, norm=norm, steps=steps, loss_fn=loss_fn,
-            bounds=bounds, rho=rho, early_stop=early_stop, generator=generator,
-        )  # fmt: skip
+            model,
+            x[todo],
+            y[todo],
+            None,
+            eps=eps,
+            norm=norm,
+            steps=steps,
+            loss_fn=loss_fn,
+            bounds=bounds,
+            rho=rho,
+            early_stop=early_stop,
+            generator=generator,
+        )
         better = hit | (loss_r > best[todo])
         out[todo[better]] = adv[better]
         best[todo] = torch.maximum(best[todo], loss_r)
@@ -298,10 +315,19 @@ def apgd_targeted_attack(
             if todo.numel() == 0:
                 return out, fooled
             adv, hit, _ = _run(
-                model, x[todo], y[todo], ranked[todo, t], eps=eps, norm=norm, steps=steps,
-                loss_fn=dlr_loss, bounds=bounds, rho=rho, early_stop=early_stop,
+                model,
+                x[todo],
+                y[todo],
+                ranked[todo, t],
+                eps=eps,
+                norm=norm,
+                steps=steps,
+                loss_fn=dlr_loss,
+                bounds=bounds,
+                rho=rho,
+                early_stop=early_stop,
                 generator=generator,
-            )  # fmt: skip
+            )
             out[todo] = adv  # fooled rows get their adversarial, the rest the latest best
             fooled[todo[hit]] = True
     return out, fooled
@@ -342,9 +368,19 @@ def apgd(
     check_apgd(steps=steps, restarts=restarts, rho=rho, loss=loss)
     with eval_mode(model):
         out, _ = apgd_attack(
-            model, x, y, eps=float(eps), norm=norm, steps=steps, loss=loss, restarts=restarts,
-            bounds=bounds, early_stop=early_stop, generator=generator, rho=rho,
-        )  # fmt: skip
+            model,
+            x,
+            y,
+            eps=float(eps),
+            norm=norm,
+            steps=steps,
+            loss=loss,
+            restarts=restarts,
+            bounds=bounds,
+            early_stop=early_stop,
+            generator=generator,
+            rho=rho,
+        )
     return out
 
 
@@ -374,9 +410,19 @@ def apgd_targeted(
         raise AttackError(f"n_target_classes must be >= 1, got {n_target_classes}")
     with eval_mode(model):
         out, _ = apgd_targeted_attack(
-            model, x, y, eps=float(eps), norm=norm, steps=steps, n_target_classes=n_target_classes,
-            restarts=restarts, bounds=bounds, early_stop=early_stop, generator=generator, rho=rho,
-        )  # fmt: skip
+            model,
+            x,
+            y,
+            eps=float(eps),
+            norm=norm,
+            steps=steps,
+            n_target_classes=n_target_classes,
+            restarts=restarts,
+            bounds=bounds,
+            early_stop=early_stop,
+            generator=generator,
+            rho=rho,
+        )
     return out
 
 
@@ -402,8 +448,16 @@ def standard_ensemble(
     check_apgd(steps=steps, restarts=restarts, rho=0.75)
     if n_target_classes < 1:
         raise AttackError(f"n_target_classes must be >= 1, got {n_target_classes}")
-    kw = {"eps": float(eps), "norm": norm, "steps": steps, "restarts": restarts, "bounds": bounds,
-          "early_stop": early_stop, "generator": generator, "rho": 0.75}  # fmt: skip
+    kw = {
+        "eps": float(eps),
+        "norm": norm,
+        "steps": steps,
+        "restarts": restarts,
+        "bounds": bounds,
+        "early_stop": early_stop,
+        "generator": generator,
+        "rho": 0.75,
+    }
     with eval_mode(model):
         out, _ = apgd_attack(model, x, y, loss="ce", **kw)
         with torch.no_grad():

@@ -70,10 +70,16 @@ def pgd_curve(
     x, y = x.detach(), y.detach()
     out = torch.zeros(len(grid), x.shape[0], dtype=torch.bool, device=x.device)
     with eval_mode(model), fast_layout(model), torch.no_grad():
-        alive = torch.cat([
-            model(x[i : i + batch_size]).argmax(1) == y[i : i + batch_size]
-            for i in range(0, x.shape[0], batch_size)
-        ]) if x.shape[0] else torch.zeros(0, dtype=torch.bool, device=x.device)  # fmt: skip
+        alive = (
+            torch.cat(
+                [
+                    model(x[i : i + batch_size]).argmax(1) == y[i : i + batch_size]
+                    for i in range(0, x.shape[0], batch_size)
+                ]
+            )
+            if x.shape[0]
+            else torch.zeros(0, dtype=torch.bool, device=x.device)
+        )
         current = x.clone()
         for k, eps in enumerate(grid):
             idx = alive.nonzero().flatten()
@@ -81,12 +87,20 @@ def pgd_curve(
                 j = idx[i : i + batch_size]
                 first = k == 0  # a full run from x; later ε warm-start from the last iterate
                 adv, fooled = _pgd_run(
-                    model, x[j], y[j], eps=eps, norm=norm, bounds=bounds,
+                    model,
+                    x[j],
+                    y[j],
+                    eps=eps,
+                    norm=norm,
+                    bounds=bounds,
                     steps=first_steps if first else steps,
                     alpha=2.5 * eps / first_steps if first else step_fraction * eps,
-                    random_init=False, targeted=False, early_stop=True, generator=None,
+                    random_init=False,
+                    targeted=False,
+                    early_stop=True,
+                    generator=None,
                     x_init=None if first else current[j],
-                )  # fmt: skip
+                )
                 current[j] = adv
                 alive[j] = ~fooled  # _pgd_run has checked the returned iterate
             out[k] = alive

@@ -239,11 +239,20 @@ def pgd(
             if todo.numel() == 0:
                 break
             adv, hit = _pgd_run(
-                model, x[todo], y[todo], eps=float(eps), steps=steps, alpha=alpha, norm=norm,
-                random_init=random_init, targeted=targeted, bounds=bounds,
-                early_stop=early_stop, generator=generator,
+                model,
+                x[todo],
+                y[todo],
+                eps=float(eps),
+                steps=steps,
+                alpha=alpha,
+                norm=norm,
+                random_init=random_init,
+                targeted=targeted,
+                bounds=bounds,
+                early_stop=early_stop,
+                generator=generator,
                 x_init=x_init[todo] if x_init is not None and r == 0 else None,
-            )  # fmt: skip
+            )
             out[todo] = adv
             todo = todo[~hit]
     return out
@@ -258,50 +267,141 @@ Gen = torch.Generator | None
 
 
 def _fgsm_entry(
-    model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, norm: str = "inf",
-    bounds: Bounds = (0.0, 1.0), steps: int = 1, restarts: int = 1, generator: Gen = None,
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    eps: float,
+    norm: str = "inf",
+    bounds: Bounds = (0.0, 1.0),
+    steps: int = 1,
+    restarts: int = 1,
+    generator: Gen = None,
     early_stop: bool = False,
-) -> torch.Tensor:  # fmt: skip
+) -> torch.Tensor:
     return fgsm(model, x, y, eps=eps, norm=norm, bounds=bounds)
 
 
 def _pgd_entry(
-    model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, norm: str = "inf",
-    bounds: Bounds = (0.0, 1.0), steps: int = 20, restarts: int = 1, generator: Gen = None,
-    early_stop: bool = False, step_size: float | None = None, random_init: bool = True,
-) -> torch.Tensor:  # fmt: skip
-    return pgd(model, x, y, eps=eps, norm=norm, bounds=bounds, steps=steps, restarts=restarts,
-               generator=generator, early_stop=early_stop, step_size=step_size,
-               random_init=random_init)  # fmt: skip
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    eps: float,
+    norm: str = "inf",
+    bounds: Bounds = (0.0, 1.0),
+    steps: int = 20,
+    restarts: int = 1,
+    generator: Gen = None,
+    early_stop: bool = False,
+    step_size: float | None = None,
+    random_init: bool = True,
+) -> torch.Tensor:
+    return pgd(
+        model,
+        x,
+        y,
+        eps=eps,
+        norm=norm,
+        bounds=bounds,
+        steps=steps,
+        restarts=restarts,
+        generator=generator,
+        early_stop=early_stop,
+        step_size=step_size,
+        random_init=random_init,
+    )
 
 
 def _apgd_ce_entry(
-    model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, norm: str = "inf",
-    bounds: Bounds = (0.0, 1.0), steps: int = 100, restarts: int = 1, generator: Gen = None,
-    early_stop: bool = False, loss: str = "ce", rho: float = 0.75,
-) -> torch.Tensor:  # fmt: skip
-    return apgd(model, x, y, eps=eps, norm=norm, bounds=bounds, steps=steps, restarts=restarts,
-                generator=generator, early_stop=early_stop, loss=loss, rho=rho)  # fmt: skip
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    eps: float,
+    norm: str = "inf",
+    bounds: Bounds = (0.0, 1.0),
+    steps: int = 100,
+    restarts: int = 1,
+    generator: Gen = None,
+    early_stop: bool = False,
+    loss: str = "ce",
+    rho: float = 0.75,
+) -> torch.Tensor:
+    return apgd(
+        model,
+        x,
+        y,
+        eps=eps,
+        norm=norm,
+        bounds=bounds,
+        steps=steps,
+        restarts=restarts,
+        generator=generator,
+        early_stop=early_stop,
+        loss=loss,
+        rho=rho,
+    )
 
 
 def _apgd_t_entry(
-    model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, norm: str = "inf",
-    bounds: Bounds = (0.0, 1.0), steps: int = 100, restarts: int = 1, generator: Gen = None,
-    early_stop: bool = False, n_target_classes: int = 9, rho: float = 0.75,
-) -> torch.Tensor:  # fmt: skip
-    return apgd_targeted(model, x, y, eps=eps, norm=norm, bounds=bounds, steps=steps,
-                         restarts=restarts, generator=generator, early_stop=early_stop,
-                         n_target_classes=n_target_classes, rho=rho)  # fmt: skip
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    eps: float,
+    norm: str = "inf",
+    bounds: Bounds = (0.0, 1.0),
+    steps: int = 100,
+    restarts: int = 1,
+    generator: Gen = None,
+    early_stop: bool = False,
+    n_target_classes: int = 9,
+    rho: float = 0.75,
+) -> torch.Tensor:
+    return apgd_targeted(
+        model,
+        x,
+        y,
+        eps=eps,
+        norm=norm,
+        bounds=bounds,
+        steps=steps,
+        restarts=restarts,
+        generator=generator,
+        early_stop=early_stop,
+        n_target_classes=n_target_classes,
+        rho=rho,
+    )
 
 
 def _ensemble_entry(
-    model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, norm: str = "inf",
-    bounds: Bounds = (0.0, 1.0), steps: int = 100, restarts: int = 1, generator: Gen = None,
-    early_stop: bool = False, n_target_classes: int = 9,
-) -> torch.Tensor:  # fmt: skip
-    return standard_ensemble(model, x, y, eps=eps, norm=norm, bounds=bounds, steps=steps,
-                             restarts=restarts, generator=generator, early_stop=early_stop,
-                             n_target_classes=n_target_classes)  # fmt: skip
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    eps: float,
+    norm: str = "inf",
+    bounds: Bounds = (0.0, 1.0),
+    steps: int = 100,
+    restarts: int = 1,
+    generator: Gen = None,
+    early_stop: bool = False,
+    n_target_classes: int = 9,
+) -> torch.Tensor:
+    return standard_ensemble(
+        model,
+        x,
+        y,
+        eps=eps,
+        norm=norm,
+        bounds=bounds,
+        steps=steps,
+        restarts=restarts,
+        generator=generator,
+        early_stop=early_stop,
+        n_target_classes=n_target_classes,
+    )
 
 
 #: Attack name → callable ``(model, x, y, *, eps, norm, bounds, steps, restarts, generator,
@@ -371,8 +471,12 @@ def robust_mask(
     if "steps" in kw or "restarts" in kw:
         check_budget(steps=kw.get("steps", 1), restarts=kw.get("restarts", 1))
     if attack.startswith("apgd") or attack == "ensemble":
-        check_apgd(steps=kw.get("steps", 100), restarts=kw.get("restarts", 1), rho=kw.get("rho", 0.75),
-                   loss=kw.get("loss", "ce"))  # fmt: skip
+        check_apgd(
+            steps=kw.get("steps", 100),
+            restarts=kw.get("restarts", 1),
+            rho=kw.get("rho", 0.75),
+            loss=kw.get("loss", "ce"),
+        )
     mask = torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
     with eval_mode(model), fast_layout(model), torch.no_grad():
         for i in range(0, x.shape[0], batch_size):

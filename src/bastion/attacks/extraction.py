@@ -209,8 +209,9 @@ def train_surrogate(
     if soft:
         answers = F.softmax(answers.clamp_min(1e-30).log() / temperature, dim=1)
     opt = torch.optim.Adam(model.parameters(), lr=lr)
-    steps = _steps(x.shape[0], epochs=epochs, batch_size=batch_size, min_steps=min_steps,
-                   max_steps=max_steps)  # fmt: skip
+    steps = _steps(
+        x.shape[0], epochs=epochs, batch_size=batch_size, min_steps=min_steps, max_steps=max_steps
+    )
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps) if schedule == "cosine" else None
     model.train()
     perm, pos = torch.randperm(x.shape[0], generator=gen).to(x.device), 0
@@ -371,15 +372,32 @@ class ModelExtraction:
             # between two budgets (Jacobian rounds) a shorter warm-started refresh is enough
             div = 3 if light else 1
             return train_surrogate(
-                model, x, answers, epochs=self.epochs, batch_size=self.batch_size, lr=self.lr,
-                min_steps=max(1, self.min_steps // div), max_steps=max(1, self.max_steps // div),
-                temperature=self.temperature, schedule=self.schedule, generator=gen,
-            )  # fmt: skip
+                model,
+                x,
+                answers,
+                epochs=self.epochs,
+                batch_size=self.batch_size,
+                lr=self.lr,
+                min_steps=max(1, self.min_steps // div),
+                max_steps=max(1, self.max_steps // div),
+                temperature=self.temperature,
+                schedule=self.schedule,
+                generator=gen,
+            )
 
         for b, model, x, answers in _grow(
-            self.source, target, self.build(), pool, budgets, train, bounds=self.bounds,
-            gen=gen, seed_size=self.seed_size, lam=self.jacobian_lambda, tau=self.jacobian_tau,
-        ):  # fmt: skip
+            self.source,
+            target,
+            self.build(),
+            pool,
+            budgets,
+            train,
+            bounds=self.bounds,
+            gen=gen,
+            seed_size=self.seed_size,
+            lam=self.jacobian_lambda,
+            tau=self.jacobian_tau,
+        ):
             self.surrogate_, self.x_queried_, self.answers_ = model, x, answers
             self.queries_ = target.queries - before
             yield b, self

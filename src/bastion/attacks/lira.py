@@ -57,8 +57,10 @@ def shifted_queries(x: torch.Tensor) -> torch.Tensor:
     (edges replicated, so pixel values stay within the input's range)."""
     padded = F.pad(x, (1, 1, 1, 1), mode="replicate")
     h, w = x.shape[-2:]
-    views = [padded[..., 1 + dy : 1 + dy + h, 1 + dx : 1 + dx + w] for dy, dx in
-             ((0, 0), (-1, 0), (1, 0), (0, -1), (0, 1))]  # fmt: skip
+    views = [
+        padded[..., 1 + dy : 1 + dy + h, 1 + dx : 1 + dx + w]
+        for dy, dx in ((0, 0), (-1, 0), (1, 0), (0, -1), (0, 1))
+    ]
     return torch.stack(views)
 
 
@@ -127,11 +129,16 @@ class LiRA:
             torch.manual_seed(self.seed * 7919 + k)
             model = build_model()
             train_model(
-                model, population.subset(in_mask[k].nonzero().flatten(), split="shadow"),
-                epochs=self.epochs, batch_size=self.batch_size, lr=self.lr,
-                val_fraction=self.val_fraction, seed=self.seed * 7919 + k, device=self.device,
+                model,
+                population.subset(in_mask[k].nonzero().flatten(), split="shadow"),
+                epochs=self.epochs,
+                batch_size=self.batch_size,
+                lr=self.lr,
+                val_fraction=self.val_fraction,
+                seed=self.seed * 7919 + k,
+                device=self.device,
                 description=f"LiRA shadow model {k + 1}/{self.n_shadow}",
-            )  # fmt: skip
+            )
             model.eval()
             models.append(model)
             log.info("LiRA: trained shadow model %d/%d", k + 1, self.n_shadow)
@@ -171,9 +178,13 @@ class LiRA:
         """A copy with another scoring variant that shares these fitted shadow models
         (online/offline and the variance choice only change ``score``, not ``fit``)."""
         self._check_fitted()
-        other = LiRA(**{**self.get_params(), "online": self.online if online is None else online,
-                        "fixed_variance": self.fixed_variance if fixed_variance is None
-                        else fixed_variance})  # fmt: skip
+        other = LiRA(
+            **{
+                **self.get_params(),
+                "online": self.online if online is None else online,
+                "fixed_variance": self.fixed_variance if fixed_variance is None else fixed_variance,
+            }
+        )
         for name, value in vars(self).items():
             if name.endswith("_"):
                 setattr(other, name, value)
@@ -181,8 +192,18 @@ class LiRA:
 
     def get_params(self) -> dict[str, object]:
         """The constructor parameters (scikit-learn style)."""
-        names = ("n_shadow", "online", "fixed_variance", "epochs", "lr", "batch_size",
-                 "val_fraction", "augment", "seed", "device")  # fmt: skip
+        names = (
+            "n_shadow",
+            "online",
+            "fixed_variance",
+            "epochs",
+            "lr",
+            "batch_size",
+            "val_fraction",
+            "augment",
+            "seed",
+            "device",
+        )
         return {n: getattr(self, n) for n in names}
 
     # ---------------------------------------------------------------- score

@@ -301,9 +301,14 @@ def flip_labels(
     y[indices] = (data.y[indices] + offset) % data.num_classes
     poisoned = _replace(data, data.x.clone(), y, f"label-flip(rate={rate})")
     return PoisonedData(
-        dataset=poisoned, indices=indices, target=None, patch_size=0,
-        original_labels=data.y[indices].clone(), kind="label_flip", rate=float(rate),
-    )  # fmt: skip
+        dataset=poisoned,
+        indices=indices,
+        target=None,
+        patch_size=0,
+        original_labels=data.y[indices].clone(),
+        kind="label_flip",
+        rate=float(rate),
+    )
 
 
 def _replace(data: Dataset, x: torch.Tensor, y: torch.Tensor, how: str) -> Dataset:

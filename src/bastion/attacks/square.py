@@ -46,8 +46,18 @@ def p_selection(p_init: float, it: int, n_iters: int) -> float:
     """The paper's piecewise-constant schedule of the fraction of pixels changed, halved at
     fixed fractions of the budget (rescaled to 10 000 iterations)."""
     i = int(it / max(1, n_iters) * 10_000)
-    for limit, div in ((10, 1), (50, 2), (200, 4), (500, 8), (1000, 16), (2000, 32),
-                       (4000, 64), (6000, 128), (8000, 256), (10_000, 512)):  # fmt: skip
+    for limit, div in (
+        (10, 1),
+        (50, 2),
+        (200, 4),
+        (500, 8),
+        (1000, 16),
+        (2000, 32),
+        (4000, 64),
+        (6000, 128),
+        (8000, 256),
+        (10_000, 512),
+    ):
         if i <= limit:
             return p_init / div
     return p_init

@@ -140,10 +140,16 @@ class Backend:
             self._exec(
                 "INSERT INTO audit_log_heads (tree_size, timestamp_ms, root, signature, key_id, "
                 "public_key) VALUES (?, ?, ?, ?, ?, ?) RETURNING id",
-                (head.tree_size, head.timestamp_ms, head.root, head.signature, head.key_id,
-                 public_key),
+                (
+                    head.tree_size,
+                    head.timestamp_ms,
+                    head.root,
+                    head.signature,
+                    head.key_id,
+                    public_key,
+                ),
             ).fetchone()[0]
-        )  # fmt: skip
+        )
 
     def heads(self) -> list[tuple[SignedTreeHead, bytes]]:
         rows = self._exec(

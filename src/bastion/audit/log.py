@@ -103,8 +103,11 @@ class AuditLog:
             from bastion.store.db import default_url
 
             url = default_url()
-        return cls(open_backend(url, schema=schema), signing_key=signing_key,
-                   checkpoint_every=checkpoint_every)  # fmt: skip
+        return cls(
+            open_backend(url, schema=schema),
+            signing_key=signing_key,
+            checkpoint_every=checkpoint_every,
+        )
 
     @property
     def url(self) -> str:
@@ -243,8 +246,9 @@ class AuditLog:
                     raise StoreError(f"cannot store a tree head in {self.url}: {exc}") from exc
                 raise
         log.info("signed tree head: size %d root %s", head.tree_size, head.root.hex())
-        return SignedTreeHead(head.tree_size, head.timestamp_ms, head.root, head.signature,
-                              head.key_id, id=hid)  # fmt: skip
+        return SignedTreeHead(
+            head.tree_size, head.timestamp_ms, head.root, head.signature, head.key_id, id=hid
+        )
 
     def _sign(self, size: int, root: bytes) -> SignedTreeHead:
         key = require_key(self.signing_key)

@@ -96,12 +96,16 @@ def _check_signatures(
         if ok:
             heads.append(_Head(head, label))
         else:
-            bad.append(f"{label} has an invalid signature: forged, or signed by another key "
-                       "than the one given")  # fmt: skip
+            bad.append(
+                f"{label} has an invalid signature: forged, or signed by another key "
+                "than the one given"
+            )
     kids = sorted({key_id(pub) for _, pub in stored})
     if public_key is None and len(kids) > 1:
-        bad.append(f"the signed tree heads carry {len(kids)} different keys ({', '.join(kids)}): "
-                   "pass --key to say which one to trust")  # fmt: skip
+        bad.append(
+            f"the signed tree heads carry {len(kids)} different keys ({', '.join(kids)}): "
+            "pass --key to say which one to trust"
+        )
     for head in trusted:
         label = f"trusted tree head (size {head.tree_size})"
         if public_key is None:
@@ -192,17 +196,25 @@ class _Pages:
         for h, parts in zip(heads, at_cuts, strict=False):
             if fold(self.frontier.nodes + parts) != h.head.root:
                 lg, size = self.last_good, h.head.tree_size
-                self.problem = (lg, (
-                    f"{h.label} does not match the log: an entry in {lg}..{size - 1} was "
-                    f"changed and its recorded hashes rewritten (entries before {lg} match an "
-                    f"earlier signed head); first untrusted entry {lg}"))  # fmt: skip
+                self.problem = (
+                    lg,
+                    (
+                        f"{h.label} does not match the log: an entry in {lg}..{size - 1} was "
+                        f"changed and its recorded hashes rewritten (entries before {lg} match an "
+                        f"earlier signed head); first untrusted entry {lg}"
+                    ),
+                )
                 return
             self.last_good = max(self.last_good, h.head.tree_size)
             self.checked += 1
         if bad >= 0:
-            self.problem = (base + bad, (
-                f"entry {base + bad} was altered: it no longer hashes to the leaf recorded for "
-                "its position (edited, or entries were reordered)"))  # fmt: skip
+            self.problem = (
+                base + bad,
+                (
+                    f"entry {base + bad} was altered: it no longer hashes to the leaf recorded for "
+                    "its position (edited, or entries were reordered)"
+                ),
+            )
             self.tail = whole
             self.frontier.size += bad
             return
@@ -219,9 +231,11 @@ def _block_problem(pos: int, n: int, entries: list[bytes], hashes: bytes) -> tup
     j = min(_first_diff(leaves, hashes), n, len(entries))
     if len(entries) != n:
         how = "removed" if len(entries) < n else "inserted"
-        return j, (f"entry {pos + j} was altered: the block holding entries {pos}..{pos + n - 1} "
-                   f"has {len(entries)} entries instead of {n} (one {how} at or after "
-                   f"{pos + j})")  # fmt: skip
+        return j, (
+            f"entry {pos + j} was altered: the block holding entries {pos}..{pos + n - 1} "
+            f"has {len(entries)} entries instead of {n} (one {how} at or after "
+            f"{pos + j})"
+        )
     return j, f"entry {pos + j} has no recorded leaf hash (the hash record was cut)"
 
 
@@ -248,8 +262,11 @@ def verify_backend(
         for start, n, chain, hashes, blob in snap.blocks(0):
             start, n = int(start), int(n)
             if start != pos:
-                what = (f"entries {pos}..{start - 1} are missing (deleted)" if start > pos else
-                        f"entry {start} is recorded twice (blocks overlap)")  # fmt: skip
+                what = (
+                    f"entries {pos}..{start - 1} are missing (deleted)"
+                    if start > pos
+                    else f"entry {start} is recorded twice (blocks overlap)"
+                )
                 problems.append((min(pos, start), f"entry {min(pos, start)} is bad: {what}"))
                 break
             hashes = as_bytes(hashes)
@@ -262,10 +279,16 @@ def verify_backend(
                 break
             prev = block_chain(start, n, hashes, prev)
             if prev != as_bytes(chain):
-                problems.append((pos, (
-                    f"entry {pos} is out of place: the block chain breaks at the block of "
-                    f"entries {pos}..{pos + n - 1} (blocks reordered, removed or renumbered, "
-                    "or their recorded hashes rewritten)")))  # fmt: skip
+                problems.append(
+                    (
+                        pos,
+                        (
+                            f"entry {pos} is out of place: the block chain breaks at the block of "
+                            f"entries {pos}..{pos + n - 1} (blocks reordered, removed or renumbered, "
+                            "or their recorded hashes rewritten)"
+                        ),
+                    )
+                )
                 break
             pages.add(entries, hashes)
             pos += n
@@ -284,9 +307,15 @@ def verify_backend(
             if h.head.tree_size == 0 and h.head.root == fold([]):
                 checked += 1
                 continue
-            problems.append((size, (
-                f"log truncated below a signed head: {h.label} covers {h.head.tree_size} "
-                f"entries but only {size} remain; first missing entry {size}")))  # fmt: skip
+            problems.append(
+                (
+                    size,
+                    (
+                        f"log truncated below a signed head: {h.label} covers {h.head.tree_size} "
+                        f"entries but only {size} remain; first missing entry {size}"
+                    ),
+                )
+            )
             break
     seconds = time.perf_counter() - t0
     kid = key_id(public_key) if public_key is not None else None
@@ -295,15 +324,18 @@ def verify_backend(
     if problems:
         first_bad, msg = min(problems, key=lambda q: q[0])
         rest = [m for _, m in problems if m != msg] + bad_heads
-        return VerifyResult(False, size, root, checked, first_bad, msg, (msg, *rest),
-                            kid, seconds)  # fmt: skip
+        return VerifyResult(False, size, root, checked, first_bad, msg, (msg, *rest), kid, seconds)
     if bad_heads:
-        return VerifyResult(False, size, root, checked, None, bad_heads[0],
-                            tuple(bad_heads), kid, seconds)  # fmt: skip
+        return VerifyResult(
+            False, size, root, checked, None, bad_heads[0], tuple(bad_heads), kid, seconds
+        )
     note = ""
     if public_key is None and stored:
-        note = (" (signatures checked against the key recorded in the log; pass --key to "
-                "check them against a key you trust)")  # fmt: skip
-    msg = (f"OK: {size} entries, root {root.hex()[:16]}…, {checked} signed tree head(s) "
-           f"verified{note}")  # fmt: skip
+        note = (
+            " (signatures checked against the key recorded in the log; pass --key to "
+            "check them against a key you trust)"
+        )
+    msg = (
+        f"OK: {size} entries, root {root.hex()[:16]}…, {checked} signed tree head(s) verified{note}"
+    )
     return VerifyResult(True, size, root, checked, None, msg, (), kid, seconds)

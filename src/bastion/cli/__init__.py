@@ -21,9 +21,20 @@ from bastion.errors import BastionError
 
 # Pipeline order: it is also the order of `bastion demo`.
 COMMAND_MODULES = [
-    "train", "assess", "runs", "harden", "risk", "gate", "attest", "keys", "guard", "serve",
-    "audit", "demo", "clients",
-]  # fmt: skip
+    "train",
+    "assess",
+    "runs",
+    "harden",
+    "risk",
+    "gate",
+    "attest",
+    "keys",
+    "guard",
+    "serve",
+    "audit",
+    "demo",
+    "clients",
+]
 
 
 def command_modules() -> list[ModuleType]:
@@ -69,6 +80,8 @@ def main() -> None:
             raise
         err_console.print(
             f"[bold red]internal error:[/] {type(exc).__name__}: {exc} (rerun with BASTION_DEBUG=1 "
-            "for the traceback and report it)", highlight=False, soft_wrap=True,
-        )  # fmt: skip
+            "for the traceback and report it)",
+            highlight=False,
+            soft_wrap=True,
+        )
         sys.exit(1)

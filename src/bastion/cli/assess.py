@@ -243,5 +243,9 @@ def demo_stage(ctx) -> None:
     result = assess(model, ctx.data, DEMO_THREAT, ctx.out / "assess", seed=ctx.seed)
     print_outcome(result)
     ctx.report_path = result.json_path
-    ctx.add("assess", f"score {result.report.score}/100, {len(result.report.findings)} findings, "
-            f"{len(result.report.warnings)} warnings", result.html_path)  # fmt: skip
+    ctx.add(
+        "assess",
+        f"score {result.report.score}/100, {len(result.report.findings)} findings, "
+        f"{len(result.report.warnings)} warnings",
+        result.html_path,
+    )

@@ -52,9 +52,10 @@ STATE_STYLE = {
 
 def register(app: typer.Typer) -> None:
     attest = typer.Typer(
-        name="attest", invoke_without_command=True,
+        name="attest",
+        invoke_without_command=True,
         help="Signed in-toto attestations of the gate decision (DSSE, Ed25519).",
-    )  # fmt: skip
+    )
     app.add_typer(attest, name="attest")
 
     @attest.callback()

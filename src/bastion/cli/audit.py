@@ -74,11 +74,20 @@ def register(app: typer.Typer) -> None:
         with AuditLog.open(db) as log:
             result = log.verify(pub, trusted_heads=heads, workers=workers)
         if result.ok:
-            console.print(f"{result.message} in {result.seconds:.2f} s", highlight=False,
-                          soft_wrap=True, markup=False)  # fmt: skip
+            console.print(
+                f"{result.message} in {result.seconds:.2f} s",
+                highlight=False,
+                soft_wrap=True,
+                markup=False,
+            )
             return
-        err_console.print(f"FAILED: {result.message}", highlight=False, soft_wrap=True,
-                          markup=False, style="bold red")  # fmt: skip
+        err_console.print(
+            f"FAILED: {result.message}",
+            highlight=False,
+            soft_wrap=True,
+            markup=False,
+            style="bold red",
+        )
         for extra in result.problems[1:]:
             err_console.print(f"  also: {extra}", highlight=False, soft_wrap=True, markup=False)
         raise typer.Exit(1)
@@ -96,10 +105,18 @@ def register(app: typer.Typer) -> None:
             leaf = leaf_hash(log.entry_bytes(index))
             root = log.root(n)
         ok = verify_inclusion(leaf, index, n, proof, root)
-        console.print_json(json.dumps({
-            "index": index, "tree_size": n, "leaf_hash": leaf.hex(), "root_hash": root.hex(),
-            "audit_path": [p.hex() for p in proof], "verified": ok,
-        }))  # fmt: skip
+        console.print_json(
+            json.dumps(
+                {
+                    "index": index,
+                    "tree_size": n,
+                    "leaf_hash": leaf.hex(),
+                    "root_hash": root.hex(),
+                    "audit_path": [p.hex() for p in proof],
+                    "verified": ok,
+                }
+            )
+        )
         if not ok:
             raise typer.Exit(1)
 
@@ -117,10 +134,18 @@ def register(app: typer.Typer) -> None:
             proof = log.consistency_proof(old, n)
             old_root, new_root = log.root(old), log.root(n)
         ok = verify_consistency(old, n, old_root, new_root, proof)
-        console.print_json(json.dumps({
-            "old_size": old, "new_size": n, "old_root": old_root.hex(), "new_root": new_root.hex(),
-            "proof": [p.hex() for p in proof], "verified": ok,
-        }))  # fmt: skip
+        console.print_json(
+            json.dumps(
+                {
+                    "old_size": old,
+                    "new_size": n,
+                    "old_root": old_root.hex(),
+                    "new_root": new_root.hex(),
+                    "proof": [p.hex() for p in proof],
+                    "verified": ok,
+                }
+            )
+        )
         if not ok:
             raise typer.Exit(1)
 
@@ -135,8 +160,12 @@ def register(app: typer.Typer) -> None:
             head = log.latest_head()
             size = log.size()
         for i, entry in rows:
-            console.print(f"{i}  {canonical_json(entry).decode()}", highlight=False,
-                          soft_wrap=True, markup=False)  # fmt: skip
+            console.print(
+                f"{i}  {canonical_json(entry).decode()}",
+                highlight=False,
+                soft_wrap=True,
+                markup=False,
+            )
         latest = f"latest signed head: size {head.tree_size}" if head else "no signed head yet"
         console.print(f"[dim]{size} entries; {latest}[/]")
 

@@ -138,9 +138,11 @@ def demo_stage(ctx: DemoContext) -> None:
     (out / "policy.yaml").write_text(examples.joinpath("policy.yaml").read_text())
     reg = build_register(SystemProfile.model_validate(yaml.safe_load(system_text)))
     reg.set_status(
-        "ART-01", "mitigated", reason="weights are safetensors; Bastion refuses pickled code",
+        "ART-01",
+        "mitigated",
+        reason="weights are safetensors; Bastion refuses pickled code",
         by="demo",
-    )  # fmt: skip
+    )
     if ctx.report_path is None:
         ctx.add("risk", "skipped: no report from the assessment stage")
         return
@@ -169,9 +171,13 @@ def demo_stage(ctx: DemoContext) -> None:
         yaml.safe_load((out / "policy.yaml").read_text()), str(out / "policy.yaml")
     )
     att = create_attestation(
-        report_path=ctx.report_path, policy=policy, key=load_signing_key(files.private),
-        out=out / "attestation.dsse.json", model_dir=ctx.model_dir, register_path=reg_path,
-    )  # fmt: skip
+        report_path=ctx.report_path,
+        policy=policy,
+        key=load_signing_key(files.private),
+        out=out / "attestation.dsse.json",
+        model_dir=ctx.model_dir,
+        register_path=reg_path,
+    )
     check = verify_attestation(att.path, load_public_key(files.public))
     state = "verified" if check.ok else "DOES NOT VERIFY: " + "; ".join(check.problems)
     ctx.add("attest", f"{len(att.subjects)} subjects signed, {state}", att.path)

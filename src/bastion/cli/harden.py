@@ -65,16 +65,22 @@ def comparison_table(c: Comparison) -> Table:
         d, ok = r.delta, r.improved
         style = "" if ok is None else ("green" if ok else "red")
         fmt = lambda v: "–" if v is None else f"{v:.4g}"  # noqa: E731
-        table.add_row(r.metric, fmt(r.parent), fmt(r.child),
-                      f"[{style}]{d:+.3f}[/]" if d is not None and style else fmt(d))  # fmt: skip
+        table.add_row(
+            r.metric,
+            fmt(r.parent),
+            fmt(r.child),
+            f"[{style}]{d:+.3f}[/]" if d is not None and style else fmt(d),
+        )
     return table
 
 
 def print_comparison(c: Comparison) -> None:
     console.print(comparison_table(c))
     if c.privacy:
-        console.print(f"DP-SGD spent ε = {c.privacy['epsilon_spent']:.3f} at δ = {c.privacy['delta']:.2e} "
-                      f"(noise multiplier {c.privacy['noise_multiplier']:.3f})")  # fmt: skip
+        console.print(
+            f"DP-SGD spent ε = {c.privacy['epsilon_spent']:.3f} at δ = {c.privacy['delta']:.2e} "
+            f"(noise multiplier {c.privacy['noise_multiplier']:.3f})"
+        )
     if c.sanitize:
         s = c.sanitize
         pr = (
@@ -85,10 +91,12 @@ def print_comparison(c: Comparison) -> None:
         console.print(f"sanitize ({s['method']}) dropped {s['n_flagged']} samples{pr}")
     if c.backdoor:
         b = c.backdoor
-        console.print(f"BadNets check: attack success {b.parent_attack_success:.1%} (natural training) → "
-                      f"{b.child_attack_success:.1%} (this recipe); flags precision "
-                      f"{b.precision if b.precision is not None else float('nan'):.2f}, recall "
-                      f"{b.recall if b.recall is not None else float('nan'):.2f}")  # fmt: skip
+        console.print(
+            f"BadNets check: attack success {b.parent_attack_success:.1%} (natural training) → "
+            f"{b.child_attack_success:.1%} (this recipe); flags precision "
+            f"{b.precision if b.precision is not None else float('nan'):.2f}, recall "
+            f"{b.recall if b.recall is not None else float('nan'):.2f}"
+        )
     for note in c.notes:
         console.print(f"[yellow]note[/] {note}")
 
@@ -289,13 +297,26 @@ def demo_stage(ctx) -> None:
 
 def _demo(ctx, harden_model) -> None:
     parent = load_model(ctx.model_dir)
-    threat = ThreatModel(eps=[0.1], attacks=["pgd"], curve_eps=[0.05, 0.1, 0.15, 0.2],
-                         budgets={"n_eval": 200, "pgd_steps": 20}, probes=["evasion"])  # fmt: skip
+    threat = ThreatModel(
+        eps=[0.1],
+        attacks=["pgd"],
+        curve_eps=[0.05, 0.1, 0.15, 0.2],
+        budgets={"n_eval": 200, "pgd_steps": 20},
+        probes=["evasion"],
+    )
     recipe = parse_recipe(
         [{"fast_at": {"epochs": 4, "init": "parent", "lr": 2e-3, "select_n": 256}}]
     )
-    outcome = harden_model(parent, ctx.data, recipe, ctx.out / "harden", threat=threat,
-                           data_spec="digits", seed=ctx.seed, backdoor=False)  # fmt: skip
+    outcome = harden_model(
+        parent,
+        ctx.data,
+        recipe,
+        ctx.out / "harden",
+        threat=threat,
+        data_spec="digits",
+        seed=ctx.seed,
+        backdoor=False,
+    )
     print_comparison(outcome.comparison)
     c = outcome.comparison
     rob = next((r for r in c.rows if r.metric.startswith("robust accuracy")), None)

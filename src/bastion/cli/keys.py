@@ -36,8 +36,10 @@ def register(app: typer.Typer) -> None:
         check_role(role)
         engine = make_engine(db)
         info, secret = create_key(engine, role, name)
-        append_sync(db or default_url(), {"kind": "key", "action": "create", "key_id": info.id,
-                                          "role": info.role, "by": "cli"})  # fmt: skip
+        append_sync(
+            db or default_url(),
+            {"kind": "key", "action": "create", "key_id": info.id, "role": info.role, "by": "cli"},
+        )
         engine.dispose()
         console.print(
             f"created key {info.id} (role {info.role}); store it now, it is not shown again:"
@@ -56,8 +58,10 @@ def register(app: typer.Typer) -> None:
 
         engine = make_engine(db)
         info = revoke_key(engine, key_id)
-        append_sync(db or default_url(), {"kind": "key", "action": "revoke", "key_id": info.id,
-                                          "role": info.role, "by": "cli"})  # fmt: skip
+        append_sync(
+            db or default_url(),
+            {"kind": "key", "action": "revoke", "key_id": info.id, "role": info.role, "by": "cli"},
+        )
         engine.dispose()
         console.print(f"revoked key {info.id} ({info.role}, {info.prefix}…)")
 
@@ -74,7 +78,12 @@ def register(app: typer.Typer) -> None:
         for col in ("id", "role", "name", "prefix", "created", "revoked"):
             table.add_column(col)
         for r in rows:
-            table.add_row(str(r.id), r.role, r.name, r.prefix + "…",
-                          r.created.strftime("%Y-%m-%d %H:%M"),
-                          r.revoked.strftime("%Y-%m-%d %H:%M") if r.revoked else "")  # fmt: skip
+            table.add_row(
+                str(r.id),
+                r.role,
+                r.name,
+                r.prefix + "…",
+                r.created.strftime("%Y-%m-%d %H:%M"),
+                r.revoked.strftime("%Y-%m-%d %H:%M") if r.revoked else "",
+            )
         console.print(table)

@@ -29,9 +29,10 @@ def ensure_keys_group(app: typer.Typer) -> typer.Typer:
     group = _GROUPS.get(app)
     if group is None:
         group = typer.Typer(
-            name="keys", help="Signing keys for attestations and API keys for the gateway.",
+            name="keys",
+            help="Signing keys for attestations and API keys for the gateway.",
             no_args_is_help=True,
-        )  # fmt: skip
+        )
         app.add_typer(group, name="keys")
         _GROUPS[app] = group
     _LAST[:] = [group]

@@ -40,18 +40,27 @@ def register_table(register: RiskRegister, *, sort: str = "priority") -> Table:
         table.add_column(col, justify="right" if col in ("S", "O", "D", "RPN") else "left")
     for r in sorted(register.risks, key=keys[sort]):
         table.add_row(
-            r.id, r.title, r.layer, str(r.severity), str(r.occurrence), str(r.detection),
-            str(r.rpn), f"[{PRIORITY_STYLE[r.priority]}]{r.priority}[/]",
-            f"{r.likelihood}×{r.impact} {r.level}", r.status, r.owner,
-        )  # fmt: skip
+            r.id,
+            r.title,
+            r.layer,
+            str(r.severity),
+            str(r.occurrence),
+            str(r.detection),
+            str(r.rpn),
+            f"[{PRIORITY_STYLE[r.priority]}]{r.priority}[/]",
+            f"{r.likelihood}×{r.impact} {r.level}",
+            r.status,
+            r.owner,
+        )
     return table
 
 
 def register(app: typer.Typer) -> None:
     risk = typer.Typer(
-        name="risk", help="Design-time risk register (FMEA, ISO 31000, MITRE ATLAS).",
+        name="risk",
+        help="Design-time risk register (FMEA, ISO 31000, MITRE ATLAS).",
         no_args_is_help=True,
-    )  # fmt: skip
+    )
     app.add_typer(risk, name="risk")
 
     @risk.command("init")

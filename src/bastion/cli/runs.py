@@ -26,8 +26,16 @@ def register(app: typer.Typer) -> None:
         for col in ("id", "created", "kind", "model", "dataset", "score", "findings", "out"):
             table.add_column(col)
         for r in list_runs(limit=limit, url=db):
-            table.add_row(str(r.id), r.created.strftime("%Y-%m-%d %H:%M"), r.kind, r.model_name,
-                          r.dataset_name, f"{r.score:.1f}", str(r.n_findings), r.out_dir)  # fmt: skip
+            table.add_row(
+                str(r.id),
+                r.created.strftime("%Y-%m-%d %H:%M"),
+                r.kind,
+                r.model_name,
+                r.dataset_name,
+                f"{r.score:.1f}",
+                str(r.n_findings),
+                r.out_dir,
+            )
         console.print(table)
 
     @runs.command("show")

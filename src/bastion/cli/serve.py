@@ -202,7 +202,11 @@ def demo_stage(ctx: DemoContext) -> None:
     console.print(f"  {serve_cmd}", highlight=False, soft_wrap=True)
     console.print("then call it:")
     console.print(f"  {curl_cmd}", highlight=False, soft_wrap=True)
-    console.print(f"dashboard: http://127.0.0.1:8000/ (reviewer key in {out / 'README.txt'})",
-                  highlight=False)  # fmt: skip
-    ctx.add("serve", f"client key {info.prefix}… created; serve + curl commands printed",
-            out / "README.txt")  # fmt: skip
+    console.print(
+        f"dashboard: http://127.0.0.1:8000/ (reviewer key in {out / 'README.txt'})", highlight=False
+    )
+    ctx.add(
+        "serve",
+        f"client key {info.prefix}… created; serve + curl commands printed",
+        out / "README.txt",
+    )

@@ -44,12 +44,21 @@ def train_and_save(
     module.cpu()
     test_acc = accuracy(module, bundle.test.x, bundle.test.y)
     provenance = {
-        "data": data, "data_root": data_root,
+        "data": data,
+        "data_root": data_root,
         "train_manifest": bundle.train.manifest().model_dump(),
         "test_manifest": bundle.test.manifest().model_dump(),
-        "recipe": {"name": "standard", "epochs": epochs, "batch_size": batch_size, "lr": lr, "seed": seed},
-        "parent": None, "test_accuracy": test_acc, "train_seconds": result.seconds,
-    }  # fmt: skip
+        "recipe": {
+            "name": "standard",
+            "epochs": epochs,
+            "batch_size": batch_size,
+            "lr": lr,
+            "seed": seed,
+        },
+        "parent": None,
+        "test_accuracy": test_acc,
+        "train_seconds": result.seconds,
+    }
     save_model(module, spec, out, provenance=provenance)
     return out, test_acc
 
@@ -71,9 +80,16 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Train a zoo model and save it as safetensors + spec.json + provenance.json."""
         path, acc = train_and_save(
-            data, model, out, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed,
-            data_root=data_root, device=device,
-        )  # fmt: skip
+            data,
+            model,
+            out,
+            epochs=epochs,
+            batch_size=batch_size,
+            lr=lr,
+            seed=seed,
+            data_root=data_root,
+            device=device,
+        )
         console.print(f"test accuracy {acc:.4f}; model written to [bold]{path}[/]")
 
 

@@ -108,35 +108,64 @@ def trades_adversary(
 
 
 def pgd_at_loss(
-    *, eps: float, steps: int, step_size: float, norm: str = "inf", bounds: Bounds = (0.0, 1.0),
+    *,
+    eps: float,
+    steps: int,
+    step_size: float,
+    norm: str = "inf",
+    bounds: Bounds = (0.0, 1.0),
     seed: int = 0,
-) -> LossFn:  # fmt: skip
+) -> LossFn:
     """Madry et al. 2018: cross-entropy on PGD points only."""
     gen = torch.Generator().manual_seed(seed)
 
     def loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        adv = training_adversary(model, x, y, eps=eps, steps=steps, step_size=step_size,
-                                 norm=norm, bounds=bounds, generator=gen)  # fmt: skip
+        adv = training_adversary(
+            model,
+            x,
+            y,
+            eps=eps,
+            steps=steps,
+            step_size=step_size,
+            norm=norm,
+            bounds=bounds,
+            generator=gen,
+        )
         return F.cross_entropy(model(adv), y)
 
     return loss
 
 
 def trades_loss(
-    *, beta: float, eps: float, steps: int, step_size: float, norm: str = "inf",
-    bounds: Bounds = (0.0, 1.0), seed: int = 0,
-) -> LossFn:  # fmt: skip
+    *,
+    beta: float,
+    eps: float,
+    steps: int,
+    step_size: float,
+    norm: str = "inf",
+    bounds: Bounds = (0.0, 1.0),
+    seed: int = 0,
+) -> LossFn:
     """Zhang et al. 2019: ``CE(f(x), y) + β · KL(f(x) ‖ f(x'))`` (batch mean)."""
     if beta < 0:
         raise ConfigError(f"TRADES beta must be >= 0 (0 = natural training), got {beta}")
     gen = torch.Generator().manual_seed(seed)
 
     def loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        adv = trades_adversary(model, x, eps=eps, steps=steps, step_size=step_size, norm=norm,
-                               bounds=bounds, generator=gen)  # fmt: skip
+        adv = trades_adversary(
+            model,
+            x,
+            eps=eps,
+            steps=steps,
+            step_size=step_size,
+            norm=norm,
+            bounds=bounds,
+            generator=gen,
+        )
         logits = model(x)
-        robust = F.kl_div(F.log_softmax(model(adv), dim=1), F.softmax(logits, dim=1),
-                          reduction="batchmean")  # fmt: skip
+        robust = F.kl_div(
+            F.log_softmax(model(adv), dim=1), F.softmax(logits, dim=1), reduction="batchmean"
+        )
         return F.cross_entropy(logits, y) + beta * robust
 
     return loss
@@ -149,8 +178,9 @@ def fast_at_loss(
     gen = torch.Generator().manual_seed(seed)
 
     def loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        adv = training_adversary(model, x, y, eps=eps, steps=1, step_size=alpha, norm=norm,
-                                 bounds=bounds, generator=gen)  # fmt: skip
+        adv = training_adversary(
+            model, x, y, eps=eps, steps=1, step_size=alpha, norm=norm, bounds=bounds, generator=gen
+        )
         return F.cross_entropy(model(adv), y)
 
     return loss
@@ -175,22 +205,37 @@ def robust_accuracy(
     correct = 0
     for i in range(0, len(x), batch_size):
         xb, yb = x[i : i + batch_size], y[i : i + batch_size]
-        adv = pgd(model, xb, yb, eps=eps, steps=steps, norm=norm, bounds=bounds,
-                  early_stop=True, generator=gen)  # fmt: skip
+        adv = pgd(
+            model,
+            xb,
+            yb,
+            eps=eps,
+            steps=steps,
+            norm=norm,
+            bounds=bounds,
+            early_stop=True,
+            generator=gen,
+        )
         with torch.no_grad(), eval_mode(model):
             correct += int((model(adv).argmax(1) == yb).sum())
     return correct / len(x)
 
 
 def robust_select(
-    *, eps: float, steps: int = 10, n: int = 512, norm: str = "inf", bounds: Bounds = (0.0, 1.0),
+    *,
+    eps: float,
+    steps: int = 10,
+    n: int = 512,
+    norm: str = "inf",
+    bounds: Bounds = (0.0, 1.0),
     seed: int = 0,
-) -> SelectFn:  # fmt: skip
+) -> SelectFn:
     """A ``select_fn``: PGD accuracy on the first ``n`` validation points (the held-out batch)."""
 
     def select(model: nn.Module, x_val: torch.Tensor, y_val: torch.Tensor) -> float:
-        return robust_accuracy(model, x_val[:n], y_val[:n], eps=eps, steps=steps, norm=norm,
-                               bounds=bounds, seed=seed)  # fmt: skip
+        return robust_accuracy(
+            model, x_val[:n], y_val[:n], eps=eps, steps=steps, norm=norm, bounds=bounds, seed=seed
+        )
 
     return select
 
@@ -213,8 +258,12 @@ class CollapseGuard:
             self.collapsed_at = len(scores) - 1
             log.warning(
                 "catastrophic overfitting at epoch %d: PGD accuracy %.3f, best %.3f; stopping and "
-                "rolling back to epoch %d", len(scores) - 1, scores[-1], best, result.best_epoch,
-            )  # fmt: skip
+                "rolling back to epoch %d",
+                len(scores) - 1,
+                scores[-1],
+                best,
+                result.best_epoch,
+            )
             return True
         return False
 

@@ -284,9 +284,14 @@ def report_rows(parent: Report, child: Report) -> list[MetricRow]:
                 clean_done = True
             rows += _robust_rows(pf, cf)
         elif pf.probe == "evasion" and pf.attack.endswith("-curve"):
-            rows.append(MetricRow(group="evasion", metric=f"mean robust accuracy over the ε curve ({pf.attack})",
-                                  parent=pf.metrics.get("mean_robust_accuracy"),
-                                  child=cf.metrics.get("mean_robust_accuracy")))  # fmt: skip
+            rows.append(
+                MetricRow(
+                    group="evasion",
+                    metric=f"mean robust accuracy over the ε curve ({pf.attack})",
+                    parent=pf.metrics.get("mean_robust_accuracy"),
+                    child=cf.metrics.get("mean_robust_accuracy"),
+                )
+            )
         elif pf.probe == "membership":
             for m, label in (
                 ("tpr_at_fpr", "TPR at 0.1% FPR"),
@@ -294,15 +299,36 @@ def report_rows(parent: Report, child: Report) -> list[MetricRow]:
                 ("auc", "AUC"),
             ):
                 if m in pf.metrics:
-                    rows.append(MetricRow(group="membership", metric=f"membership {label} · {pf.attack}",
-                                          parent=pf.metrics[m], child=cf.metrics.get(m), better="lower"))  # fmt: skip
+                    rows.append(
+                        MetricRow(
+                            group="membership",
+                            metric=f"membership {label} · {pf.attack}",
+                            parent=pf.metrics[m],
+                            child=cf.metrics.get(m),
+                            better="lower",
+                        )
+                    )
         elif pf.probe == "poisoning" and "attack_success_rate" in pf.metrics:
-            rows.append(MetricRow(group="poisoning", metric=f"{pf.attack} attack success (assessment probe)",
-                                  parent=pf.metrics["attack_success_rate"], child=cf.metrics.get("attack_success_rate"),
-                                  better="lower", note="the probe retrains with each model's recorded "
-                                  "recipe; see the backdoor check for the hardening recipe"))  # fmt: skip
-    rows.append(MetricRow(group="overall", metric="vulnerability score (0–100)", parent=parent.score,
-                          child=child.score, better="lower"))  # fmt: skip
+            rows.append(
+                MetricRow(
+                    group="poisoning",
+                    metric=f"{pf.attack} attack success (assessment probe)",
+                    parent=pf.metrics["attack_success_rate"],
+                    child=cf.metrics.get("attack_success_rate"),
+                    better="lower",
+                    note="the probe retrains with each model's recorded "
+                    "recipe; see the backdoor check for the hardening recipe",
+                )
+            )
+    rows.append(
+        MetricRow(
+            group="overall",
+            metric="vulnerability score (0–100)",
+            parent=parent.score,
+            child=child.score,
+            better="lower",
+        )
+    )
     return rows
 
 
@@ -391,8 +417,15 @@ def _plots(c: Comparison) -> list[str]:
         ax.legend()
         ax.set_title("robustness curve, parent vs hardened", fontsize=10)
         images.append(to_data_uri(fig))
-    bars = [r for r in c.rows if r.parent is not None and r.child is not None and r.group in
-            ("accuracy", "evasion", "membership") and 0 <= r.parent <= 1 and 0 <= r.child <= 1]  # fmt: skip
+    bars = [
+        r
+        for r in c.rows
+        if r.parent is not None
+        and r.child is not None
+        and r.group in ("accuracy", "evasion", "membership")
+        and 0 <= r.parent <= 1
+        and 0 <= r.child <= 1
+    ]
     if bars:
         fig, ax = plt.subplots(figsize=(7.5, 0.45 * len(bars) + 1.2))
         ys = range(len(bars))

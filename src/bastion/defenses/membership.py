@@ -65,8 +65,14 @@ class RecipeLiRA:
         phis, self.epsilons_ = [], []
         for k in range(self.n_shadow):
             idx = self.in_mask_[k].nonzero().flatten()
-            res = apply_recipe(self.recipe, template, population.subset(idx, split="shadow"),
-                               eps=self.eps, seed=self.seed * 7919 + k, device=self.device)  # fmt: skip
+            res = apply_recipe(
+                self.recipe,
+                template,
+                population.subset(idx, split="shadow"),
+                eps=self.eps,
+                seed=self.seed * 7919 + k,
+                device=self.device,
+            )
             if res.dp is not None:
                 self.epsilons_.append(res.dp.epsilon)
             model = res.module.to(self.device).eval()

@@ -192,17 +192,30 @@ def dp_train(
     check_loader(loader)
     sample_rate = 1.0 / len(loader)
     ckpt = Path(checkpoint) if checkpoint else None
-    settings = {"target_epsilon": target_epsilon, "noise_multiplier": noise_multiplier,
-                "delta": delta, "max_grad_norm": max_grad_norm, "epochs": epochs,
-                "batch_size": batch_size, "lr": lr, "n": n, "seed": seed}  # fmt: skip
+    settings = {
+        "target_epsilon": target_epsilon,
+        "noise_multiplier": noise_multiplier,
+        "delta": delta,
+        "max_grad_norm": max_grad_norm,
+        "epochs": epochs,
+        "batch_size": batch_size,
+        "lr": lr,
+        "n": n,
+        "seed": seed,
+    }
     state = _load(ckpt, settings)
     if state is not None:
         sigma = float(state["noise_multiplier"])
     elif noise_multiplier is not None:
         sigma = float(noise_multiplier)
     else:
-        sigma = get_noise_multiplier(target_epsilon=target_epsilon, target_delta=delta,
-                                     sample_rate=sample_rate, epochs=epochs, accountant=accountant)  # fmt: skip
+        sigma = get_noise_multiplier(
+            target_epsilon=target_epsilon,
+            target_delta=delta,
+            sample_rate=sample_rate,
+            epochs=epochs,
+            accountant=accountant,
+        )
     params = [p for p in module.parameters() if p.requires_grad]
     base_opt = (
         torch.optim.Adam(params, lr=lr)
@@ -227,10 +240,17 @@ def dp_train(
                 f"DP-SGD cannot train this model: {str(exc).strip() or 'unsupported layer'}"
             ) from None
     result = DPResult(
-        epsilon=0.0, delta=delta, noise_multiplier=sigma, max_grad_norm=max_grad_norm,
-        sample_rate=sample_rate, steps=0, epochs_run=0, target_epsilon=target_epsilon,
-        accountant=accountant, module_fixes=fixes,
-    )  # fmt: skip
+        epsilon=0.0,
+        delta=delta,
+        noise_multiplier=sigma,
+        max_grad_norm=max_grad_norm,
+        sample_rate=sample_rate,
+        steps=0,
+        epochs_run=0,
+        target_epsilon=target_epsilon,
+        accountant=accountant,
+        module_fixes=fixes,
+    )
     if state is not None:
         module.load_state_dict(state["model"])
         opt.original_optimizer.load_state_dict(state["optimizer"])
@@ -300,12 +320,18 @@ def _save(
     ckpt.parent.mkdir(parents=True, exist_ok=True)
     tmp = ckpt.with_suffix(".tmp")
     torch.save(
-        {"model": module.state_dict(), "optimizer": opt.original_optimizer.state_dict(),
-         "accountant": engine.accountant.state_dict(), "loader_gen": loader_gen.get_state(),
-         "noise_gen": noise_gen.get_state(), "noise_multiplier": result.noise_multiplier,
-         "result": asdict(result), "settings": settings},
+        {
+            "model": module.state_dict(),
+            "optimizer": opt.original_optimizer.state_dict(),
+            "accountant": engine.accountant.state_dict(),
+            "loader_gen": loader_gen.get_state(),
+            "noise_gen": noise_gen.get_state(),
+            "noise_multiplier": result.noise_multiplier,
+            "result": asdict(result),
+            "settings": settings,
+        },
         tmp,
-    )  # fmt: skip
+    )
     tmp.replace(ckpt)
 
 

@@ -152,8 +152,15 @@ RECIPES: dict[str, type[StepConfig]] = {
     "dp_sgd": DPSGDConfig,
     "sanitize": SanitizeConfig,
 }
-ALIASES = {"natural": "standard", "madry": "pgd_at", "pgd": "pgd_at", "fast": "fast_at",
-           "dp": "dp_sgd", "dpsgd": "dp_sgd", "sanitise": "sanitize"}  # fmt: skip
+ALIASES = {
+    "natural": "standard",
+    "madry": "pgd_at",
+    "pgd": "pgd_at",
+    "fast": "fast_at",
+    "dp": "dp_sgd",
+    "dpsgd": "dp_sgd",
+    "sanitise": "sanitize",
+}
 
 
 def recipe_names() -> list[str]:

@@ -112,9 +112,17 @@ def natural_trainer(
 
     def train_fn(data: Dataset) -> nn.Module:
         model = fresh_copy(template, seed)
-        train_model(model, data, epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr,
-                    val_fraction=cfg.val_fraction, seed=seed, device=device,
-                    description="sanitize: reclassification model")  # fmt: skip
+        train_model(
+            model,
+            data,
+            epochs=cfg.epochs,
+            batch_size=cfg.batch_size,
+            lr=cfg.lr,
+            val_fraction=cfg.val_fraction,
+            seed=seed,
+            device=device,
+            description="sanitize: reclassification model",
+        )
         return model.eval()
 
     return train_fn
@@ -151,12 +159,24 @@ def train_step(
             model, data = space.model(model), in_attack_space(data, space)
     if isinstance(cfg, DPSGDConfig):
         model, dp = dp_train(
-            model, data, target_epsilon=cfg.target_epsilon, noise_multiplier=cfg.noise_multiplier,
-            delta=cfg.delta, max_grad_norm=cfg.max_grad_norm, epochs=cfg.epochs,
-            batch_size=cfg.batch_size, lr=cfg.lr, optimizer=cfg.optimizer, momentum=cfg.momentum,
-            sampler=cfg.sampler, accountant=cfg.accountant, seed=seed, checkpoint=checkpoint,
-            device=device, description=f"DP-SGD (target ε={cfg.target_epsilon})",
-        )  # fmt: skip
+            model,
+            data,
+            target_epsilon=cfg.target_epsilon,
+            noise_multiplier=cfg.noise_multiplier,
+            delta=cfg.delta,
+            max_grad_norm=cfg.max_grad_norm,
+            epochs=cfg.epochs,
+            batch_size=cfg.batch_size,
+            lr=cfg.lr,
+            optimizer=cfg.optimizer,
+            momentum=cfg.momentum,
+            sampler=cfg.sampler,
+            accountant=cfg.accountant,
+            seed=seed,
+            checkpoint=checkpoint,
+            device=device,
+            description=f"DP-SGD (target ε={cfg.target_epsilon})",
+        )
         return model, None, dp
     kwargs: dict = {}
     if isinstance(cfg, AdversarialConfig):
@@ -176,15 +196,23 @@ def train_step(
             )
         elif isinstance(cfg, FastATConfig):
             if cfg.val_fraction == 0:
-                raise ConfigError("fast_at needs val_fraction > 0: its held-out batch guards "
-                                  "against catastrophic overfitting")  # fmt: skip
+                raise ConfigError(
+                    "fast_at needs val_fraction > 0: its held-out batch guards "
+                    "against catastrophic overfitting"
+                )
             kwargs["loss_fn"] = adv.fast_at_loss(alpha=cfg.alpha or 1.25 * eps, **common)
             kwargs["scheduler_fn"] = adv.cyclic_lr(cfg.peak_at)
             kwargs["stop_fn"] = adv.CollapseGuard(drop=cfg.collapse_drop)
         if cfg.select == "robust":
             sel_eps = cfg.select_eps if cfg.select_eps is not None else eps
-            kwargs["select_fn"] = adv.robust_select(eps=sel_eps, steps=cfg.select_steps, n=cfg.select_n,
-                                                    norm=cfg.norm, bounds=bounds, seed=seed)  # fmt: skip
+            kwargs["select_fn"] = adv.robust_select(
+                eps=sel_eps,
+                steps=cfg.select_steps,
+                n=cfg.select_n,
+                norm=cfg.norm,
+                bounds=bounds,
+                seed=seed,
+            )
             if cfg.val_fraction == 0:
                 log.warning("%s: no validation split, so no robust model selection", cfg.name)
         elif cfg.select == "last":
@@ -192,11 +220,20 @@ def train_step(
     elif not isinstance(cfg, StandardConfig):
         raise ConfigError(f"no trainer for recipe step {cfg.name!r}")
     result = train_model(
-        model, data, epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr,
-        weight_decay=cfg.weight_decay, val_fraction=cfg.val_fraction, seed=seed,
-        optimizer=_optimizer(model, cfg), checkpoint=checkpoint, device=device,
-        description=f"hardening: {cfg.name}", **kwargs,
-    )  # fmt: skip
+        model,
+        data,
+        epochs=cfg.epochs,
+        batch_size=cfg.batch_size,
+        lr=cfg.lr,
+        weight_decay=cfg.weight_decay,
+        val_fraction=cfg.val_fraction,
+        seed=seed,
+        optimizer=_optimizer(model, cfg),
+        checkpoint=checkpoint,
+        device=device,
+        description=f"hardening: {cfg.name}",
+        **kwargs,
+    )
     return trained, result, None
 
 
@@ -231,13 +268,21 @@ def apply_recipe(
                 natural_trainer(parent, cfg, seed=seed, device=device) if step.reclassify else None
             )
             result.sanitize = sanitize(
-                (feature_model or parent).to(device), data, method=step.method,
-                expected_rate=step.expected_rate or poison_rate, removal_factor=step.removal_factor,
+                (feature_model or parent).to(device),
+                data,
+                method=step.method,
+                expected_rate=step.expected_rate or poison_rate,
+                removal_factor=step.removal_factor,
                 margin_factor=step.margin_factor,
-                n_components=step.n_components, size_threshold=step.size_threshold,
-                min_silhouette=step.min_silhouette, reclassify_threshold=step.reclassify_threshold,
-                train_fn=trainer, poisoned=poisoned, seed=seed, device=device,
-            )  # fmt: skip
+                n_components=step.n_components,
+                size_threshold=step.size_threshold,
+                min_silhouette=step.min_silhouette,
+                reclassify_threshold=step.reclassify_threshold,
+                train_fn=trainer,
+                poisoned=poisoned,
+                seed=seed,
+                device=device,
+            )
             data = result.sanitize.kept
             result.sanitize_seconds += time.perf_counter() - start
             result.notes.append(
@@ -249,8 +294,10 @@ def apply_recipe(
                 )
             )
     if isinstance(cfg, DPSGDConfig) and recipe.data_steps:
-        result.notes.append("sanitization reads the private data outside the DP accounting: "
-                            "the reported ε covers the DP-SGD training only")  # fmt: skip
+        result.notes.append(
+            "sanitization reads the private data outside the DP accounting: "
+            "the reported ε covers the DP-SGD training only"
+        )
     if cfg.init == "parent":
         model = clone_module(parent).train()
         torch.manual_seed(seed)

@@ -244,8 +244,12 @@ def extract_features(
     body = penultimate(model)
     was = model.training
     model.eval()
-    out = torch.cat([body(x[i : i + batch_size].to(device)).flatten(1).cpu()
-                     for i in range(0, len(x), batch_size)])  # fmt: skip
+    out = torch.cat(
+        [
+            body(x[i : i + batch_size].to(device)).flatten(1).cpu()
+            for i in range(0, len(x), batch_size)
+        ]
+    )
     model.train(was)
     return out
 
@@ -292,8 +296,11 @@ def flag_quality(flagged: torch.Tensor, poisoned: torch.Tensor) -> FlagQuality:
     nf, np_ = int(flagged.sum()), int(truth.sum())
     return FlagQuality(
         precision=tp / nf if nf else (1.0 if np_ == 0 else 0.0),
-        recall=tp / np_ if np_ else 1.0, true_positives=tp, n_flagged=nf, n_poisoned=np_,
-    )  # fmt: skip
+        recall=tp / np_ if np_ else 1.0,
+        true_positives=tp,
+        n_flagged=nf,
+        n_poisoned=np_,
+    )
 
 
 METHODS = ("spectral", "activation", "both")
@@ -366,8 +373,12 @@ def sanitize(
         ss = SpectralSignatures(expected_rate=expected_rate, removal_factor=removal_factor)
         flagged |= ss.fit(feats, data.y).flagged_
     if method in ("activation", "both"):
-        ac = ActivationClustering(n_components=n_components, size_threshold=size_threshold,
-                                  min_silhouette=min_silhouette, seed=seed).fit(feats, data.y)  # fmt: skip
+        ac = ActivationClustering(
+            n_components=n_components,
+            size_threshold=size_threshold,
+            min_silhouette=min_silhouette,
+            seed=seed,
+        ).fit(feats, data.y)
         if train_fn is not None:
             agreement = exclusionary_reclassification(data, ac.candidates_, train_fn)
             poisoned_classes = sorted(c for c, a in agreement.items() if a < reclassify_threshold)
@@ -380,7 +391,12 @@ def sanitize(
     keep = (~flagged).nonzero().flatten()
     log.info("sanitize (%s): dropped %d of %d samples", method, int(flagged.sum()), len(data))
     return SanitizeResult(
-        kept=data.subset(keep), flagged=flagged, method=method,
-        per_class={c: k for c, k in enumerate(counts) if k}, poisoned_classes=poisoned_classes,
-        reclassification=agreement, quality=quality, features=source,
-    )  # fmt: skip
+        kept=data.subset(keep),
+        flagged=flagged,
+        method=method,
+        per_class={c: k for c, k in enumerate(counts) if k},
+        poisoned_classes=poisoned_classes,
+        reclassification=agreement,
+        quality=quality,
+        features=source,
+    )

@@ -6,6 +6,11 @@ from bastion.gate.grammar import PolicyError
 from bastion.gate.policy import Policy, load_policy, policy_from_data
 
 __all__ = [
-    "GateDecision", "Policy", "PolicyError", "RuleResult", "evaluate", "load_policy",
+    "GateDecision",
+    "Policy",
+    "PolicyError",
+    "RuleResult",
+    "evaluate",
+    "load_policy",
     "policy_from_data",
-]  # fmt: skip
+]

@@ -99,10 +99,15 @@ def evaluate(
             verdict: Verdict = "skip" if rule.if_missing == "skip" else "fail"
             results.append(
                 RuleResult(
-                    name=rule.name, rule=rule.text, op=cmp.op, threshold=cmp.threshold,
-                    measured=None, verdict=verdict, reason=m.reason or "not measured",
+                    name=rule.name,
+                    rule=rule.text,
+                    op=cmp.op,
+                    threshold=cmp.threshold,
+                    measured=None,
+                    verdict=verdict,
+                    reason=m.reason or "not measured",
                 )
-            )  # fmt: skip
+            )
             continue
         holds = _OPS[cmp.op](m.value, cmp.threshold)
         reason = m.reason if holds else f"{m.value:.4g} {cmp.op} {cmp.threshold:g} does not hold"
@@ -110,11 +115,16 @@ def evaluate(
             reason += f" ({m.reason})"
         results.append(
             RuleResult(
-                name=rule.name, rule=rule.text, op=cmp.op, threshold=cmp.threshold,
-                measured=m.value, verdict="pass" if holds else "fail", reason=reason,
+                name=rule.name,
+                rule=rule.text,
+                op=cmp.op,
+                threshold=cmp.threshold,
+                measured=m.value,
+                verdict="pass" if holds else "fail",
+                reason=reason,
                 matched=m.matched,
             )
-        )  # fmt: skip
+        )
     return GateDecision(
         policy=policy.name,
         policy_sha256=policy.sha256,

@@ -12,15 +12,21 @@ from bastion.gate.evaluate import GateDecision
 def to_junit(decision: GateDecision, *, suite: str = "bastion gate") -> str:
     results = decision.results
     root = ET.Element(
-        "testsuites", name=suite, tests=str(len(results)),
+        "testsuites",
+        name=suite,
+        tests=str(len(results)),
         failures=str(sum(r.verdict == "fail" for r in results)),
-    )  # fmt: skip
+    )
     ts = ET.SubElement(
-        root, "testsuite", name=f"{suite}: {decision.policy}", tests=str(len(results)),
-        failures=str(sum(r.verdict == "fail" for r in results)), errors="0",
+        root,
+        "testsuite",
+        name=f"{suite}: {decision.policy}",
+        tests=str(len(results)),
+        failures=str(sum(r.verdict == "fail" for r in results)),
+        errors="0",
         skipped=str(sum(r.verdict == "skip" for r in results)),
         timestamp=decision.created.strftime("%Y-%m-%dT%H:%M:%S"),
-    )  # fmt: skip
+    )
     for r in results:
         case = ET.SubElement(
             ts, "testcase", classname=f"bastion.gate.{decision.policy}", name=r.name

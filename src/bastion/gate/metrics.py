@@ -338,9 +338,10 @@ def _special(call: MetricCall) -> Measure:
         if register is None:
             return Measured(None, "not measured: pass --register to check rules over the register")
         chosen = [
-            r for r in register.risks
+            r
+            for r in register.risks
             if all(str(getattr(r, k)) == str(v) for k, v in kwargs.items())
-        ]  # fmt: skip
+        ]
         ids = ", ".join(r.id for r in chosen)
         if name == "count":
             return Measured(float(len(chosen)), ids or "none", len(chosen))

@@ -12,6 +12,12 @@ from bastion.guard.guard import Guard, GuardNotFittedError, fit_guard
 from bastion.guard.verdict import DriftStatus, GuardVerdict, Verdict
 
 __all__ = [
-    "DriftStatus", "Guard", "GuardConfig", "GuardNotFittedError", "GuardVerdict", "Verdict",
-    "fit_guard", "load_guard_config",
-]  # fmt: skip
+    "DriftStatus",
+    "Guard",
+    "GuardConfig",
+    "GuardNotFittedError",
+    "GuardVerdict",
+    "Verdict",
+    "fit_guard",
+    "load_guard_config",
+]

@@ -42,8 +42,12 @@ def conformal_threshold(scores: torch.Tensor, target_fpr: float) -> float:
         raise ConfigError("calibration needs at least one held-out clean sample")
     k = math.ceil((n + 1) * (1.0 - target_fpr))
     if k > n:
-        log.warning("%d calibration scores cannot certify an FPR of %g: need at least %d",
-                    n, target_fpr, math.ceil(1 / target_fpr) - 1)  # fmt: skip
+        log.warning(
+            "%d calibration scores cannot certify an FPR of %g: need at least %d",
+            n,
+            target_fpr,
+            math.ceil(1 / target_fpr) - 1,
+        )
         k = n
     return float(torch.sort(s).values[k - 1])
 

@@ -110,9 +110,11 @@ class ExtractionConfig(_Strict):
 
     enabled: bool = True
     delta: float | None = Field(
-        None, gt=0.0, lt=1.0,
+        None,
+        gt=0.0,
+        lt=1.0,
         description="Shapiro–Wilk threshold; None = calibrated on simulated benign clients",
-    )  # fmt: skip
+    )
     delta_margin: float = Field(0.04, ge=0.0, description="margin below the benign minimum W")
     calibration_clients: int = Field(12, ge=1, description="simulated benign clients for δ")
     calibration_queries: int = Field(1000, ge=50, description="queries per simulated client")

@@ -63,9 +63,14 @@ class _AutoEncoder(nn.Module):
         self.register_buffer("lo", lo.clone(), persistent=False)
         self.register_buffer("width", width.clone(), persistent=False)
         self.net = nn.Sequential(
-            nn.Linear(dim, hidden), nn.ReLU(), nn.Linear(hidden, bottleneck), nn.ReLU(),
-            nn.Linear(bottleneck, hidden), nn.ReLU(), nn.Linear(hidden, dim),
-        )  # fmt: skip
+            nn.Linear(dim, hidden),
+            nn.ReLU(),
+            nn.Linear(hidden, bottleneck),
+            nn.ReLU(),
+            nn.Linear(bottleneck, hidden),
+            nn.ReLU(),
+            nn.Linear(hidden, dim),
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         z = (x.flatten(1) - self.lo) / self.width

@@ -85,17 +85,23 @@ class DriftMonitor:
             n = min(self._count, cfg.window)
             window = self._window[:n].numpy().copy()
         if n < cfg.min_samples:
-            result = DriftStatus(p_value=1.0, alert=False, window_size=n,
-                                 window_capacity=cfg.window, alpha=cfg.alpha)  # fmt: skip
+            result = DriftStatus(
+                p_value=1.0, alert=False, window_size=n, window_capacity=cfg.window, alpha=cfg.alpha
+            )
         else:
             ref = self.reference_.numpy()
             tests = [stats.ks_2samp(ref[:, j], window[:, j]) for j in range(ref.shape[1])]
             p_min = min(float(t.pvalue) for t in tests)
             p = min(1.0, p_min * len(tests))
             stat = max(float(t.statistic) for t in tests)
-            result = DriftStatus(p_value=p, alert=bool(p < cfg.alpha), window_size=n,
-                                 window_capacity=cfg.window, alpha=cfg.alpha,
-                                 statistic=stat)  # fmt: skip
+            result = DriftStatus(
+                p_value=p,
+                alert=bool(p < cfg.alpha),
+                window_size=n,
+                window_capacity=cfg.window,
+                alpha=cfg.alpha,
+                statistic=stat,
+            )
         with self._lock:
             self._cached = result
         return result

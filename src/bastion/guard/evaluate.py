@@ -121,8 +121,9 @@ def _auroc(clean: torch.Tensor, other: torch.Tensor) -> float | None:
 def combined_score(scores: dict[str, torch.Tensor], thresholds: dict[str, float]) -> torch.Tensor:
     """One score per sample for the whole guard: max over detectors of score / threshold
     (> 1 exactly when at least one detector fires)."""
-    ratios = [s / t if t > 0 else s - t + 1.0 for s, t in
-              ((scores[k], thresholds[k]) for k in scores)]  # fmt: skip
+    ratios = [
+        s / t if t > 0 else s - t + 1.0 for s, t in ((scores[k], thresholds[k]) for k in scores)
+    ]
     return torch.stack(ratios).max(0).values
 
 
@@ -135,16 +136,19 @@ def _rates(
         out[name] = Rates(
             tpr=float((other[name] > thr[name]).float().mean()) if len(other[name]) else 0.0,
             fpr=float((clean[name] > thr[name]).float().mean()),
-            auroc=_auroc(clean[name], other[name]), n=len(other[name]),
-        )  # fmt: skip
+            auroc=_auroc(clean[name], other[name]),
+            n=len(other[name]),
+        )
     c, o = (
         combined_score(clean, thr),
         combined_score(other, thr) if len(next(iter(other.values()))) else torch.zeros(0),
     )
     out["guard"] = Rates(
-        tpr=float((o > 1).float().mean()) if len(o) else 0.0, fpr=float((c > 1).float().mean()),
-        auroc=_auroc(c, o), n=len(o),
-    )  # fmt: skip
+        tpr=float((o > 1).float().mean()) if len(o) else 0.0,
+        fpr=float((c > 1).float().mean()),
+        auroc=_auroc(c, o),
+        n=len(o),
+    )
     return out
 
 
@@ -293,8 +297,13 @@ def default_ood(data: Dataset | str, n: int) -> tuple[torch.Tensor | None, str]:
     return None, ""
 
 
-def _drift(guard: Guard, sets: dict[str, torch.Tensor], clean: torch.Tensor, windows: int,
-           gen: torch.Generator) -> DriftEvaluation | None:  # fmt: skip
+def _drift(
+    guard: Guard,
+    sets: dict[str, torch.Tensor],
+    clean: torch.Tensor,
+    windows: int,
+    gen: torch.Generator,
+) -> DriftEvaluation | None:
     if guard.drift is None:
         return None
     monitor = DriftMonitor.from_state(*guard.drift.state())
@@ -309,8 +318,12 @@ def _drift(guard: Guard, sets: dict[str, torch.Tensor], clean: torch.Tensor, win
             hits += monitor.status().alert
         return hits / windows
 
-    return DriftEvaluation(window=size, windows=windows, clean_alert_rate=alert_rate(clean),
-                           shifted_alert_rate={k: alert_rate(v) for k, v in sets.items()})  # fmt: skip
+    return DriftEvaluation(
+        window=size,
+        windows=windows,
+        clean_alert_rate=alert_rate(clean),
+        shifted_alert_rate={k: alert_rate(v) for k, v in sets.items()},
+    )
 
 
 def _parts(model: nn.Module | LoadedModel) -> tuple[nn.Module | None, LoadedModel | None]:

@@ -57,8 +57,10 @@ class ExtractionStatus(BaseModel):
     volume_alert: bool = False
 
     def signal(self) -> ClientSignal:
-        scores: list[tuple[str, float]] = [("extraction.anomaly_rate", self.anomaly_rate),
-                                           ("extraction.volume", float(self.volume))]  # fmt: skip
+        scores: list[tuple[str, float]] = [
+            ("extraction.anomaly_rate", self.anomaly_rate),
+            ("extraction.volume", float(self.volume)),
+        ]
         if self.prada_w is not None:
             scores.append(("extraction.prada_w", self.prada_w))
         reasons = []
@@ -218,9 +220,14 @@ class ExtractionMonitor:
 
     # -- runtime ----------------------------------------------------------------------------
     def observe(
-        self, client_id: str, x: torch.Tensor, predictions: torch.Tensor,
-        anomalous: list[bool] | None = None, *, now: float = 0.0,
-    ) -> list[ExtractionStatus]:  # fmt: skip
+        self,
+        client_id: str,
+        x: torch.Tensor,
+        predictions: torch.Tensor,
+        anomalous: list[bool] | None = None,
+        *,
+        now: float = 0.0,
+    ) -> list[ExtractionStatus]:
         """Record a batch of queries from ``client_id``; one status per query."""
         self._check()
         cfg = self.config
@@ -278,10 +285,17 @@ class ExtractionMonitor:
         volume = len(client.times)
         rate = sum(client.anomalies) / len(client.anomalies) if client.anomalies else 0.0
         return ExtractionStatus(
-            client_id=client_id, queries=client.queries, prada_w=client.w, delta=self.delta_,
-            extraction_alert=client.alert, alert_reason=client.reason, alert_at_query=client.alert_at,
-            anomaly_rate=rate, volume=volume, volume_alert=volume > cfg.max_queries_per_window,
-        )  # fmt: skip
+            client_id=client_id,
+            queries=client.queries,
+            prada_w=client.w,
+            delta=self.delta_,
+            extraction_alert=client.alert,
+            alert_reason=client.reason,
+            alert_at_query=client.alert_at,
+            anomaly_rate=rate,
+            volume=volume,
+            volume_alert=volume > cfg.max_queries_per_window,
+        )
 
     def status(self, client_id: str, *, now: float | None = None) -> ExtractionStatus:
         """The current view of one client (an empty status for an unknown client)."""
@@ -304,9 +318,15 @@ class ExtractionMonitor:
     # -- persistence ----------------------------------------------------------------------
     def state(self) -> dict[str, Any]:
         self._check()
-        return {"config": self.config.model_dump(mode="json"), "seed": self.seed,
-                "input_dim_": self.input_dim_, "delta_": self.delta_,
-                "benign_min_w_": None if self.benign_min_w_ != self.benign_min_w_ else self.benign_min_w_}  # fmt: skip
+        return {
+            "config": self.config.model_dump(mode="json"),
+            "seed": self.seed,
+            "input_dim_": self.input_dim_,
+            "delta_": self.delta_,
+            "benign_min_w_": None
+            if self.benign_min_w_ != self.benign_min_w_
+            else self.benign_min_w_,
+        }
 
     @classmethod
     def from_state(cls, state: dict[str, Any]) -> ExtractionMonitor:

@@ -226,9 +226,11 @@ class Guard:
             detectors[name] = {"params": det.get_params(), "state": scalars}
             tensors.update({f"detector.{name}.{k}": v for k, v in ts.items()})
         doc: dict[str, Any] = {
-            "format": FORMAT_VERSION, "config": self.config.model_dump(mode="json"),
-            "meta": self.meta, "detectors": detectors,
-        }  # fmt: skip
+            "format": FORMAT_VERSION,
+            "config": self.config.model_dump(mode="json"),
+            "meta": self.meta,
+            "detectors": detectors,
+        }
         if self.drift is not None:
             scalars, ts = self.drift.state()
             doc["drift"] = scalars
@@ -267,8 +269,9 @@ class Guard:
         except (ValueError, OSError) as exc:
             raise GuardNotFittedError(f"{path}: unreadable guard ({exc}): {fix}") from None
         if doc.get("format") not in READABLE_FORMATS:
-            raise GuardNotFittedError(f"{path}: guard format {doc.get('format')!r} is not "
-                                      f"{FORMAT_VERSION}: {fix}")  # fmt: skip
+            raise GuardNotFittedError(
+                f"{path}: guard format {doc.get('format')!r} is not {FORMAT_VERSION}: {fix}"
+            )
         meta = doc.get("meta", {})
         loaded = model if isinstance(model, LoadedModel) else None
         module = loaded.module if loaded is not None else model
@@ -284,8 +287,10 @@ class Guard:
                 raise GuardNotFittedError(f"{path}: unknown detector {name!r}: {fix}")
             det = DETECTORS[name](**_params(entry["params"]))
             prefix = f"detector.{name}."
-            det.load_state(entry["state"],
-                           {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)})  # fmt: skip
+            det.load_state(
+                entry["state"],
+                {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)},
+            )
             if det.needs_model:
                 det.model = tap  # type: ignore[attr-defined]
             detectors[name] = det
@@ -417,8 +422,12 @@ def fit_guard(
     for det_name, det in detectors.items():
         start = time.perf_counter()
         det.fit(x_fit, y_fit).calibrate(x_cal, config.target_fpr)
-        log.info("fitted %s in %.2f s (threshold %.4g)", det_name, time.perf_counter() - start,
-                 det.threshold())  # fmt: skip
+        log.info(
+            "fitted %s in %.2f s (threshold %.4g)",
+            det_name,
+            time.perf_counter() - start,
+            det.threshold(),
+        )
     with torch.no_grad():
         outs = _batched(tap, x_fit)
     feats = torch.cat([o.features for o in outs])

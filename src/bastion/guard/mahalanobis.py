@@ -65,11 +65,17 @@ class MahalanobisDetector(Detector):
     _fit_marker = "views_"
 
     def __init__(
-        self, model: nn.Module | ModelTap | None = None, *, layers: str = "all",
-        shrinkage: float = 0.001, max_dim: int = 512, holdout: float = 0.2,
-        conv_views: tuple[str, ...] = ("mean", "grid", "rmean", "rgrid"), tail: float = 0.99,
+        self,
+        model: nn.Module | ModelTap | None = None,
+        *,
+        layers: str = "all",
+        shrinkage: float = 0.001,
+        max_dim: int = 512,
+        holdout: float = 0.2,
+        conv_views: tuple[str, ...] = ("mean", "grid", "rmean", "rgrid"),
+        tail: float = 0.99,
         seed: int = 0,
-    ) -> None:  # fmt: skip
+    ) -> None:
         self.model = model
         self.layers = layers
         self.shrinkage = shrinkage
@@ -85,8 +91,10 @@ class MahalanobisDetector(Detector):
             for name, h in probe.hidden.items():
                 if h.ndim >= 3:
                     side = _grid_side(h.shape[1], h.shape[-1], self.max_dim)
-                    views += [[name, kind, side if kind.endswith("grid") else 0]
-                              for kind in self.conv_views]  # fmt: skip
+                    views += [
+                        [name, kind, side if kind.endswith("grid") else 0]
+                        for kind in self.conv_views
+                    ]
                 elif h.shape[1] <= self.max_dim:
                     views.append([name, "flat", 0])
         views.append([PENULTIMATE, "flat", 0])

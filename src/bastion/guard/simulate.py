@@ -47,8 +47,9 @@ class _Recorder:
         status = self.guard.client_status(self.client_id)
         if status is None:
             return ClientRun(self.client_id, self.queries, None, None, None)
-        return ClientRun(self.client_id, self.queries, status.alert_at_query, status.alert_reason,
-                         status.prada_w)  # fmt: skip
+        return ClientRun(
+            self.client_id, self.queries, status.alert_at_query, status.alert_reason, status.prada_w
+        )
 
 
 def run_client(
@@ -62,9 +63,14 @@ def run_client(
 
 
 def benign_clients(
-    guard: Guard, pool: torch.Tensor, *, n_clients: int = 20, queries: int = 1000, seed: int = 0,
+    guard: Guard,
+    pool: torch.Tensor,
+    *,
+    n_clients: int = 20,
+    queries: int = 1000,
+    seed: int = 0,
     prefix: str = "benign",
-) -> list[ClientRun]:  # fmt: skip
+) -> list[ClientRun]:
     """``n_clients`` clients who each send ``queries`` natural inputs drawn from ``pool``
     (without replacement while the pool lasts, then with replacement)."""
     gen = torch.Generator().manual_seed(seed)
@@ -79,10 +85,17 @@ def benign_clients(
 
 
 def extraction_attack(
-    guard: Guard, pool: torch.Tensor, *, source: str = "jacobian", budget: int = 300,
-    seed_size: int = 50, seed: int = 0, bounds: tuple[float, float] | Box = (0.0, 1.0),
-    num_classes: int = 10, client_id: str | None = None,
-) -> ClientRun:  # fmt: skip
+    guard: Guard,
+    pool: torch.Tensor,
+    *,
+    source: str = "jacobian",
+    budget: int = 300,
+    seed_size: int = 50,
+    seed: int = 0,
+    bounds: tuple[float, float] | Box = (0.0, 1.0),
+    num_classes: int = 10,
+    client_id: str | None = None,
+) -> ClientRun:
     """Run a model-extraction attacker (``source`` ``jacobian`` or ``noise``, see
     :mod:`bastion.attacks.extraction`) through the guard as one client with ``budget``
     queries; the attacker starts from ``seed_size`` natural images of ``pool``."""
@@ -95,7 +108,13 @@ def extraction_attack(
         return mlp(input_shape=shape, num_classes=num_classes, hidden=64, depth=1)
 
     ModelExtraction(
-        build, source=source, budget=budget, seed_size=seed_size, bounds=bounds, seed=seed,
-        min_steps=50, max_steps=200,
-    ).fit(target, pool)  # fmt: skip
+        build,
+        source=source,
+        budget=budget,
+        seed_size=seed_size,
+        bounds=bounds,
+        seed=seed,
+        min_steps=50,
+        max_steps=200,
+    ).fit(target, pool)
     return rec.result()

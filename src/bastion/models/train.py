@@ -135,12 +135,19 @@ def train_model(
                 ckpt.parent.mkdir(parents=True, exist_ok=True)
                 tmp = ckpt.with_suffix(".tmp")
                 torch.save(
-                    {"model": model.state_dict(), "optimizer": opt.state_dict(),
-                     "scheduler": sched.state_dict() if sched is not None and hasattr(sched, "state_dict") else None,
-                     "generator": gen.get_state(), "result": asdict(result),
-                     "best_state": best_state, "best_score": best_score},
+                    {
+                        "model": model.state_dict(),
+                        "optimizer": opt.state_dict(),
+                        "scheduler": sched.state_dict()
+                        if sched is not None and hasattr(sched, "state_dict")
+                        else None,
+                        "generator": gen.get_state(),
+                        "result": asdict(result),
+                        "best_state": best_state,
+                        "best_score": best_score,
+                    },
                     tmp,
-                )  # fmt: skip
+                )
                 tmp.replace(ckpt)
     if best_state is not None:
         model.load_state_dict(best_state)

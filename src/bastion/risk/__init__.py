@@ -14,7 +14,19 @@ from bastion.risk.register import (
 from bastion.risk.system import SystemProfile, load_system
 
 __all__ = [
-    "Catalogue", "Change", "Evidence", "GuardEvaluation", "Risk", "RiskRegister",
-    "SystemProfile", "Threat", "build_register", "load_catalogue", "load_guard_evaluation",
-    "load_register", "load_system", "save_register", "update_from_report",
-]  # fmt: skip
+    "Catalogue",
+    "Change",
+    "Evidence",
+    "GuardEvaluation",
+    "Risk",
+    "RiskRegister",
+    "SystemProfile",
+    "Threat",
+    "build_register",
+    "load_catalogue",
+    "load_guard_evaluation",
+    "load_register",
+    "load_system",
+    "save_register",
+    "update_from_report",
+]

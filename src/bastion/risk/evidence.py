@@ -191,9 +191,10 @@ def measure(risk: Risk, report: Report) -> Measurement | str:
     if spec is None:
         return "no probe measures this threat"
     found = [
-        f for f in report.findings
+        f
+        for f in report.findings
         if f.probe == spec.probe and (spec.attack is None or f.attack == spec.attack)
-    ]  # fmt: skip
+    ]
     attack = f" with attack {spec.attack}" if spec.attack else ""
     if not found:
         skip = next((s for s in report.skipped if s.probe == spec.probe), None)
@@ -262,8 +263,9 @@ def update_from_report(
     gsha = file_sha256(guard_path) if guard_path and Path(guard_path).is_file() else None
     for risk in register.risks:
         if report is not None:
-            _update_occurrence(risk, report, str(report_path) if report_path else None, rsha, by,
-                               result)  # fmt: skip
+            _update_occurrence(
+                risk, report, str(report_path) if report_path else None, rsha, by, result
+            )
         if guard is not None:
             rec = _update_detection(risk, guard, guard_path, gsha, by)
             if rec:
@@ -300,10 +302,13 @@ def _update_occurrence(
     result.changes.append((risk.id, rec))
     if risk.status == "mitigated" and m.occurrence > old:
         reopen = risk.change(
-            "status", "open", evidence=ev, by=by,
+            "status",
+            "open",
+            evidence=ev,
+            by=by,
             reason=f"reopened: measured occurrence rose {old} → {m.occurrence} after the risk "
             "was marked mitigated",
-        )  # fmt: skip
+        )
         if reopen:
             result.changes.append((risk.id, reopen))
 
@@ -316,16 +321,21 @@ def _update_detection(
     by: str | None,
 ) -> Change | None:
     matched = [
-        (name, rates) for name, rates in guard.detectors.items()
+        (name, rates)
+        for name, rates in guard.detectors.items()
         if any(fnmatch(name.lower(), p.lower()) for p in risk.detectors)
-    ]  # fmt: skip
+    ]
     if not matched:
         return None
     name, rates = max(matched, key=lambda nr: (nr[1].tpr, -nr[1].fpr))
     d = scoring.detection_from_tpr(rates.tpr, rates.fpr)
     risk.measured[f"guard.{name}.tpr"] = rates.tpr
     ev = Evidence(
-        kind="guard_evaluation", source=str(path) if path else None, sha256=sha,
-        metric=f"{name}.tpr", value=rates.tpr, detail=f"{name}: TPR {rates.tpr:.3g} at FPR {rates.fpr:.3g}",
-    )  # fmt: skip
+        kind="guard_evaluation",
+        source=str(path) if path else None,
+        sha256=sha,
+        metric=f"{name}.tpr",
+        value=rates.tpr,
+        detail=f"{name}: TPR {rates.tpr:.3g} at FPR {rates.fpr:.3g}",
+    )
     return risk.change("detection", d, reason=f"measured detector {ev.detail}", evidence=ev, by=by)

@@ -11,10 +11,28 @@ from typing import Any
 from bastion.risk.register import RiskRegister
 
 CSV_COLUMNS = [
-    "id", "title", "layer", "owner", "status", "status_reason", "severity", "occurrence",
-    "detection", "rpn", "priority", "likelihood", "impact", "iso_score", "level", "probe",
-    "atlas", "nist_ai_rmf", "controls", "measured", "changes",
-]  # fmt: skip
+    "id",
+    "title",
+    "layer",
+    "owner",
+    "status",
+    "status_reason",
+    "severity",
+    "occurrence",
+    "detection",
+    "rpn",
+    "priority",
+    "likelihood",
+    "impact",
+    "iso_score",
+    "level",
+    "probe",
+    "atlas",
+    "nist_ai_rmf",
+    "controls",
+    "measured",
+    "changes",
+]
 
 
 def risk_rows(register: RiskRegister) -> list[dict[str, Any]]:
@@ -23,16 +41,24 @@ def risk_rows(register: RiskRegister) -> list[dict[str, Any]]:
     for r in register.risks:
         rows.append(
             {
-                "id": r.id, "title": r.title, "layer": r.layer, "owner": r.owner,
-                "status": r.status, "status_reason": r.status_reason, "severity": r.severity,
-                "occurrence": r.occurrence, "detection": r.detection, **r.derived(),
-                "probe": r.probe or "", "atlas": "; ".join(r.atlas),
+                "id": r.id,
+                "title": r.title,
+                "layer": r.layer,
+                "owner": r.owner,
+                "status": r.status,
+                "status_reason": r.status_reason,
+                "severity": r.severity,
+                "occurrence": r.occurrence,
+                "detection": r.detection,
+                **r.derived(),
+                "probe": r.probe or "",
+                "atlas": "; ".join(r.atlas),
                 "nist_ai_rmf": "; ".join(r.nist_ai_rmf),
                 "controls": "; ".join(f"{c.id} ({c.state})" for c in r.controls),
                 "measured": "; ".join(f"{k}={v:.4g}" for k, v in r.measured.items()),
                 "changes": len(r.history),
             }
-        )  # fmt: skip
+        )
     return rows
 
 

@@ -41,16 +41,26 @@ def render_risk_report(register: RiskRegister) -> str:
     counts = {p: sum(r.priority == p for r in register.risks) for p in PRIORITY_ORDER}
     open_high = sum(r.priority == "high" and r.status == "open" for r in register.risks)
     history = sorted(
-        ((r.id, c) for r in register.risks for c in r.history if c.evidence is None
-         or c.evidence.kind != "profile"),
+        (
+            (r.id, c)
+            for r in register.risks
+            for c in r.history
+            if c.evidence is None or c.evidence.kind != "profile"
+        ),
         key=lambda item: item[1].at,
         reverse=True,
-    )  # fmt: skip
+    )
     return env.get_template("risk_report.html.j2").render(
-        register=register, risks=risks, heat=heat_map(register), counts=counts,
-        open_high=open_high, history=history, impact_labels=scoring.IMPACT_LABELS,
-        generated=datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"), version=__version__,
-    )  # fmt: skip
+        register=register,
+        risks=risks,
+        heat=heat_map(register),
+        counts=counts,
+        open_high=open_high,
+        history=history,
+        impact_labels=scoring.IMPACT_LABELS,
+        generated=datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        version=__version__,
+    )
 
 
 def write_risk_report(register: RiskRegister, path: str | Path) -> Path:

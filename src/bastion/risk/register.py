@@ -111,9 +111,13 @@ class Risk(BaseModel):
     def derived(self) -> dict[str, Any]:
         """Scores computed from S, O, D (for exports and reports)."""
         return {
-            "rpn": self.rpn, "priority": self.priority, "likelihood": self.likelihood,
-            "impact": self.impact, "iso_score": self.likelihood * self.impact, "level": self.level,
-        }  # fmt: skip
+            "rpn": self.rpn,
+            "priority": self.priority,
+            "likelihood": self.likelihood,
+            "impact": self.impact,
+            "iso_score": self.likelihood * self.impact,
+            "level": self.level,
+        }
 
     def change(
         self,
@@ -219,9 +223,12 @@ class RiskRegister(BaseModel):
         else:
             match.state = state  # type: ignore[assignment]
         risk.change(
-            "controls", controls, reason=f"control {control_id} → {state}",
-            evidence=Evidence(kind="manual"), by=by,
-        )  # fmt: skip
+            "controls",
+            controls,
+            reason=f"control {control_id} → {state}",
+            evidence=Evidence(kind="manual"),
+            by=by,
+        )
         return risk
 
 
@@ -237,17 +244,31 @@ def build_register(system: SystemProfile, catalogue: Catalogue | None = None) ->
             continue
         scores = {k: getattr(t, k).score(factors) for k in ("severity", "occurrence", "detection")}
         risk = Risk(
-            id=t.id, title=t.title, description=t.description, layer=t.layer, atlas=list(t.atlas),
-            nist_ai_rmf=list(t.nist_ai_rmf), controls=[c.model_copy() for c in t.controls],
-            probe=t.probe, evidence_spec=t.evidence, detectors=list(t.detectors),
-            owner=system.owner_for(t.layer), severity=scores["severity"][0],
-            occurrence=scores["occurrence"][0], detection=scores["detection"][0],
-        )  # fmt: skip
+            id=t.id,
+            title=t.title,
+            description=t.description,
+            layer=t.layer,
+            atlas=list(t.atlas),
+            nist_ai_rmf=list(t.nist_ai_rmf),
+            controls=[c.model_copy() for c in t.controls],
+            probe=t.probe,
+            evidence_spec=t.evidence,
+            detectors=list(t.detectors),
+            owner=system.owner_for(t.layer),
+            severity=scores["severity"][0],
+            occurrence=scores["occurrence"][0],
+            detection=scores["detection"][0],
+        )
         for name, (value, why) in scores.items():
             risk.history.append(
-                Change(field=name, old=None, new=value, reason=f"initial score from {why}",
-                       evidence=Evidence(kind="profile", detail=why))
-            )  # fmt: skip
+                Change(
+                    field=name,
+                    old=None,
+                    new=value,
+                    reason=f"initial score from {why}",
+                    evidence=Evidence(kind="profile", detail=why),
+                )
+            )
         risks.append(risk)
     return RiskRegister(
         catalogue_version=catalogue.version, system=system, risks=risks, excluded=excluded

@@ -58,10 +58,13 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     state.limiter_kind = "off"
     if rl.enabled:
         state.limiter = make_rate_limiter(
-            settings.redis_url, requests_per_s=rl.requests_per_s, requests_burst=rl.requests_burst,
-            samples_per_s=rl.samples_per_s, samples_burst=rl.samples_burst,
+            settings.redis_url,
+            requests_per_s=rl.requests_per_s,
+            requests_burst=rl.requests_burst,
+            samples_per_s=rl.samples_per_s,
+            samples_burst=rl.samples_burst,
             on_redis_error=rl.on_redis_error,
-        )  # fmt: skip
+        )
         if isinstance(state.limiter, RedisRateLimiter):
             await state.limiter.ping()
             state.limiter_kind = "redis"
@@ -69,9 +72,13 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
             state.limiter_kind = "local"
     au = settings.audit
     state.audit = await open_audit(
-        au.url or settings.db_url or default_url(), enabled=au.enabled, key_file=au.key_file,
-        checkpoint_every=au.checkpoint_every, max_batch=au.max_batch, max_delay_ms=au.max_delay_ms,
-    )  # fmt: skip
+        au.url or settings.db_url or default_url(),
+        enabled=au.enabled,
+        key_file=au.key_file,
+        checkpoint_every=au.checkpoint_every,
+        max_batch=au.max_batch,
+        max_delay_ms=au.max_delay_ms,
+    )
     state.reviews = ReviewQueue(
         state.engine, state.metrics, state.audit, escalate_after_s=settings.reviews.escalate_after_s
     )
@@ -82,15 +89,20 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     )
     state.recent = deque(maxlen=settings.recent_decisions) if settings.recent_decisions else None
     state.batcher = MicroBatcher(
-        state.runtime, max_samples=settings.batch_max_samples,
+        state.runtime,
+        max_samples=settings.batch_max_samples,
         inline_max_samples=settings.inline_max_samples,
-    )  # fmt: skip
+    )
     await state.batcher.start()
     escalation = asyncio.create_task(state.reviews.run_escalation(settings.reviews.check_every_s))
     gc.collect()
     gc.freeze()  # start-up objects (torch, the model) leave the collector's scans: shorter pauses
-    log.info("serving %s (guard %s, rate limit %s)", state.runtime.loaded.name,
-             "on" if state.runtime.guard is not None else "off", state.limiter_kind)  # fmt: skip
+    log.info(
+        "serving %s (guard %s, rate limit %s)",
+        state.runtime.loaded.name,
+        "on" if state.runtime.guard is not None else "off",
+        state.limiter_kind,
+    )
     try:
         yield
     finally:
@@ -111,8 +123,9 @@ async def _input_error(_request: Request, exc: Exception) -> JSONResponse:
 
 async def _internal_error(request: Request, exc: Exception) -> JSONResponse:
     error_id = uuid.uuid4().hex
-    log.error("internal error %s on %s %s", error_id, request.method, request.url.path,
-              exc_info=exc)  # fmt: skip
+    log.error(
+        "internal error %s on %s %s", error_id, request.method, request.url.path, exc_info=exc
+    )
     return JSONResponse({"detail": "internal server error", "error_id": error_id}, status_code=500)
 
 

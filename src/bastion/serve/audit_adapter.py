@@ -72,15 +72,22 @@ def open_log(url: str, *, key_file: Path | None = None, checkpoint_every: int = 
     or ``$BASTION_AUDIT_KEY``)."""
     key = resolve_signing_key(key_file)
     if key is None:
-        log.warning("no audit signing key (audit.key_file or $BASTION_AUDIT_KEY): tree heads "
-                    "are not signed; entries are still hash-chained in the Merkle tree")  # fmt: skip
+        log.warning(
+            "no audit signing key (audit.key_file or $BASTION_AUDIT_KEY): tree heads "
+            "are not signed; entries are still hash-chained in the Merkle tree"
+        )
     return AuditLog.open(url, signing_key=key, checkpoint_every=checkpoint_every)
 
 
 async def open_audit(
-    url: str, *, enabled: bool = True, key_file: Path | None = None, checkpoint_every: int = 1000,
-    max_batch: int = 512, max_delay_ms: float = 0.0,
-) -> AuditSink:  # fmt: skip
+    url: str,
+    *,
+    enabled: bool = True,
+    key_file: Path | None = None,
+    checkpoint_every: int = 1000,
+    max_batch: int = 512,
+    max_delay_ms: float = 0.0,
+) -> AuditSink:
     """Open the log and start its group committer (call inside the running event loop)."""
     if not enabled:
         log.warning("audit disabled: decisions are NOT logged")

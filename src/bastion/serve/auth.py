@@ -23,8 +23,13 @@ from sqlalchemy import Engine
 
 from bastion.store.keys import KeyInfo, hash_key, lookup_key
 
-ANONYMOUS = KeyInfo(id=0, name="anonymous (auth disabled)", role="admin", prefix="",
-                    created=datetime(1970, 1, 1, tzinfo=UTC))  # fmt: skip
+ANONYMOUS = KeyInfo(
+    id=0,
+    name="anonymous (auth disabled)",
+    role="admin",
+    prefix="",
+    created=datetime(1970, 1, 1, tzinfo=UTC),
+)
 _CACHE_LIMIT = 10_000
 
 

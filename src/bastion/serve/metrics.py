@@ -11,9 +11,23 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 LATENCY_BUCKETS = (
-    0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.015, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
-    2.5, 5.0,
-)  # fmt: skip
+    0.0005,
+    0.001,
+    0.002,
+    0.003,
+    0.005,
+    0.0075,
+    0.01,
+    0.015,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+)
 
 
 @dataclass
@@ -37,30 +51,54 @@ def make_metrics() -> ServeMetrics:
     reg = CollectorRegistry(auto_describe=True)
     return ServeMetrics(
         registry=reg,
-        requests=Counter("bastion_requests", "HTTP requests by route template, method and status",
-                         ["route", "method", "status"], registry=reg),
-        latency=Histogram("bastion_request_latency_seconds", "Time to answer, by route template",
-                          ["route"], buckets=LATENCY_BUCKETS, registry=reg),
-        verdicts=Counter("bastion_verdicts", "Guard verdicts per predict request", ["verdict"],
-                         registry=reg),
+        requests=Counter(
+            "bastion_requests",
+            "HTTP requests by route template, method and status",
+            ["route", "method", "status"],
+            registry=reg,
+        ),
+        latency=Histogram(
+            "bastion_request_latency_seconds",
+            "Time to answer, by route template",
+            ["route"],
+            buckets=LATENCY_BUCKETS,
+            registry=reg,
+        ),
+        verdicts=Counter(
+            "bastion_verdicts", "Guard verdicts per predict request", ["verdict"], registry=reg
+        ),
         samples=Counter("bastion_samples", "Samples predicted", registry=reg),
-        rate_limited=Counter("bastion_rate_limited", "Requests refused by a rate limit (429)",
-                             ["bucket"], registry=reg),
-        auth_failures=Counter("bastion_auth_failures", "Refused credentials (401/403)",
-                              ["reason"], registry=reg),
+        rate_limited=Counter(
+            "bastion_rate_limited",
+            "Requests refused by a rate limit (429)",
+            ["bucket"],
+            registry=reg,
+        ),
+        auth_failures=Counter(
+            "bastion_auth_failures", "Refused credentials (401/403)", ["reason"], registry=reg
+        ),
         held=Counter("bastion_holds", "Requests held for human review", registry=reg),
-        escalated=Counter("bastion_holds_escalated",
-                          "Held requests that waited past reviews.escalate_after_s", registry=reg),
-        pending_holds=Gauge("bastion_holds_pending", "Held requests awaiting a reviewer",
-                            registry=reg),
-        drift_p_value=Gauge("bastion_drift_p_value",
-                            "p-value of the input drift test (1 = no evidence of drift)",
-                            registry=reg),
+        escalated=Counter(
+            "bastion_holds_escalated",
+            "Held requests that waited past reviews.escalate_after_s",
+            registry=reg,
+        ),
+        pending_holds=Gauge(
+            "bastion_holds_pending", "Held requests awaiting a reviewer", registry=reg
+        ),
+        drift_p_value=Gauge(
+            "bastion_drift_p_value",
+            "p-value of the input drift test (1 = no evidence of drift)",
+            registry=reg,
+        ),
         drift_alert=Gauge("bastion_drift_alert", "1 while the drift test alerts", registry=reg),
-        audit_seconds=Histogram("bastion_audit_commit_seconds",
-                                "Time from submitting an audit entry to its being durable",
-                                buckets=LATENCY_BUCKETS, registry=reg),
-    )  # fmt: skip
+        audit_seconds=Histogram(
+            "bastion_audit_commit_seconds",
+            "Time from submitting an audit entry to its being durable",
+            buckets=LATENCY_BUCKETS,
+            registry=reg,
+        ),
+    )
 
 
 class MetricsMiddleware:

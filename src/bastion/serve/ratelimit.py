@@ -116,9 +116,13 @@ class RedisRateLimiter:
     """Token buckets in Redis, shared by every replica that uses the same ``prefix``."""
 
     def __init__(
-        self, url: str, buckets: dict[str, BucketSpec], *, prefix: str = "bastion:rl",
+        self,
+        url: str,
+        buckets: dict[str, BucketSpec],
+        *,
+        prefix: str = "bastion:rl",
         on_error: str = "deny",
-    ) -> None:  # fmt: skip
+    ) -> None:
         try:
             import redis.asyncio as aioredis
         except ImportError:  # pragma: no cover - redis is in the `scale` extra
@@ -149,8 +153,9 @@ class RedisRateLimiter:
                 keys=[f"{self.prefix}:{key}:{bucket}"], args=[spec.rate, spec.burst, cost]
             )
         except Exception as exc:  # a Redis outage must not become a 500
-            log.error("rate limiter: Redis call failed (%s); policy on_redis_error=%s",
-                      exc, self.on_error)  # fmt: skip
+            log.error(
+                "rate limiter: Redis call failed (%s); policy on_redis_error=%s", exc, self.on_error
+            )
             if self.on_error == "allow":
                 return RateDecision(True, 0.0, bucket)
             return RateDecision(False, 1.0, "unavailable")
@@ -161,9 +166,14 @@ class RedisRateLimiter:
 
 
 def make_rate_limiter(
-    redis_url: str | None, *, requests_per_s: float, requests_burst: float,
-    samples_per_s: float, samples_burst: float, on_redis_error: str = "deny",
-) -> LocalRateLimiter | RedisRateLimiter:  # fmt: skip
+    redis_url: str | None,
+    *,
+    requests_per_s: float,
+    requests_burst: float,
+    samples_per_s: float,
+    samples_burst: float,
+    on_redis_error: str = "deny",
+) -> LocalRateLimiter | RedisRateLimiter:
     buckets = {
         "requests": BucketSpec(requests_per_s, requests_burst),
         "samples": BucketSpec(samples_per_s, samples_burst),

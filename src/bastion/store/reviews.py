@@ -64,25 +64,42 @@ def _aware(t: datetime | None) -> datetime | None:
 
 def _ticket(row: Review) -> Ticket:
     return Ticket(
-        id=row.id, created=_aware(row.created), status=row.status,
-        client_key_id=row.client_key_id, request_id=row.request_id, n_samples=row.n_samples,
+        id=row.id,
+        created=_aware(row.created),
+        status=row.status,
+        client_key_id=row.client_key_id,
+        request_id=row.request_id,
+        n_samples=row.n_samples,
         verdicts=json.loads(row.verdicts_json),
         result=json.loads(row.result_json) if row.result_json else None,
-        escalated=_aware(row.escalated), decided=_aware(row.decided),
-        reviewer_key_id=row.reviewer_key_id, note=row.note,
-    )  # fmt: skip
+        escalated=_aware(row.escalated),
+        decided=_aware(row.decided),
+        reviewer_key_id=row.reviewer_key_id,
+        note=row.note,
+    )
 
 
 def create_ticket(
-    engine: Engine, *, client_key_id: int, request_id: str, n_samples: int,
-    verdicts: list[dict[str, Any]], result: dict[str, Any],
-) -> Ticket:  # fmt: skip
+    engine: Engine,
+    *,
+    client_key_id: int,
+    request_id: str,
+    n_samples: int,
+    verdicts: list[dict[str, Any]],
+    result: dict[str, Any],
+) -> Ticket:
     """Store a held request with its withheld answer; returns the ticket."""
     row = Review(
-        id=uuid.uuid4().hex, created=datetime.now(UTC), status="held",
-        client_key_id=client_key_id, request_id=request_id, n_samples=n_samples,
-        verdicts_json=json.dumps(verdicts), result_json=json.dumps(result), note="",
-    )  # fmt: skip
+        id=uuid.uuid4().hex,
+        created=datetime.now(UTC),
+        status="held",
+        client_key_id=client_key_id,
+        request_id=request_id,
+        n_samples=n_samples,
+        verdicts_json=json.dumps(verdicts),
+        result_json=json.dumps(result),
+        note="",
+    )
     with session_factory(engine)() as session, session.begin():
         session.add(row)
         session.flush()
@@ -113,9 +130,11 @@ def decide_ticket(
     status = "approved" if approve else "rejected"
     with session_factory(engine)() as session, session.begin():
         values: dict[str, Any] = {
-            "status": status, "decided": datetime.now(UTC),
-            "reviewer_key_id": reviewer_key_id, "note": note,
-        }  # fmt: skip
+            "status": status,
+            "decided": datetime.now(UTC),
+            "reviewer_key_id": reviewer_key_id,
+            "note": note,
+        }
         if not approve:
             values["result_json"] = None
         # Conditional update: of two reviewers racing, exactly one wins.

@@ -38,11 +38,17 @@ def record_run(
     engine = make_engine(url)
     with session_factory(engine)() as session, session.begin():
         run = Run(
-            kind=kind, model_name=report.model.name, model_sha256=report.model.sha256,
-            dataset_name=report.dataset.name, dataset_sha256=report.dataset.sha256,
-            out_dir=out_dir, score=report.score, n_findings=len(report.findings),
-            seconds=report.seconds, report_json=report.model_dump_json(),
-        )  # fmt: skip
+            kind=kind,
+            model_name=report.model.name,
+            model_sha256=report.model.sha256,
+            dataset_name=report.dataset.name,
+            dataset_sha256=report.dataset.sha256,
+            out_dir=out_dir,
+            score=report.score,
+            n_findings=len(report.findings),
+            seconds=report.seconds,
+            report_json=report.model_dump_json(),
+        )
         session.add(run)
         session.flush()
         run_id = run.id
