@@ -143,6 +143,19 @@ class SanitizeConfig(StepConfig):
     reclassify: bool = True
     reclassify_threshold: float = Field(0.5, gt=0, lt=1)
 
+    def detector_kwargs(self, poison_rate: float) -> dict[str, object]:
+        """The keyword arguments of :func:`bastion.defenses.sanitize.sanitize` this step sets."""
+        return {
+            "method": self.method,
+            "expected_rate": self.expected_rate or poison_rate,
+            "removal_factor": self.removal_factor,
+            "margin_factor": self.margin_factor,
+            "n_components": self.n_components,
+            "size_threshold": self.size_threshold,
+            "min_silhouette": self.min_silhouette,
+            "reclassify_threshold": self.reclassify_threshold,
+        }
+
 
 RECIPES: dict[str, type[StepConfig]] = {
     "standard": StandardConfig,
