@@ -249,3 +249,27 @@ def demo_stage(ctx) -> None:
         f"{len(result.report.warnings)} warnings",
         result.html_path,
     )
+    _demo_user_model(ctx)
+
+
+def _demo_user_model(ctx) -> None:
+    """A model Bastion did not make: an ONNX MLP on raw breast-cancer features, assessed
+    from its files as `bastion assess --model bc.onnx --data bc.csv` would."""
+    from bastion.cli.demo_byom import DEMO_THREAT as USER_THREAT
+    from bastion.cli.demo_byom import make_user_files
+
+    console.rule("[bold]assess: your model (ONNX, tabular)")
+    csv, onnx = make_user_files(ctx.out / "your-model", ctx.seed)
+    model = load_model(onnx)
+    bundle = load_dataset(str(csv), seed=ctx.seed)
+    console.print(
+        f"model {model.name} ({model.form}); data {bundle.name}: {bundle.test.input_spec.describe()}"
+    )
+    result = assess(model, bundle, USER_THREAT, ctx.out / "your-model" / "assess", seed=ctx.seed)
+    print_outcome(result)
+    statuses = ", ".join(f"{s.probe} {s.status.replace('_', ' ')}" for s in result.report.skipped)
+    ctx.add(
+        "assess (your model)",
+        f"{model.form} on raw tabular CSV, relative ε: score {result.report.score}/100; {statuses}",
+        result.html_path,
+    )
