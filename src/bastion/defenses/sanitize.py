@@ -32,9 +32,9 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from bastion.attacks.evasion import eval_mode
 from bastion.data.dataset import Dataset
 from bastion.errors import ConfigError, ModelError, NotFittedError
+from bastion.models.predict import predict_labels as batched_labels
 from bastion.models.zoo import penultimate
 
 log = logging.getLogger(__name__)
@@ -210,8 +210,7 @@ def predict_labels(model: Predictor, x: torch.Tensor) -> torch.Tensor:
     if isinstance(model, nn.Module):
         param = next(model.parameters(), None)
         device = param.device if param is not None else x.device
-        with eval_mode(model):
-            return model(x.to(device)).argmax(1).cpu()
+        return batched_labels(model, x.to(device)).cpu()
     return torch.as_tensor(model(x)).long().cpu()
 
 

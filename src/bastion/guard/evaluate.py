@@ -41,6 +41,7 @@ from bastion.errors import BastionError, ConfigError
 from bastion.guard.drift import DriftMonitor
 from bastion.guard.guard import Guard
 from bastion.models.loaded import LoadedModel
+from bastion.models.predict import predict_labels
 
 log = logging.getLogger(__name__)
 IMAGE_SHIFTS = ("noise", "blur", "ood")
@@ -335,8 +336,7 @@ def _parts(model: nn.Module | LoadedModel) -> tuple[nn.Module | None, LoadedMode
 def _predict(model: nn.Module | LoadedModel, x: torch.Tensor) -> torch.Tensor:
     if isinstance(model, LoadedModel):
         return model.predict(x)
-    with torch.no_grad():
-        return torch.cat([model(x[i : i + 512]).argmax(1) for i in range(0, len(x), 512)])
+    return predict_labels(model, x, batch_size=512)
 
 
 def adversarial_examples(
