@@ -43,14 +43,15 @@ from bastion.assess.scoring import clamp_severity, rate_severity
 from bastion.attacks.poisoning import (
     PoisonedData,
     backdoor_success_rate,
+    describe_trigger,
     flip_labels,
     poison_dataset,
+    trigger_for,
 )
 from bastion.data.dataset import Dataset
 from bastion.models.train import accuracy, train_model
 
 log = logging.getLogger(__name__)
-TABULAR_TRIGGER_FEATURES = 3
 
 
 def save_indices(poisoned: PoisonedData, path: Path) -> Path:
@@ -100,8 +101,8 @@ class PoisoningProbe:
     def run(self, ctx: ProbeContext) -> Iterator[Finding]:
         rate = ctx.threat.poison_rate
         train, test = ctx.data.train, ctx.data.test
-        image = train.modality == "image"
-        patch = min(self.patch_size, min(train.shape[-2:]) // 2) if image else 0
+        trig = trigger_for(test, self.patch_size)
+        patch = trig.get("patch_size", 0)
         recipe = ctx.recipe
         common = {"rate": rate, "epochs": recipe.epochs, "seed": recipe.seed}
         badnets = Finding(
@@ -115,7 +116,6 @@ class PoisoningProbe:
         target_acc = float((ctx.model.predict(x_test).to(y_test.device) == y_test).float().mean())
         if badnets.key not in ctx.done:
             start = time.perf_counter()
-            trig = self._trigger(test, patch)
             poisoned = poison_dataset(
                 train, rate=rate, target=self.target, generator=ctx.generator(31), **trig
             )
@@ -146,7 +146,7 @@ class PoisoningProbe:
                     "artifacts": {"poisoned_indices": str(path.relative_to(ctx.out_dir))},
                     "notes": [
                         f"{len(poisoned.indices)} of {len(train)} training rows poisoned "
-                        f"({self._describe(trig)}, target class {self.target})"
+                        f"({describe_trigger(trig)}, target class {self.target})"
                     ],
                 }
             )
@@ -179,29 +179,6 @@ class PoisoningProbe:
                     "artifacts": {"poisoned_indices": str(path.relative_to(ctx.out_dir))},
                 }
             )
-
-    @staticmethod
-    def _trigger(test: Dataset, patch: int) -> dict:
-        """The BadNets trigger for the modality: a bright ``patch``×``patch`` square on
-        images; on tabular rows the 3 widest-range features set to their upper bounds."""
-        if test.modality == "image":
-            return {"patch_size": patch, "value": float(test.bounds.hi.max()), "trigger": "patch"}
-        width = (test.bounds.hi - test.bounds.lo).flatten()
-        if test.input_spec.frozen:
-            width[torch.tensor(test.input_spec.frozen)] = -1.0
-        k = min(TABULAR_TRIGGER_FEATURES, int((width > 0).sum()))
-        features = width.argsort(descending=True)[:k].sort().values
-        return {
-            "trigger": "features",
-            "features": features.tolist(),
-            "value": test.bounds.hi.flatten()[features],
-        }
-
-    @staticmethod
-    def _describe(trig: dict) -> str:
-        if trig["trigger"] == "patch":
-            return f"{trig['patch_size']}×{trig['patch_size']} patch"
-        return f"features {trig['features']} set to their upper bounds"
 
     def _retrain(self, ctx: ProbeContext, data: Dataset, description: str) -> nn.Module:
         """A fresh copy of the target's architecture trained on ``data`` with the recipe."""

@@ -23,6 +23,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -115,6 +116,29 @@ def _data_box(data: Dataset) -> Bounds:
     """The dataset's valid region: its per-feature box where it has one, else its bounds."""
     box = getattr(data, "box", None)
     return box if isinstance(box, Box) else data.bounds
+
+
+def trigger_for(data: Dataset, patch_size: int = 3) -> dict[str, Any]:
+    """The BadNets trigger that fits ``data``'s modality, as keyword arguments for
+    :func:`poison_dataset` and :func:`backdoor_success_rate`: a bright
+    ``patch_size``×``patch_size`` square on images (at most half the image side); on tabular
+    rows the widest-range features an attacker may change (:func:`default_trigger_features`)
+    set to their upper bounds."""
+    box = data.bounds
+    if data.modality == "image":
+        patch = min(patch_size, min(data.shape[-2:]) // 2)
+        return {"trigger": "patch", "patch_size": patch, "value": float(box.hi.max())}
+    k = min(DEFAULT_TRIGGER_FEATURES, int(((box.hi - box.lo).flatten() > 0).sum()))
+    features = default_trigger_features(data.x, bounds=box, k=k)
+    hi = box.hi.expand(data.shape).flatten()
+    return {"trigger": "features", "features": features.tolist(), "value": hi[features]}
+
+
+def describe_trigger(trigger: dict[str, Any]) -> str:
+    """One phrase for a :func:`trigger_for` trigger (for findings' notes)."""
+    if trigger["trigger"] == "patch":
+        return f"{trigger['patch_size']}×{trigger['patch_size']} patch"
+    return f"features {trigger['features']} set to their upper bounds"
 
 
 def default_trigger_features(

@@ -113,11 +113,9 @@ def fingerprint(
 
 def _trigger(data: DataBundle, patch_size: int) -> dict:
     """The BadNets trigger that fits the modality (the poisoning probe's)."""
-    from bastion.assess.poisoning_probe import PoisoningProbe
+    from bastion.attacks.poisoning import trigger_for
 
-    image = data.train.modality == "image"
-    patch = min(patch_size, min(data.train.shape[-2:]) // 2) if image else 0
-    return PoisoningProbe._trigger(data.test, patch)
+    return trigger_for(data.test, patch_size)
 
 
 def backdoor_check(
