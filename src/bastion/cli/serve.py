@@ -92,6 +92,16 @@ def register(app: typer.Typer) -> None:
         ssl_keyfile: Annotated[Path | None, typer.Option(help="TLS private key (PEM)")] = None,
         log_level: Annotated[str, typer.Option(help="uvicorn log level")] = "info",
         access_log: Annotated[bool, typer.Option(help="log every request")] = False,
+        output: Annotated[
+            str | None,
+            typer.Option(help="what answers reveal: scores | top-k | labels (default scores)"),
+        ] = None,
+        top_k: Annotated[
+            int | None, typer.Option(help="classes returned with --output top-k")
+        ] = None,
+        round_scores: Annotated[
+            int | None, typer.Option("--round", help="decimals kept in returned scores")
+        ] = None,
     ) -> None:
         """Serve a model behind auth, rate limits, validation, the guard, review and audit."""
         import uvicorn
@@ -139,6 +149,16 @@ def register(app: typer.Typer) -> None:
         if guard_dir is not None:
             guard = settings.guard.model_copy(update={"dir": guard_dir})
             settings = settings.model_copy(update={"guard": guard})
+        policy = {"mode": output, "k": top_k, "round": round_scores}
+        if any(v is not None for v in policy.values()):
+            from bastion.config import validate
+            from bastion.serve.output import OutputPolicy
+
+            given = {k: v for k, v in policy.items() if v is not None}
+            merged = {**settings.output.model_dump(), **given}
+            settings = settings.model_copy(
+                update={"output": validate(OutputPolicy, merged, "--output/--top-k/--round")}
+            )
         runtime = Runtime.from_settings(settings)  # errors here are one line, before binding
         app = create_app(settings)
         app.state.runtime = runtime
@@ -147,7 +167,8 @@ def register(app: typer.Typer) -> None:
         console.print(
             f"serving {what} ({runtime.loaded.form}) on {scheme}://{settings.host}:"
             f"{settings.port}; inputs {runtime.input_spec.describe()} from {runtime.spec_source}; "
-            f"guard {'on' if runtime.guard is not None else 'off'}",
+            f"guard {'on' if runtime.guard is not None else 'off'}; answers: "
+            f"{settings.output.describe()}",
             highlight=False,
         )
         uvicorn.run(

@@ -17,6 +17,7 @@ from bastion.errors import StoreError
 from bastion.guard.verdict import GuardVerdict
 from bastion.serve.audit_adapter import AuditSink
 from bastion.serve.metrics import ServeMetrics
+from bastion.serve.output import LabelScore
 from bastion.store import reviews as store
 from bastion.store.keys import KeyInfo
 from bastion.store.reviews import Ticket
@@ -138,7 +139,8 @@ class HeldResult(BaseModel):
     """The answer of a held request, withheld until a reviewer approves it."""
 
     predictions: list[int]
-    probabilities: list[list[float]]
+    probabilities: list[list[float]] | None = None  # as the output policy allows
+    top_k: list[list[LabelScore]] | None = None
     verdicts: list[Literal["allow", "flag", "hold", "block"]]
 
 
@@ -157,6 +159,7 @@ class TicketView(BaseModel):
     decided: datetime | None
     predictions: list[int] | None = None
     probabilities: list[list[float]] | None = None
+    top_k: list[list[LabelScore]] | None = None
     verdicts: list[Literal["allow", "flag", "hold", "block"]] | None = None
     detail: str | None = Field(None, description="why there is no answer (rejected)")
 
@@ -197,7 +200,7 @@ def ticket_view(ticket: Ticket) -> TicketView:
     view = TicketView(**_common(ticket))
     if ticket.status == "approved" and ticket.result is not None:
         result = HeldResult.model_validate(ticket.result)
-        view = TicketView(**_common(ticket), **result.model_dump())
+        view = TicketView(**_common(ticket), **result.model_dump(exclude_none=True))
     elif ticket.status == "rejected":
         view = TicketView(**_common(ticket), detail="a reviewer rejected this request")
     return view

@@ -28,6 +28,7 @@ from bastion.serve.deps import (
     refusal,
     take,
 )
+from bastion.serve.output import LabelScore, police
 from bastion.serve.reviews import HeldResult, TicketView, ticket_view
 from bastion.serve.validation import check_content_type, parse_predict_body
 
@@ -44,8 +45,12 @@ class PredictRequest(BaseModel):
 
 
 class PredictResponse(BaseModel):
+    """``probabilities`` (every class) or ``top_k`` (the most likely classes) as the
+    gateway's output policy allows; neither under ``output.mode: labels``."""
+
     predictions: list[int]
-    probabilities: list[list[float]]
+    probabilities: list[list[float]] | None = None
+    top_k: list[list[LabelScore]] | None = None
     verdicts: list[Literal["allow", "flag"]]
     request_id: str
 
@@ -104,7 +109,7 @@ async def predict(request: Request, key: LimitedClient) -> Response:
     inf = await state.batcher.infer(x, str(key.id))
     verdicts: list[GuardVerdict] = list(inf.verdicts)
     labels = [v.verdict for v in verdicts]
-    probabilities = inf.probabilities.tolist()
+    shown = police(inf.probabilities, state.settings.output)
     entry: dict[str, Any] = {
         "kind": "decision",
         "request_id": request_id,
@@ -123,7 +128,10 @@ async def predict(request: Request, key: LimitedClient) -> Response:
     metrics.samples.inc(n)
     if inf.verdict == "hold":
         result = HeldResult(
-            predictions=inf.predictions, probabilities=probabilities, verdicts=labels
+            predictions=inf.predictions,
+            probabilities=shown.probabilities,
+            top_k=shown.top_k,
+            verdicts=labels,
         )
         ticket = await state.reviews.hold(
             key=key, request_id=request_id, verdicts=verdicts, result=result
@@ -150,11 +158,12 @@ async def predict(request: Request, key: LimitedClient) -> Response:
     _remember(state, entry, await _audit(state, entry))
     answer = PredictResponse(
         predictions=inf.predictions,
-        probabilities=probabilities,
+        probabilities=shown.probabilities,
+        top_k=shown.top_k,
         verdicts=labels,
         request_id=request_id,
     )
-    return model_response(answer)
+    return model_response(answer, exclude_none=True)
 
 
 async def _audit(state: Any, entry: dict[str, Any]) -> int:

@@ -16,6 +16,7 @@ from pydantic import AliasChoices, BaseModel, ConfigDict, Field, model_validator
 from bastion.config import read_yaml, validate
 from bastion.data.loaders import DataOptions
 from bastion.errors import ConfigError
+from bastion.serve.output import OutputPolicy
 
 
 class _Section(BaseModel):
@@ -120,6 +121,7 @@ class ServeSettings(_Section):
     reviews: ReviewSettings = Field(default_factory=ReviewSettings)
     audit: AuditSettings = Field(default_factory=AuditSettings)
     blocks: BlockSettings = Field(default_factory=BlockSettings)
+    output: OutputPolicy = Field(default_factory=OutputPolicy)
 
     @model_validator(mode="after")
     def _tls_pair(self) -> ServeSettings:
