@@ -1,5 +1,6 @@
-"""Child process of the durability test: appends forever, printing ``ack K INDEX`` after
-each append has returned (i.e. was acknowledged as durable), until it is killed."""
+"""Child process of the durability test: prints ``ready PUBKEY`` (its signing key's public
+half, hex), then appends forever, printing ``ack K INDEX`` after each append has returned
+(i.e. was acknowledged as durable), until it is killed."""
 
 from __future__ import annotations
 
@@ -47,10 +48,10 @@ async def grouped(log: AuditLog) -> None:
 
 def main() -> None:
     url, schema, mode = sys.argv[1], sys.argv[2] or None, sys.argv[3]
-    log = AuditLog.open(
-        url, schema=schema, signing_key=Ed25519PrivateKey.generate(), checkpoint_every=50
-    )
-    sys.stdout.write("ready\n")
+    key = Ed25519PrivateKey.generate()
+    log = AuditLog.open(url, schema=schema, signing_key=key, checkpoint_every=50)
+    # the public key goes to the parent through the pipe, not through the database
+    sys.stdout.write(f"ready {key.public_key().public_bytes_raw().hex()}\n")
     sys.stdout.flush()
     if mode == "group":
         asyncio.run(grouped(log))

@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from bastion.audit import AuditLog
 from tests.audit.conftest import PG_URL
@@ -18,7 +19,9 @@ WRITER = Path(__file__).with_name("_kill_writer.py")
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def run_and_kill(url: str, schema: str, mode: str, acks_wanted: int = 300) -> dict[int, int]:
+def run_and_kill(
+    url: str, schema: str, mode: str, acks_wanted: int = 300
+) -> tuple[dict[int, int], Ed25519PublicKey]:
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     proc = subprocess.Popen(
         [sys.executable, str(WRITER), url, schema, mode],
@@ -31,7 +34,9 @@ def run_and_kill(url: str, schema: str, mode: str, acks_wanted: int = 300) -> di
     deadline = time.monotonic() + 40
     try:
         assert proc.stdout is not None
-        assert proc.stdout.readline().strip() == "ready"
+        ready, pub_hex = proc.stdout.readline().split()
+        assert ready == "ready"
+        pub = Ed25519PublicKey.from_public_bytes(bytes.fromhex(pub_hex))
         while len(acked) < acks_wanted and time.monotonic() < deadline:
             line = proc.stdout.readline()
             if not line:
@@ -50,29 +55,31 @@ def run_and_kill(url: str, schema: str, mode: str, acks_wanted: int = 300) -> di
         proc.wait(10)
     assert proc.returncode == -signal.SIGKILL
     assert len(acked) >= min(acks_wanted, 50), f"the writer acknowledged only {len(acked)}"
-    return acked
+    return acked, pub
 
 
-def check_survivors(url: str, schema: str | None, acked: dict[int, int]) -> None:
+def check_survivors(
+    url: str, schema: str | None, acked: dict[int, int], pub: Ed25519PublicKey
+) -> None:
     with AuditLog.open(url, schema=schema) as log:
         size = log.size()
         assert max(acked.values()) < size
         entries = log.entries(0, size)
         for k, index in acked.items():
             assert entries[index] == {"w": k}, f"acknowledged entry {index} lost or changed"
-        result = log.verify()
+        result = log.verify(pub)  # the writer's key, as it said it on its stdout
         assert result.ok, result.message
-        assert result.size == size
+        assert result.size == size and result.heads_checked >= 1
 
 
 @pytest.mark.parametrize("mode", ["direct", "group"])
 def test_sigkill_sqlite(tmp_path, mode):
     url = f"sqlite:///{tmp_path / 'audit.db'}"
-    acked = run_and_kill(url, "", mode)
-    check_survivors(url, None, acked)
+    acked, pub = run_and_kill(url, "", mode)
+    check_survivors(url, None, acked, pub)
 
 
 @pytest.mark.postgres
 def test_sigkill_postgres(pg_schema):
-    acked = run_and_kill(PG_URL, pg_schema, "group")
-    check_survivors(PG_URL, pg_schema, acked)
+    acked, pub = run_and_kill(PG_URL, pg_schema, "group")
+    check_survivors(PG_URL, pg_schema, acked, pub)

@@ -43,7 +43,12 @@ def test_append_read_and_prove(open_log, key):
         assert not verify_inclusion(leaf_hash(canonical_json(entry(i + 1))), i, 40, proof, root)
     old_root = log.root(13)
     assert verify_consistency(13, 40, old_root, root, log.consistency_proof(13, 40))
-    assert log.verify(key.public_key()).ok
+    unsigned = log.verify(key.public_key())  # nothing signed yet: nothing vouches for it
+    assert not unsigned.ok and unsigned.first_bad_index is None
+    assert "no signed tree head vouches for the log's 40 entries" in unsigned.message
+    log.sign_tree_head()
+    signed = log.verify(key.public_key())
+    assert signed.ok and signed.trusted_size == 40 and signed.message.startswith("OK: 40 entries")
 
 
 def test_reopen_keeps_everything(open_log, key):
@@ -88,7 +93,9 @@ def test_large_batch_spans_several_blocks(open_log):
     idx = log.append_many([{"i": i} for i in range(n)])
     assert idx[-1] == n - 1 and log.size() == n
     assert log.entries(MAX_BLOCK - 1, MAX_BLOCK + 1) == [{"i": MAX_BLOCK - 1}, {"i": MAX_BLOCK}]
-    assert log.verify().ok
+    result = log.verify(integrity_only=True)
+    assert result.ok and result.size == n and not result.signatures_checked
+    assert result.message.startswith("INTEGRITY ONLY, signatures NOT checked")
 
 
 def test_two_writers_share_one_log(open_log, key):
@@ -250,6 +257,7 @@ def test_postgres_connection_dropped_by_the_server_is_reopened(pg_schema, key):
         with psycopg.connect(PG_URL, autocommit=True) as admin:
             admin.execute("SELECT pg_terminate_backend(%s)", (pid,))
         assert log.append({"after": 1}) == 1  # reconnected before writing anything
+        log.sign_tree_head()
         assert log.size() == 2 and log.verify(key.public_key()).ok
 
 

@@ -129,12 +129,16 @@ def test_readme_pipeline(byom, name, model, monkeypatch, capsys, gateway_factory
     assert statement_subjects["signatures"]
     assert rep["model"]["sha256"] and rep["model"]["artifacts"]
     ok("guard", "fit", "--model", child, *data)
+    ok("audit", "keygen", "--key-file", tmp_path / "audit.pem")
+    (tmp_path / "audit.pub").write_text(ok("audit", "pubkey", "--key-file", tmp_path / "audit.pem"))
+    db = f"sqlite:///{tmp_path / 'serve.db'}"
     settings = ServeSettings.model_validate(
         {
-            "db_url": f"sqlite:///{tmp_path / 'serve.db'}",
+            "db_url": db,
             "model": str(child),
             "auth": {"cache_ttl_s": 0.0},
             "reviews": {"check_every_s": 3600},
+            "audit": {"key_file": str(tmp_path / "audit.pem")},
         }
     )
     rows = [
@@ -148,5 +152,8 @@ def test_readme_pipeline(byom, name, model, monkeypatch, capsys, gateway_factory
         assert gw.state.runtime.model_sha256 == rep["model"]["sha256"]
         bad = gw.client.post("/v1/predict", json={"inputs": [rows[0][:5]]}, headers=gw.auth())
         assert bad.status_code == 422 and "30 features" in bad.json()["detail"]
-    audit = ok("audit", "verify", "--db", f"sqlite:///{tmp_path / 'serve.db'}")
-    assert "OK" in audit
+    ok("audit", "sign", "--db", db, "--key-file", tmp_path / "audit.pem")
+    audit = ok("audit", "verify", "--db", db, "--key", tmp_path / "audit.pub")
+    assert audit.startswith("OK")
+    code, _, err = bastion(monkeypatch, capsys, "audit", "verify", "--db", db)
+    assert code == 2 and "cannot vouch" in err  # the log's own key proves nothing

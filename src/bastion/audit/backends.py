@@ -14,7 +14,10 @@ Tables (prefix ``audit_log_``):
   entry to its position, so ``verify`` can name the first edited, removed or reordered
   entry;
 - ``heads(id, tree_size, timestamp_ms, root, signature, key_id, public_key)``: signed tree
-  heads;
+  heads (the ``public_key`` column is a record only: verification takes the trusted key from
+  its caller, never from the database it is checking);
+- ``cosignatures(id, tree_size, head_timestamp_ms, root, cosigned_ms, witness_key_id,
+  signature)``: witness cosignatures of signed tree heads (``bastion audit witness``);
 - ``meta(key, value)``: format version.
 
 A writer holds the database's write lock for the whole append (``BEGIN IMMEDIATE`` in
@@ -34,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from bastion.audit.sth import SignedTreeHead
+from bastion.audit.witness import Cosignature
 from bastion.errors import StoreError
 
 FORMAT_VERSION = "1"
@@ -51,6 +55,16 @@ def block_chain(start: int, n: int, hashes: bytes, prev: bytes) -> bytes:
 log = logging.getLogger(__name__)
 _SCHEMA_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
 
+_COSIG_SQLITE = (
+    "CREATE TABLE IF NOT EXISTS audit_log_cosignatures (id INTEGER PRIMARY KEY AUTOINCREMENT, "
+    "tree_size INTEGER NOT NULL, head_timestamp_ms INTEGER NOT NULL, root BLOB NOT NULL, "
+    "cosigned_ms INTEGER NOT NULL, witness_key_id TEXT NOT NULL, signature BLOB NOT NULL)"
+)
+_COSIG_PG = (
+    "CREATE TABLE IF NOT EXISTS audit_log_cosignatures (id BIGSERIAL PRIMARY KEY, "
+    "tree_size BIGINT NOT NULL, head_timestamp_ms BIGINT NOT NULL, root BYTEA NOT NULL, "
+    "cosigned_ms BIGINT NOT NULL, witness_key_id TEXT NOT NULL, signature BYTEA NOT NULL)"
+)
 _DDL_SQLITE = [
     "CREATE TABLE IF NOT EXISTS audit_log_blocks (start INTEGER PRIMARY KEY, "
     "n_entries INTEGER NOT NULL, chain BLOB NOT NULL, hashes BLOB NOT NULL, "
@@ -59,6 +73,7 @@ _DDL_SQLITE = [
     "tree_size INTEGER NOT NULL, timestamp_ms INTEGER NOT NULL, root BLOB NOT NULL, "
     "signature BLOB NOT NULL, key_id TEXT NOT NULL, public_key BLOB NOT NULL)",
     "CREATE TABLE IF NOT EXISTS audit_log_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
+    _COSIG_SQLITE,
 ]
 _DDL_PG = [
     "CREATE TABLE IF NOT EXISTS audit_log_blocks (start BIGINT PRIMARY KEY, "
@@ -68,6 +83,7 @@ _DDL_PG = [
     "tree_size BIGINT NOT NULL, timestamp_ms BIGINT NOT NULL, root BYTEA NOT NULL, "
     "signature BYTEA NOT NULL, key_id TEXT NOT NULL, public_key BYTEA NOT NULL)",
     "CREATE TABLE IF NOT EXISTS audit_log_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
+    _COSIG_PG,
 ]
 
 
@@ -91,6 +107,7 @@ class Backend:
 
     dialect = ""
     url = ""
+    cosig_ddl = ""
 
     # --- transactions
     def begin_write(self) -> None: ...
@@ -158,6 +175,49 @@ class Backend:
         ).fetchall()
         return [_head(r) for r in rows]
 
+    def has_table(self, name: str) -> bool:
+        raise NotImplementedError
+
+    def cosignatures(self) -> list[Cosignature]:
+        """Stored witness cosignatures, oldest first (none in a log made before they existed)."""
+        if not self.has_table("audit_log_cosignatures"):
+            return []
+        rows = self._exec(
+            "SELECT id, tree_size, head_timestamp_ms, root, cosigned_ms, witness_key_id, "
+            "signature FROM audit_log_cosignatures ORDER BY id"
+        ).fetchall()
+        return [
+            Cosignature(
+                tree_size=int(size),
+                head_timestamp_ms=int(ts),
+                root=as_bytes(root),
+                cosigned_ms=int(cts),
+                witness_key_id=str(wkid),
+                signature=as_bytes(sig),
+                id=int(cid),
+            )
+            for cid, size, ts, root, cts, wkid, sig in rows
+        ]
+
+    def insert_cosignature(self, cosig: Cosignature) -> int:
+        """Store a cosignature (inside the caller's write transaction; makes the table in a
+        log written before witnesses existed)."""
+        self._exec(self.cosig_ddl)
+        return int(
+            self._exec(
+                "INSERT INTO audit_log_cosignatures (tree_size, head_timestamp_ms, root, "
+                "cosigned_ms, witness_key_id, signature) VALUES (?, ?, ?, ?, ?, ?) RETURNING id",
+                (
+                    cosig.tree_size,
+                    cosig.head_timestamp_ms,
+                    cosig.root,
+                    cosig.cosigned_ms,
+                    cosig.witness_key_id,
+                    cosig.signature,
+                ),
+            ).fetchone()[0]
+        )
+
     def entries(self, start: int, stop: int) -> list[tuple[int, bytes]]:
         """``(index, canonical JSON)`` of the entries ``start <= index < stop`` present."""
         rows = self._exec(
@@ -195,16 +255,35 @@ class Backend:
 
 class SQLiteBackend(Backend):
     dialect = "sqlite"
+    cosig_ddl = _COSIG_SQLITE
 
     def __init__(self, path: str, *, url: str, create: bool = True) -> None:
+        """Open the log in the SQLite file ``path``; ``create=False`` opens an existing log
+        only, read-write but without creating or altering anything (verification), and
+        refuses a file that does not exist or holds no audit log."""
         self.url = url
         self.path = path
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        try:
-            self.conn = sqlite3.connect(
-                path, isolation_level=None, check_same_thread=False, timeout=30.0
+        if create:
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+        elif not Path(path).is_file():
+            raise StoreError(
+                f"audit log {url!r}: no database at {path} (nothing was created): check --db "
+                "or $BASTION_DB"
             )
-            self.conn.execute("PRAGMA journal_mode=WAL")
+        try:
+            if create:
+                self.conn = sqlite3.connect(
+                    path, isolation_level=None, check_same_thread=False, timeout=30.0
+                )
+                self.conn.execute("PRAGMA journal_mode=WAL")
+            else:  # mode=rw: never creates the file
+                self.conn = sqlite3.connect(
+                    Path(path).resolve().as_uri() + "?mode=rw",
+                    uri=True,
+                    isolation_level=None,
+                    check_same_thread=False,
+                    timeout=30.0,
+                )
             self.conn.execute("PRAGMA synchronous=FULL")  # fsync the WAL at every commit
             self.conn.execute("PRAGMA busy_timeout=30000")
             if create:
@@ -214,8 +293,20 @@ class SQLiteBackend(Backend):
                     "INSERT OR IGNORE INTO audit_log_meta (key, value) VALUES ('format', ?)",
                     (FORMAT_VERSION,),
                 )
+            elif not self.has_table("audit_log_blocks"):
+                self.conn.close()
+                raise StoreError(
+                    f"{path} holds no audit log (no audit_log_blocks table): check --db or "
+                    "$BASTION_DB"
+                )
         except sqlite3.Error as exc:
             raise StoreError(f"cannot open audit log {url!r}: {exc}") from None
+
+    def has_table(self, name: str) -> bool:
+        row = self.conn.execute(
+            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (name,)
+        ).fetchone()
+        return row is not None
 
     def begin_write(self) -> None:
         self.conn.execute("BEGIN IMMEDIATE")
@@ -252,6 +343,7 @@ class SQLiteBackend(Backend):
 
 class PostgresBackend(Backend):
     dialect = "postgresql"
+    cosig_ddl = _COSIG_PG
 
     def __init__(
         self, conninfo: str, *, url: str, schema: str | None = None, create: bool = True
@@ -272,7 +364,7 @@ class PostgresBackend(Backend):
             signed=True,
         )
         try:
-            self._connect()
+            self._connect(create=create)
             if create:
                 # DDL under the advisory lock: concurrent CREATE TABLE IF NOT EXISTS can race.
                 with self.conn.transaction():
@@ -285,23 +377,40 @@ class PostgresBackend(Backend):
                         (FORMAT_VERSION,),
                     )
                 self.conn.commit()
+            elif self._log_missing():
+                self.conn.close()
+                where = f" (schema {schema})" if schema else ""
+                raise StoreError(
+                    f"no audit log in {url!r}{where}: no audit_log_blocks table (nothing was "
+                    "created): check --db or $BASTION_DB"
+                )
         except psycopg.Error as exc:
             raise StoreError(f"cannot open audit log {url!r}: {str(exc).strip()}") from None
 
-    def _connect(self) -> None:
+    def _connect(self, *, create: bool = True) -> None:
         self.conn = self._psycopg.connect(self.conninfo, autocommit=False)
         with self.conn.transaction():
             self.conn.execute("SET synchronous_commit = on")  # durable at COMMIT
             if self.schema:
-                self.conn.execute(f'CREATE SCHEMA IF NOT EXISTS "{self.schema}"')
+                if create:
+                    self.conn.execute(f'CREATE SCHEMA IF NOT EXISTS "{self.schema}"')
                 self.conn.execute(f'SET search_path TO "{self.schema}"')
         self.conn.commit()
+
+    def _log_missing(self) -> bool:
+        missing = not self.has_table("audit_log_blocks")
+        self.conn.commit()  # end the implicit transaction (a snapshot sets its isolation next)
+        return missing
+
+    def has_table(self, name: str) -> bool:
+        row = self._exec("SELECT to_regclass(?)", (name,)).fetchone()
+        return row is not None and row[0] is not None
 
     def _alive(self) -> None:
         """Reconnect when the server dropped the connection (between transactions only)."""
         if self.conn.closed or self.conn.broken:
             log.warning("audit log: reconnecting to %s", self.url)
-            self._connect()
+            self._connect(create=False)
 
     def begin_write(self) -> None:
         # psycopg opens the transaction implicitly; the advisory lock serialises writers.
@@ -312,7 +421,7 @@ class PostgresBackend(Backend):
         except self._psycopg.OperationalError:
             if not self.conn.broken:
                 raise
-            self._connect()
+            self._connect(create=False)
             self.conn.execute("SELECT pg_advisory_xact_lock(%s)", (self._lock_key,))
 
     def commit(self) -> None:
@@ -352,9 +461,10 @@ class PostgresBackend(Backend):
         self.conn.commit()
 
 
-def open_backend(url: str, *, schema: str | None = None) -> Backend:
-    """``sqlite:///PATH`` (``sqlite:////abs/path``), ``sqlite://`` (in memory) or
-    ``postgresql://user@host:port/db``."""
+def open_backend(url: str, *, schema: str | None = None, create: bool = True) -> Backend:
+    """``sqlite:///PATH`` (``sqlite:////abs/path``), a plain file path (SQLite), or
+    ``postgresql://user@host:port/db``. ``create=False`` opens an existing log only and
+    creates nothing (a missing database or log is a StoreError)."""
     if url.startswith("sqlite:"):
         if url in ("sqlite://", "sqlite:///:memory:"):
             raise StoreError("an audit log must be durable: use sqlite:///PATH, not memory")
@@ -362,12 +472,16 @@ def open_backend(url: str, *, schema: str | None = None) -> Backend:
             raise StoreError(
                 f"bad SQLite URL {url!r}: write sqlite:///relative.db or sqlite:////abs.db"
             )
-        return SQLiteBackend(str(Path(url.removeprefix("sqlite:///")).expanduser()), url=url)
+        path = str(Path(url.removeprefix("sqlite:///")).expanduser())
+        return SQLiteBackend(path, url=url, create=create)
     for prefix in ("postgresql+psycopg://", "postgresql://", "postgres://"):
         if url.startswith(prefix):
             return PostgresBackend(
-                "postgresql://" + url.removeprefix(prefix), url=url, schema=schema
+                "postgresql://" + url.removeprefix(prefix), url=url, schema=schema, create=create
             )
+    if url and "://" not in url and url != ":memory:":
+        return SQLiteBackend(str(Path(url).expanduser()), url=url, create=create)
     raise StoreError(
-        f"unsupported audit log URL {url!r}: use sqlite:///PATH or postgresql://USER@HOST/DB"
+        f"unsupported audit log URL {url!r}: use sqlite:///PATH, a file path, or "
+        "postgresql://USER@HOST/DB"
     )

@@ -15,7 +15,7 @@ Usage::
     i = log.append({"event": "predict", "verdict": "allow"})
     proof = log.inclusion_proof(i)
     assert verify_inclusion(leaf_hash(log.entry_bytes(i)), i, log.size(), proof, log.root())
-    log.verify(key.public_key()).ok
+    log.verify(key.public_key()).ok  # a trusted key; never the one stored in the log
 """
 
 from __future__ import annotations
@@ -33,6 +33,7 @@ from bastion.audit.backends import SEP, Backend, as_bytes, open_backend
 from bastion.audit.merkle import Frontier, MerkleTree, leaf_hashes
 from bastion.audit.sth import SignedTreeHead, public_bytes, require_key, sign_head
 from bastion.audit.verify import VerifyResult, verify_backend
+from bastion.audit.witness import Cosignature
 from bastion.errors import ConfigError, StoreError
 
 log = logging.getLogger(__name__)
@@ -95,16 +96,19 @@ class AuditLog:
         signing_key: Ed25519PrivateKey | None = None,
         checkpoint_every: int = 1000,
         schema: str | None = None,
+        create: bool = True,
     ) -> AuditLog:
-        """Open (creating the tables if needed) the log at ``url``: ``sqlite:///PATH`` (the
-        default is :func:`bastion.store.db.default_url`) or ``postgresql://...``; ``schema``
-        puts a PostgreSQL log in its own schema."""
+        """Open (creating the tables if needed) the log at ``url``: ``sqlite:///PATH`` or a
+        plain file path (the default is :func:`bastion.store.db.default_url`) or
+        ``postgresql://...``; ``schema`` puts a PostgreSQL log in its own schema.
+        ``create=False`` opens an existing log only: a database that does not exist, or
+        holds no audit log, is a StoreError and nothing is created (verification)."""
         if url is None:
             from bastion.store.db import default_url
 
             url = default_url()
         return cls(
-            open_backend(url, schema=schema),
+            open_backend(url, schema=schema, create=create),
             signing_key=signing_key,
             checkpoint_every=checkpoint_every,
         )
@@ -192,6 +196,26 @@ class AuditLog:
         heads = self.heads()
         return max(heads, key=lambda h: (h.tree_size, h.timestamp_ms)) if heads else None
 
+    def cosignatures(self) -> list[Cosignature]:
+        """Witness cosignatures stored in the log database, oldest first."""
+        return self._read(self.backend.cosignatures)
+
+    def add_cosignature(self, cosig: Cosignature) -> int:
+        """Store a witness cosignature beside the heads (see :mod:`bastion.audit.witness`)."""
+        with self._lock:
+            self._check_open()
+            b = self.backend
+            try:
+                b.begin_write()
+                cid = b.insert_cosignature(cosig)
+                b.commit()
+            except Exception as exc:
+                self._safe_rollback()
+                if _db_error(exc):
+                    raise StoreError(f"cannot store a cosignature in {self.url}: {exc}") from exc
+                raise
+        return cid
+
     # ------------------------------------------------------------------ Merkle tree
 
     def root(self, size: int | None = None) -> bytes:
@@ -260,21 +284,43 @@ class AuditLog:
         self,
         public_key: Ed25519PublicKey | None = None,
         *,
+        integrity_only: bool = False,
         trusted_heads: Sequence[SignedTreeHead] = (),
+        witness_keys: Sequence[Ed25519PublicKey] = (),
+        cosignatures: Sequence[Cosignature] = (),
         workers: int = 1,
     ) -> VerifyResult:
         """Re-hash every entry and check the stored leaf hashes and every signed tree head
-        (and ``trusted_heads`` kept elsewhere); names the first bad entry. ``workers > 1``
-        hashes in that many processes (worth it from a few hundred thousand entries)."""
-        if public_key is None and self.signing_key is not None:
+        (and ``trusted_heads`` kept elsewhere) against ``public_key``; names the first bad
+        entry. ``workers > 1`` hashes in that many processes (worth it from a few hundred
+        thousand entries).
+
+        The key must come from the caller (or be this log's own signing key, configured by
+        the deployment): the public key stored in the database cannot vouch for it, since
+        whoever can write the database can re-sign it. Without one this raises ConfigError,
+        unless ``integrity_only=True``, which checks the hash chain and recorded hashes alone
+        and says that no signature was checked. ``witness_keys`` additionally require a valid
+        cosignature by each witness on the latest signed head (stored in the log, or among
+        ``cosignatures``)."""
+        if public_key is None and self.signing_key is not None and not integrity_only:
             public_key = self.signing_key.public_key()
         self._check_open()
         try:
             snap = self.backend.snapshot()
-        except StoreError:
+        except Exception as exc:
+            if _db_error(exc):
+                raise StoreError(f"cannot read audit log {self.url}: {exc}") from exc
             raise
         try:
-            return verify_backend(snap, public_key, trusted_heads=trusted_heads, workers=workers)
+            return verify_backend(
+                snap,
+                public_key,
+                check_signatures=not integrity_only,
+                trusted_heads=trusted_heads,
+                witness_keys=witness_keys,
+                cosignatures=cosignatures,
+                workers=workers,
+            )
         except Exception as exc:
             if _db_error(exc):
                 raise StoreError(f"cannot read audit log {self.url}: {exc}") from exc

@@ -8,6 +8,11 @@ the signed one (an entry edited, removed, reordered, or the log cut short) no lo
 The private key comes from a PEM file that only its owner may read (mode 0600 enforced),
 or from ``$BASTION_AUDIT_KEY`` (the PEM text, or the 32-byte seed in hex or base64); it is
 generated on first use only when asked to, and never printed or logged.
+
+Verification takes the *public* key from whoever verifies: ``--key``, or the deployment's
+``$BASTION_AUDIT_PUBKEY`` (a PEM file path, PEM text, or the 32 raw bytes in hex/base64).
+The public key recorded beside each head in the database is never trusted: whoever can write
+the database can re-sign it with a key of their own.
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from bastion.errors import ConfigError
 
 KEY_ENV = "BASTION_AUDIT_KEY"
+PUBKEY_ENV = "BASTION_AUDIT_PUBKEY"
 _DOMAIN = b"bastion-audit-sth/v1\n"
 
 
@@ -217,7 +223,12 @@ def load_public_key(source: Path | str | bytes) -> Ed25519PublicKey:
     ):
         path = Path(source).expanduser()
         label = f"public key file {path}"
-        text = path.read_bytes().strip()
+        try:
+            text = path.read_bytes().strip()
+        except OSError as exc:
+            raise ConfigError(f"cannot read {label}: {exc.strerror}") from None
+    elif isinstance(source, str) and source.strip().endswith((".pem", ".pub", ".key")):
+        raise ConfigError(f"public key file {source} does not exist")
     else:
         text = source.encode() if isinstance(source, str) else source
         text = text.strip()
@@ -246,6 +257,20 @@ def load_public_key(source: Path | str | bytes) -> Ed25519PublicKey:
     )
 
 
+def resolve_public_key(source: str | Path | None = None) -> Ed25519PublicKey | None:
+    """The trusted public key that verifies the log: ``source`` (``--key``) when given, else
+    ``$BASTION_AUDIT_PUBKEY``, else None. Never the key stored in the log."""
+    if source is not None and str(source) != "":
+        return load_public_key(source)
+    env = os.environ.get(PUBKEY_ENV, "").strip()
+    if not env:
+        return None
+    try:
+        return load_public_key(env)
+    except ConfigError as exc:
+        raise ConfigError(f"${PUBKEY_ENV}: {exc}") from None
+
+
 def public_pem(key: Ed25519PublicKey | Ed25519PrivateKey) -> str:
     if isinstance(key, Ed25519PrivateKey):
         key = key.public_key()
@@ -265,12 +290,14 @@ def require_key(key: Ed25519PrivateKey | None) -> Ed25519PrivateKey:
 
 __all__ = [
     "KEY_ENV",
+    "PUBKEY_ENV",
     "SignedTreeHead",
     "generate_key_file",
     "key_id",
     "load_key_file",
     "load_public_key",
     "public_pem",
+    "resolve_public_key",
     "resolve_signing_key",
     "sign_head",
     "sth_message",

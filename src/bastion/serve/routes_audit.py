@@ -5,7 +5,10 @@
 * ``POST /v1/audit/tree-head`` — sign a head now (admin; needs the audit signing key);
 * ``GET /v1/audit/proof/inclusion?index=I[&size=N]`` — audit path of entry I in tree N;
 * ``GET /v1/audit/proof/consistency?first=M[&second=N]`` — tree M is a prefix of tree N;
-* ``GET /v1/audit/verify`` — re-hash the whole log and check every signed head (admin).
+* ``GET /v1/audit/verify`` — re-hash the whole log and check every signed head (admin)
+  against the gateway's own configured signing key (``audit.key_file`` /
+  ``$BASTION_AUDIT_KEY``), never the key recorded in the database; a gateway without a
+  signing key checks integrity only and answers ``signatures_checked: false``.
 
 Hashes are hex; a client checks proofs with :func:`bastion.audit.verify_inclusion` /
 :func:`bastion.audit.verify_consistency` (or ``bastion audit prove``).
@@ -14,6 +17,7 @@ Hashes are hex; a client checks proofs with :func:`bastion.audit.verify_inclusio
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import partial
 from typing import Annotated, Any, TypeVar
 
 import anyio.to_thread
@@ -75,10 +79,14 @@ class ConsistencyProof(BaseModel):
 
 
 class VerifyReport(BaseModel):
-    ok: bool
+    ok: bool = Field(description="no problem found by the checks that ran")
+    signatures_checked: bool = Field(
+        description="false: integrity only (the gateway has no signing key), nothing authenticated"
+    )
     size: int
     root_hash: str
     heads_checked: int
+    trusted_size: int = Field(description="leading entries that match a verified signed head")
     first_bad_index: int | None
     message: str
     problems: list[str]
@@ -202,13 +210,17 @@ async def consistency(
     responses=error_responses(*AUTH_ERRORS, 404, describe=_DISABLED),
 )
 async def verify(request: Request, _key: AdminKey) -> VerifyReport:
-    """Re-hash every entry and check the signed heads (cost grows with the log)."""
-    result = await _call(_log(request).verify)
+    """Re-hash every entry and check the signed heads with the gateway's signing key (cost
+    grows with the log); without a signing key, integrity only (``signatures_checked``)."""
+    audit_log = _log(request)
+    result = await _call(partial(audit_log.verify, integrity_only=audit_log.signing_key is None))
     return VerifyReport(
         ok=result.ok,
+        signatures_checked=result.signatures_checked,
         size=result.size,
         root_hash=result.root.hex(),
         heads_checked=result.heads_checked,
+        trusted_size=result.trusted_size,
         first_bad_index=result.first_bad_index,
         message=result.message,
         problems=list(result.problems),
