@@ -226,7 +226,7 @@ def test_probe_findings_and_report(digits, small_cnn_spec, fast_recipe, tmp_path
     )
     report = run_assessment(_ctx(model, digits, tmp_path, fast_recipe))
     by_attack = {f.attack: f for f in report.findings}
-    assert set(by_attack) == {"loss-threshold", "lira-online", "lira-offline"}
+    assert set(by_attack) == {"loss-threshold", "lira-online", "lira-offline", "rmia"}
     for f in report.findings:
         assert 0 <= f.metrics["auc"] <= 1 and 0 <= f.severity <= 10
         assert {"tpr_at_0.1%_fpr", "tpr_at_1%_fpr", "tpr_at_fpr"} <= set(f.metrics)
@@ -234,6 +234,9 @@ def test_probe_findings_and_report(digits, small_cnn_spec, fast_recipe, tmp_path
         assert len(f.series["fpr"]) == len(f.series["tpr"]) > 50
     assert by_attack["lira-online"].params["n_shadow"] == 4
     assert by_attack["lira-online"].params["fixed_variance"] is True
+    assert by_attack["rmia"].params["n_reference"] == 2  # the default budget
+    assert by_attack["rmia"].params["online"] is False
+    assert 0 <= by_attack["rmia"].metrics["offline_a"] <= 1
     # NaN (an FPR level too low for 450 non-members) survives the JSON round trip
     assert math.isnan(by_attack["loss-threshold"].metrics["tpr_at_0.1%_fpr"])
     again = Report.model_validate_json(report.model_dump_json())
@@ -259,7 +262,7 @@ def test_probe_label_only_and_no_spec(digits, digits_model, fast_recipe, tmp_pat
     ctx = _ctx(custom, digits, tmp_path, fast_recipe)
     assert [f.attack for f in MembershipProbe().run(ctx)] == ["loss-threshold"]
     assert not ctx.warnings  # a part that did not run is not a sanity warning
-    assert ctx.skipped[0].probe == "membership/lira"
-    assert "cannot be rebuilt untrained" in ctx.skipped[0].reason
+    assert [s.probe for s in ctx.skipped] == ["membership/lira", "membership/rmia"]
+    assert all("cannot be rebuilt untrained" in s.reason for s in ctx.skipped)
     ctx.done = {f.key for f in MembershipProbe().run(ctx)}
     assert list(MembershipProbe().run(ctx)) == []

@@ -10,9 +10,14 @@ Protocol (Carlini et al. 2022, "Membership Inference Attacks From First Principl
   with the target's recipe (``ctx.recipe``), so each candidate is IN half of the shadows.
 - Attacks: the loss threshold (Yeom et al. 2018) as the baseline; LiRA online and offline
   with ``threat.budgets.shadow_models`` shadows, with the fixed-variance option when there
-  are fewer than 64 shadows (the paper's advice). With ``access: labels`` only the
-  label-only gap attack (member iff correctly classified) runs. Models without a zoo spec
-  cannot be rebuilt for shadows: LiRA is then skipped with a warning.
+  are fewer than 64 shadows (the paper's advice); offline RMIA (Zarifzadeh et al. 2024,
+  :mod:`bastion.attacks.rmia`) with ``threat.budgets.reference_models`` reference models
+  (2 by default) trained with the same recipe on balanced random halves of the same
+  population: each candidate's Pr(x) comes from the reference models that did not train
+  on it, with the linear correction a estimated from the reference models, and the whole
+  population serves as the samples z. With ``access: labels`` only the label-only gap
+  attack (member iff correctly classified) runs. Models that cannot be rebuilt untrained
+  get no shadow or reference models: LiRA and RMIA are then skipped (``ctx.skipped``).
 
 Every finding reports ``auc``, ``tpr_at_0.1%_fpr``, ``tpr_at_1%_fpr`` (``tpr_at_fpr`` is
 the one at 0.1 %), ``balanced_accuracy`` and the ROC curve as ``series`` ``fpr``/``tpr``.
@@ -45,6 +50,7 @@ from bastion.attacks.inference import (
     membership_metrics,
 )
 from bastion.attacks.lira import LiRA
+from bastion.attacks.rmia import RMIA
 from bastion.data.dataset import Dataset
 from bastion.errors import AssessmentError
 from bastion.models.train import accuracy
@@ -85,7 +91,8 @@ def concat(parts: list[Dataset], split: str) -> Dataset:
 
 
 class MembershipProbe:
-    """Loss threshold and LiRA (online, offline); label-only gap attack for ``labels``."""
+    """Loss threshold, LiRA (online, offline) and offline RMIA; label-only gap attack for
+    ``labels``."""
 
     name = "membership"
 
@@ -149,7 +156,7 @@ class MembershipProbe:
                     finding,
                     m,
                     start,
-                    ["label-only access: LiRA and the loss threshold need scores"],
+                    ["label-only access: LiRA, RMIA and the loss threshold need scores"],
                 )
             return
         finding = Finding(probe=self.name, attack="loss-threshold", params=base, severity=0)
@@ -161,6 +168,7 @@ class MembershipProbe:
             out.metrics["test_accuracy"] = accuracy(model, x[~is_member], y[~is_member])
             yield out
         yield from self._lira(ctx, model, cand, is_member, population)
+        yield from self._rmia(ctx, model, cand, is_member, population)
 
     def _lira(self, ctx, model, cand, is_member, population) -> Iterator[Finding]:
         recipe = ctx.recipe
@@ -219,6 +227,55 @@ class MembershipProbe:
             scorer = lira.variant(online=finding.attack == "lira-online")
             m = membership_metrics(scorer.score(model, cand.x, cand.y), is_member)
             yield self._finding(finding, m, start, [note])
+
+    def _rmia(self, ctx, model, cand, is_member, population) -> Iterator[Finding]:
+        recipe = ctx.recipe
+        n_reference = ctx.threat.budgets.reference_models
+        params = {
+            "n_members": int(is_member.sum()),
+            "n_reference": n_reference,
+            "epochs": recipe.epochs,
+            "online": False,
+            "gamma": 1.0,
+        }
+        finding = Finding(probe=self.name, attack="rmia", params=params, severity=0)
+        if finding.key in ctx.done:
+            return
+        if ctx.model.rebuild is None:
+            ctx.skipped.append(
+                Skipped(
+                    probe=f"{self.name}/rmia",
+                    reason=f"RMIA trains reference copies of the architecture, and a "
+                    f"{ctx.model.form} model cannot be rebuilt untrained (give --entry-point)",
+                )
+            )
+            return
+        start = time.perf_counter()
+        rmia = RMIA(
+            n_reference=n_reference,
+            online=False,
+            gamma=1.0,
+            epochs=recipe.epochs,
+            lr=recipe.lr,
+            batch_size=recipe.batch_size,
+            seed=ctx.seed,
+            device=ctx.device,
+        ).fit(population, ctx.model.rebuild)
+        fit_seconds = time.perf_counter() - start
+        m = membership_metrics(rmia.score(model, cand.x, cand.y), is_member)
+        if n_reference > 1:
+            source = f"the {n_reference - n_reference // 2} that did not train on it"
+        else:
+            source = "the one model (inverted through the linear model on its own rows)"
+        note = (
+            f"offline RMIA: {n_reference} reference model(s) on random halves of "
+            f"{len(population)} rows (train ∪ test), {fit_seconds:.1f} s to train; each "
+            f"candidate's Pr(x) from {source}, a = {rmia.a_:.3f} ({rmia.a_source_}); "
+            f"compared with {len(rmia.z_index_)} population samples z"
+        )
+        out = self._finding(finding, m, start, [note])
+        out.metrics["offline_a"] = rmia.a_
+        yield out
 
     @staticmethod
     def _finding(finding: Finding, m: MembershipMetrics, start: float, notes: list[str]) -> Finding:

@@ -31,6 +31,7 @@ class Budgets(BaseModel):
     n_blackbox: int = Field(100, ge=1, description="test points attacked by black-box evasion")
     extraction_queries: list[int] = Field(default_factory=lambda: [100, 1000, 10000])
     shadow_models: int = Field(8, ge=1, description="LiRA shadow models")
+    reference_models: int = Field(2, ge=1, description="RMIA reference models (offline)")
 
 
 class ThreatModel(BaseModel):
