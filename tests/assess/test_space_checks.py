@@ -139,3 +139,25 @@ def test_chance_guard_uses_the_majority_class_rate():
     check_clean_accuracy(0.96, y, None, "m")
     with pytest.raises(AssessmentError, match=r"floor 99\.0%"):
         check_clean_accuracy(0.96, y, 0.99, "m")
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_non_finite_eps_is_refused(bad):
+    from bastion.assess.schema import ThreatModel
+
+    with pytest.raises(ValueError, match="finite"):
+        ThreatModel(eps=[bad])
+    with pytest.raises(ValueError, match="finite"):
+        ThreatModel(curve_eps=[0.1, bad])
+
+
+def test_a_bad_frozen_index_is_one_line(tmp_path):
+    from bastion.data import load_dataset
+    from bastion.data.loaders import DataOptions
+
+    p = tmp_path / "t.csv"
+    p.write_text("label,a,b\n0,1,2\n1,3,4\n0,5,6\n1,7,8\n")
+    with pytest.raises(
+        DataError, match=r"^invalid input spec: frozen feature index 9 outside 0\.\.1$"
+    ):
+        load_dataset(str(p), options=DataOptions(frozen=[9]))

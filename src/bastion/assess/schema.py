@@ -7,6 +7,7 @@ report.json (see DESIGN.md): ``model`` (name, sha256), ``dataset`` (name, sha256
 
 from __future__ import annotations
 
+import math
 from datetime import UTC, datetime
 from typing import Any, Literal
 
@@ -78,11 +79,20 @@ class ThreatModel(BaseModel):
     def _norm(cls, v: object) -> object:
         return str(v).lower().lstrip("l") if isinstance(v, (str, int)) else v
 
+    @field_validator("curve_eps")
+    @classmethod
+    def _curve_eps(cls, v: list[float] | None) -> list[float] | None:
+        if v is not None and any(not math.isfinite(e) or e < 0 for e in v):
+            raise ValueError("curve ε values must be finite numbers >= 0")
+        return v
+
     @field_validator("eps")
     @classmethod
     def _eps(cls, v: list[float]) -> list[float]:
         if not v:
             raise ValueError("give at least one ε")
+        if any(not math.isfinite(e) for e in v):
+            raise ValueError("ε values must be finite numbers")
         if any(e < 0 for e in v):
             raise ValueError("ε values must be >= 0")
         return sorted(v)

@@ -149,6 +149,17 @@ class DataOptions(BaseModel):
 
 
 LABEL_NAMES = ("label", "target", "class", "y")
+
+
+def _first_error(exc: ValueError) -> str:
+    """One line from a (pydantic) validation error."""
+    errors = getattr(exc, "errors", None)
+    if callable(errors):
+        first = errors()[0]
+        return str(first.get("msg", exc)).removeprefix("Value error, ")
+    return str(exc).splitlines()[0]
+
+
 CHANNELS = (1, 3, 4)
 
 
@@ -285,7 +296,7 @@ def _spec(
             bounds_source=source,
         )
     except ValueError as exc:
-        raise DataError(f"invalid input spec: {exc}") from None
+        raise DataError(f"invalid input spec: {_first_error(exc)}") from None
 
 
 def bundle_from_arrays(
