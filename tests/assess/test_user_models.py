@@ -482,3 +482,28 @@ def test_http_endpoint_with_a_plain_json_list(tabular_mlp, monkeypatch, capsys, 
     assert rep["model"]["form"] == "http"
     bb = [f for f in rep["findings"] if f["probe"] == "blackbox"]
     assert bb and bb[0]["metrics"]["queries"] > 0
+
+
+def test_profile_data_options_are_used(tabular_mlp, monkeypatch, capsys, tmp_path):
+    """A profile's data_options (here: the label column, last and named) read the CSV."""
+    raw = load_breast_cancer()
+    rows = [
+        ",".join([*(f"{v:.6g}" for v in r), str(int(t))])
+        for r, t in zip(raw.data, raw.target, strict=True)
+    ]
+    csv = tmp_path / "bc_last.csv"
+    csv.write_text(",".join([*(f"f{i}" for i in range(30)), "outcome"]) + "\n" + "\n".join(rows))
+    root = tabular_mlp["root"]
+    profile = tmp_path / "profile.yaml"
+    profile.write_text(
+        f"model: {root / 'bc.pt'}\nentry_point: bcnet:build\ndata: {csv}\n"
+        f"data_options: {{label_column: outcome}}\nthreat_model: {root / 'threat.yaml'}\n"
+        f"out: {tmp_path / 'out'}\n"
+    )
+    monkeypatch.chdir(root)
+    code, _, err = run_cli(monkeypatch, capsys, "assess", "--profile", profile, "--n-eval", 114)
+    assert code in (0, None), err
+    rep = report_of(tmp_path / "out")
+    assert rep["dataset"]["manifest"]["input_spec"]["feature_names"][-1] == "f29"
+    ev = next(f for f in rep["findings"] if f["probe"] == "evasion")
+    assert ev["metrics"]["clean_accuracy"] == pytest.approx(tabular_mlp["test_accuracy"], abs=1e-6)

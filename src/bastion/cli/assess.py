@@ -33,7 +33,7 @@ from bastion.cli.common import (
     UpperOpt,
     WeightsOpt,
     console,
-    data_options,
+    data_options_from,
     pick_device,
 )
 from bastion.config import load_yaml_model, validate
@@ -168,18 +168,7 @@ def register(app: typer.Typer) -> None:
         out_dir = out or (Path(prof.out) if prof.out else None)
         if out_dir is None:
             raise ConfigError("give --out DIR (or `out:` in the profile)")
-        opts = data_options(
-            modality=modality,
-            shape=shape,
-            layout=layout,
-            scale=scale,
-            lower=lower,
-            upper=upper,
-            bounds=bounds,
-            integer=integer,
-            frozen=frozen,
-            label_column=label_column,
-        )
+        opts = data_options_from(locals(), prof.data_options if profile is not None else None)
         the_seed = seed if seed is not None else prof.seed
         where = model or prof.model
         if where and where.startswith(("http://", "https://")):

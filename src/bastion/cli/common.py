@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import torch
 import typer
@@ -53,6 +54,30 @@ def _float_list(text: str | None, what: str) -> list[float] | None:
         return [float(v) for v in text.replace(" ", "").split(",") if v]
     except ValueError:
         raise ConfigError(f"{what}: expected comma-separated numbers, got {text!r}") from None
+
+
+DATA_FLAGS = (
+    "modality",
+    "shape",
+    "layout",
+    "scale",
+    "lower",
+    "upper",
+    "bounds",
+    "integer",
+    "frozen",
+    "label_column",
+)
+
+
+def data_options_from(params: Mapping[str, Any], fallback: Any = None) -> Any:
+    """:class:`~bastion.data.loaders.DataOptions` from a command's data flags (pass its
+    ``locals()``: only the :data:`DATA_FLAGS` names are read). With no data flag given,
+    ``fallback`` (a profile's ``data_options``) when there is one."""
+    given = {k: params[k] for k in DATA_FLAGS if params.get(k) is not None}
+    if not given and fallback is not None:
+        return fallback
+    return data_options(**given)
 
 
 def data_options(

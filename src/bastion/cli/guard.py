@@ -35,7 +35,7 @@ from bastion.cli.common import (
     UpperOpt,
     WeightsOpt,
     console,
-    data_options,
+    data_options_from,
 )
 from bastion.data import DataBundle, load_dataset
 from bastion.errors import ConfigError
@@ -243,18 +243,7 @@ def register(app: typer.Typer) -> None:
         if fpr is not None and not 0.0 < fpr < 0.5:
             raise ConfigError(f"--fpr must be in (0, 0.5), got {fpr}")
         args = ModelArgs(model, entry_point, weights, onnx_mode, tuple(trust or ()))
-        opts = data_options(
-            modality=modality,
-            shape=shape,
-            layout=layout,
-            scale=scale,
-            lower=lower,
-            upper=upper,
-            bounds=bounds,
-            integer=integer,
-            frozen=frozen,
-            label_column=label_column,
-        )
+        opts = data_options_from(locals())
         path, guard = fit_for_model(
             data=data,
             data_root=data_root,
@@ -321,18 +310,7 @@ def register(app: typer.Typer) -> None:
         args = ModelArgs(model, entry_point, weights, onnx_mode, tuple(trust or ()))
         loaded = args.load()
         guard = Guard.load(guard_dir_for(loaded, guard_dir), loaded, fix=f"run `{args.command()}`")
-        opts = data_options(
-            modality=modality,
-            shape=shape,
-            layout=layout,
-            scale=scale,
-            lower=lower,
-            upper=upper,
-            bounds=bounds,
-            integer=integer,
-            frozen=frozen,
-            label_column=label_column,
-        )
+        opts = data_options_from(locals())
         bundle = _bundle(loaded, data, data_root, opts)
         check_compatible(loaded, bundle)
         _check_guard_data(guard, bundle)

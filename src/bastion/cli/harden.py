@@ -33,7 +33,7 @@ from bastion.cli.common import (
     UpperOpt,
     WeightsOpt,
     console,
-    data_options,
+    data_options_from,
     err_console,
     pick_device,
 )
@@ -216,18 +216,7 @@ def register(app: typer.Typer) -> None:
             onnx_mode=onnx_mode,
             trusted=trust,
         )
-        opts = data_options(
-            modality=modality,
-            shape=shape,
-            layout=layout,
-            scale=scale,
-            lower=lower,
-            upper=upper,
-            bounds=bounds,
-            integer=integer,
-            frozen=frozen,
-            label_column=label_column,
-        )
+        opts = data_options_from(locals(), prof.data_options if profile is not None else None)
         seed_ = seed if seed is not None else prof.seed
         name = data or (prof.data if profile is not None else None) or parent.provenance.get("data")
         if name is None and parent.form == "model-dir":

@@ -33,7 +33,7 @@ from bastion.cli.common import (
     ShapeOpt,
     UpperOpt,
     console,
-    data_options,
+    data_options_from,
 )
 from bastion.cli.guard import (
     ONNX_MODES,
@@ -114,18 +114,7 @@ def register(app: typer.Typer) -> None:
             raise ConfigError(f"--onnx-mode must be one of {', '.join(ONNX_MODES)}")
         data_section = None
         if data is not None:
-            opts = data_options(
-                modality=modality,
-                shape=shape,
-                layout=layout,
-                scale=scale,
-                lower=lower,
-                upper=upper,
-                bounds=bounds,
-                integer=integer,
-                frozen=frozen,
-                label_column=label_column,
-            )
+            opts = data_options_from(locals())
             data_section = {
                 "path": data,
                 "root": data_root,
