@@ -21,33 +21,13 @@ from sklearn.datasets import load_breast_cancer, load_iris, load_wine
 from torch import nn
 
 from bastion.cli import main
+from tests.tabular_models import entry_point_mlp, export_onnx, split_like_bastion, train, write_csv
 
 THREAT = """\
 eps: [0.1]
 attacks: [fgsm, pgd, ensemble]
 budgets: {n_eval: 60, pgd_steps: 10, apgd_steps: 10, queries: 100, n_blackbox: 20,
           extraction_queries: [50, 200], shadow_models: 2}
-"""
-
-MODULE = """
-import torch
-from torch import nn
-
-
-class Standardize(nn.Module):
-    def __init__(self, mean, std):
-        super().__init__()
-        self.register_buffer("mean", torch.tensor(mean))
-        self.register_buffer("std", torch.tensor(std))
-
-    def forward(self, x):
-        return (x - self.mean) / self.std
-
-
-def build():
-    return nn.Sequential(
-        Standardize({mean}, {std}), nn.Linear({d}, 32), nn.ReLU(), nn.Linear(32, {k})
-    )
 """
 
 
@@ -59,21 +39,6 @@ def run_cli(monkeypatch, capsys, *args):
     return exc.value.code, out.out, out.err
 
 
-def write_csv(path: Path, x: np.ndarray, y: np.ndarray) -> Path:
-    rows = [",".join([str(int(t)), *(f"{v:.6g}" for v in r)]) for r, t in zip(x, y, strict=True)]
-    path.write_text(
-        "label," + ",".join(f"f{i}" for i in range(x.shape[1])) + "\n" + "\n".join(rows)
-    )
-    return path
-
-
-def split_like_bastion(n: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-    """The 80/20 seeded split load_dataset makes of a single CSV."""
-    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
-    cut = int(0.8 * n)
-    return perm[:cut], perm[cut:]
-
-
 @pytest.fixture(scope="module")
 def tabular_mlp(tmp_path_factory):
     """A torch MLP trained on raw breast-cancer features, saved as an entry point + .pt."""
@@ -82,38 +47,12 @@ def tabular_mlp(tmp_path_factory):
     raw = load_breast_cancer()
     x, y = raw.data.astype(np.float32), raw.target
     tr, te = split_like_bastion(len(y))
-    mean, std = x[tr].mean(0), x[tr].std(0) + 1e-6
-    (root / "bcnet.py").write_text(
-        MODULE.format(mean=mean.tolist(), std=std.tolist(), d=x.shape[1], k=2)
-    )
-    sys.path.insert(0, str(root))
-    try:
-        import bcnet
-
-        model = bcnet.build()
-    finally:
-        sys.path.remove(str(root))
-        sys.modules.pop("bcnet", None)
-    xt, yt = torch.tensor(x[tr]), torch.tensor(y[tr])
-    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
-    for _ in range(150):
-        opt.zero_grad()
-        nn.functional.cross_entropy(model(xt), yt).backward()
-        opt.step()
-    model.eval()
+    model = train(entry_point_mlp(root, "bcnet", x[tr]), x[tr], y[tr])
     torch.save(model.state_dict(), root / "bc.pt")
     csv = write_csv(root / "bc.csv", x, y)
     with torch.no_grad():
         acc = float((model(torch.tensor(x[te])).argmax(1) == torch.tensor(y[te])).float().mean())
-    torch.onnx.export(
-        model,
-        (xt[:2],),
-        str(root / "bc.onnx"),
-        input_names=["x"],
-        output_names=["logits"],
-        dynamic_axes={"x": {0: "n"}, "logits": {0: "n"}},
-        dynamo=False,
-    )
+    export_onnx(model, torch.tensor(x[tr][:2]), root / "bc.onnx")
     (root / "threat.yaml").write_text(THREAT)
     return {"root": root, "model": model, "csv": csv, "test_accuracy": acc, "test_rows": te}
 

@@ -14,33 +14,12 @@ import numpy as np
 import pytest
 import torch
 from sklearn.datasets import load_breast_cancer, load_wine
-from torch import nn
 
 from bastion.cli import main
 from bastion.data import load_dataset
 from bastion.models.io import load_model
 from bastion.models.loaded import file_sha256
-
-MODULE = """
-import torch
-from torch import nn
-
-
-class Standardize(nn.Module):
-    def __init__(self, mean, std):
-        super().__init__()
-        self.register_buffer("mean", torch.tensor(mean))
-        self.register_buffer("std", torch.tensor(std))
-
-    def forward(self, x):
-        return (x - self.mean) / self.std
-
-
-def build():
-    return nn.Sequential(
-        Standardize({mean}, {std}), nn.Linear({d}, 32), nn.ReLU(), nn.Linear(32, {k})
-    )
-"""
+from tests.tabular_models import entry_point_mlp, export_onnx, split_like_bastion, train, write_csv
 
 THREAT = """\
 eps: [0.1]
@@ -65,21 +44,6 @@ def run_cli(monkeypatch, capsys, *args):
     return exc.value.code, out.out, out.err
 
 
-def write_csv(path: Path, x: np.ndarray, y: np.ndarray) -> Path:
-    rows = [",".join([str(int(t)), *(f"{v:.6g}" for v in r)]) for r, t in zip(x, y, strict=True)]
-    path.write_text(
-        "label," + ",".join(f"f{i}" for i in range(x.shape[1])) + "\n" + "\n".join(rows)
-    )
-    return path
-
-
-def split_like_bastion(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """The 80/20 seeded split load_dataset makes of a single CSV."""
-    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
-    cut = int(0.8 * n)
-    return perm[:cut].numpy(), perm[cut:].numpy()
-
-
 @pytest.fixture(scope="module")
 def bc(tmp_path_factory):
     """A torch MLP on raw breast-cancer features: entry point + .pt, TorchScript, ONNX, CSV."""
@@ -89,36 +53,10 @@ def bc(tmp_path_factory):
     x, y = raw.data.astype(np.float32), raw.target
     csv = write_csv(root / "bc.csv", x, y)
     tr, _ = split_like_bastion(len(y))
-    mean, std = x[tr].mean(0), x[tr].std(0) + 1e-6
-    (root / "bchard.py").write_text(
-        MODULE.format(mean=mean.tolist(), std=std.tolist(), d=x.shape[1], k=2)
-    )
-    sys.path.insert(0, str(root))
-    try:
-        import bchard
-
-        model = bchard.build()
-    finally:
-        sys.path.remove(str(root))
-        sys.modules.pop("bchard", None)
-    xt, yt = torch.tensor(x[tr]), torch.tensor(y[tr])
-    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
-    for _ in range(150):
-        opt.zero_grad()
-        nn.functional.cross_entropy(model(xt), yt).backward()
-        opt.step()
-    model.eval()
+    model = train(entry_point_mlp(root, "bchard", x[tr]), x[tr], y[tr])
     torch.save(model.state_dict(), root / "bc.pt")
     torch.jit.save(torch.jit.script(model), str(root / "bc.ts"))
-    torch.onnx.export(
-        model,
-        (xt[:2],),
-        str(root / "bc.onnx"),
-        input_names=["x"],
-        output_names=["logits"],
-        dynamic_axes={"x": {0: "n"}, "logits": {0: "n"}},
-        dynamo=False,
-    )
+    export_onnx(model, torch.tensor(x[tr][:2]), root / "bc.onnx")
     (root / "threat.yaml").write_text(THREAT)
     (root / "fast_at.yaml").write_text(
         "- fast_at: {epochs: 10, init: parent, lr: 0.01, select_n: 64}\n"

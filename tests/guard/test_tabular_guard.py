@@ -16,47 +16,20 @@ import numpy as np
 import pytest
 import torch
 from sklearn.datasets import load_breast_cancer
-from torch import nn
 
 from bastion.cli import main
 from bastion.errors import ConfigError
 from bastion.guard import Guard, GuardConfig, GuardNotFittedError, fit_guard
 from bastion.guard.evaluate import default_shifts, evaluate_guard, shifted_inputs
 from bastion.guard.tap import ModelTap, ScoresTap
+from tests.tabular_models import entry_point_mlp, export_onnx, train, write_csv
 
-MODULE = """
-import torch
-from torch import nn
-
-
-class Standardize(nn.Module):
-    def __init__(self, mean, std):
-        super().__init__()
-        self.register_buffer("mean", torch.tensor(mean))
-        self.register_buffer("std", torch.tensor(std))
-
-    def forward(self, x):
-        return (x - self.mean) / self.std
-
-
-def build():
-    return nn.Sequential(
-        Standardize({mean}, {std}), nn.Linear({d}, 32), nn.ReLU(), nn.Linear(32, {k})
-    )
-"""
 INTEGER_FEATURE = 3  # "mean area", rounded to whole numbers in the CSV
 FAST = {
     "detectors": {"reconstruction": {"epochs": 40}},
     "extraction": {"delta": 0.9},
     "drift": {"reference_size": 200},
 }
-
-
-def write_csv(path: Path, x: np.ndarray, y: np.ndarray) -> Path:
-    header = "label," + ",".join(f"f{i}" for i in range(x.shape[1]))
-    rows = [",".join([str(int(t)), *(f"{v:.6g}" for v in r)]) for r, t in zip(x, y, strict=True)]
-    path.write_text(header + "\n" + "\n".join(rows) + "\n")
-    return path
 
 
 def make_tabular_models(root: Path, module_name: str, *, skops: bool = True) -> dict:
@@ -71,33 +44,9 @@ def make_tabular_models(root: Path, module_name: str, *, skops: bool = True) -> 
     x = np.array([[float(f"{v:.6g}") for v in r] for r in x], dtype=np.float32)  # as read back
     perm = torch.randperm(len(y), generator=torch.Generator().manual_seed(0))
     tr, te = perm[: int(0.8 * len(y))].numpy(), perm[int(0.8 * len(y)) :].numpy()
-    mean, std = x[tr].mean(0), x[tr].std(0) + 1e-6
-    (root / f"{module_name}.py").write_text(
-        MODULE.format(mean=mean.tolist(), std=std.tolist(), d=x.shape[1], k=2)
-    )
-    sys.path.insert(0, str(root))
-    try:
-        model = __import__(module_name).build()
-    finally:
-        sys.path.remove(str(root))
-        sys.modules.pop(module_name, None)
-    xt, yt = torch.tensor(x[tr]), torch.tensor(y[tr])
-    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
-    for _ in range(150):
-        opt.zero_grad()
-        nn.functional.cross_entropy(model(xt), yt).backward()
-        opt.step()
-    model.eval()
+    model = train(entry_point_mlp(root, module_name, x[tr]), x[tr], y[tr])
     torch.save(model.state_dict(), root / "bc.pt")
-    torch.onnx.export(
-        model,
-        (xt[:2],),
-        str(root / "bc.onnx"),
-        input_names=["x"],
-        output_names=["logits"],
-        dynamic_axes={"x": {0: "n"}, "logits": {0: "n"}},
-        dynamo=False,
-    )
+    export_onnx(model, torch.tensor(x[tr][:2]), root / "bc.onnx")
     out = {"root": root, "csv": csv, "model": model, "x": x, "y": y, "train": tr, "test": te}
     if skops:
         import skops.io as sio

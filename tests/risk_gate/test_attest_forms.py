@@ -15,32 +15,14 @@ import numpy as np
 import pytest
 import torch
 from sklearn.datasets import load_breast_cancer
-from torch import nn
 
 from bastion.cli import main
 from bastion.models.loaded import Artifact, artifacts_sha256
+from tests.tabular_models import entry_point_mlp, export_onnx, split_like_bastion, train, write_csv
 
 from .conftest import EXAMPLE_POLICY
 
 MODULE_NAME = "attestnet"
-MODULE = """
-import torch
-from torch import nn
-
-
-class Standardize(nn.Module):
-    def __init__(self, mean, std):
-        super().__init__()
-        self.register_buffer("mean", torch.tensor(mean))
-        self.register_buffer("std", torch.tensor(std))
-
-    def forward(self, x):
-        return (x - self.mean) / self.std
-
-
-def build():
-    return nn.Sequential(Standardize({mean}, {std}), nn.Linear({d}, 16), nn.ReLU(), nn.Linear(16, 2))
-"""
 THREAT = """\
 eps: [0.1]
 attacks: [fgsm, pgd]
@@ -81,44 +63,17 @@ def models(tmp_path_factory):
     root = tmp_path_factory.mktemp("forms")
     raw = load_breast_cancer()
     x, y = raw.data.astype(np.float32), raw.target
-    perm = torch.randperm(len(y), generator=torch.Generator().manual_seed(0))
-    tr = perm[: int(0.8 * len(y))].numpy()
-    mean, std = x[tr].mean(0), x[tr].std(0) + 1e-6
-    (root / f"{MODULE_NAME}.py").write_text(
-        MODULE.format(mean=mean.tolist(), std=std.tolist(), d=x.shape[1])
-    )
-    sys.path.insert(0, str(root))
-    try:
-        mod = __import__(MODULE_NAME)
-        model, twin = mod.build(), mod.build()
-    finally:
-        sys.path.remove(str(root))
-        sys.modules.pop(MODULE_NAME, None)
-    xt, yt = torch.tensor(x[tr]), torch.tensor(y[tr])
-    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
-    for _ in range(100):
-        opt.zero_grad()
-        nn.functional.cross_entropy(model(xt), yt).backward()
-        opt.step()
-    model.eval()
+    tr = split_like_bastion(len(y))[0].numpy()
+    model = train(entry_point_mlp(root, MODULE_NAME, x[tr]), x[tr], y[tr], steps=100)
+    twin = entry_point_mlp(root, MODULE_NAME, x[tr]).eval()  # same architecture, untrained
     torch.save(model.state_dict(), root / "bc.pt")
-    for m, name in ((model, "bc.onnx"), (twin.eval(), "twin.onnx")):
-        torch.onnx.export(
-            m,
-            (xt[:2],),
-            str(root / name),
-            input_names=["x"],
-            output_names=["logits"],
-            dynamic_axes={"x": {0: "n"}, "logits": {0: "n"}},
-            dynamo=False,
-        )
+    for m, name in ((model, "bc.onnx"), (twin, "twin.onnx")):
+        export_onnx(m, torch.tensor(x[tr][:2]), root / name)
     for n, name in ((10, "gb.skops"), (5, "gb5.skops")):
         clf = GradientBoostingClassifier(n_estimators=n, max_depth=2, random_state=0)
         sio.dump(clf.fit(x[tr], y[tr]), root / name)
     trust = sorted(set(sio.get_untrusted_types(file=root / "gb.skops")))
-    rows = [",".join([str(int(t)), *(f"{v:.6g}" for v in r)]) for r, t in zip(x, y, strict=True)]
-    header = "label," + ",".join(f"f{i}" for i in range(x.shape[1]))
-    (root / "bc.csv").write_text(header + "\n" + "\n".join(rows) + "\n")
+    write_csv(root / "bc.csv", x, y)
     (root / "threat.yaml").write_text(THREAT)
     return {"root": root, "trust": trust}
 
