@@ -93,8 +93,9 @@ class Dataset:
 
     @property
     def box(self) -> Box:
-        """The valid input region (per-feature bounds and frozen features)."""
-        return self.input_spec.box()
+        """The valid input region (per-feature bounds and frozen features): the spec's box,
+        built once in ``__post_init__`` (``bounds`` is the same object)."""
+        return cast(Box, self.bounds)
 
     @property
     def modality(self) -> str:
