@@ -68,7 +68,7 @@ def read_yaml(path: str | Path) -> object:
         text = path.read_text()
     except FileNotFoundError:
         raise ConfigError(f"file not found: {path}") from None
-    except (IsADirectoryError, PermissionError, UnicodeDecodeError) as exc:
+    except (OSError, UnicodeDecodeError, ValueError) as exc:  # a folder, no access, bad bytes
         raise ConfigError(f"cannot read {path}: {exc}") from None
     try:
         return yaml.safe_load(text)
@@ -77,6 +77,12 @@ def read_yaml(path: str | Path) -> object:
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
         raise ConfigError(f"{path}: malformed YAML{where}: {problem}") from None
+    except RecursionError:
+        raise ConfigError(f"{path}: malformed YAML: nested too deeply") from None
+    except (ValueError, TypeError, AttributeError, OverflowError) as exc:
+        # PyYAML's constructors raise these for tagged or typed scalars that do not parse
+        # (a date with month 13, `!!int abc`, `!!timestamp x`)
+        raise ConfigError(f"{path}: malformed YAML: a value does not parse ({exc})") from None
 
 
 def load_yaml_model(model: type[M], path: str | Path) -> M:

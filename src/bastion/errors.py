@@ -53,3 +53,7 @@ class IntegrityError(BastionError):
 
 class AssessmentError(BastionError):
     """A model and its data cannot be assessed together (mismatch, model at chance)."""
+
+
+class CheckpointError(BastionError):
+    """A resume checkpoint is corrupt, truncated, refused or does not fit the run."""

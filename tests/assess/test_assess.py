@@ -10,7 +10,6 @@ from bastion.assess.api import assess
 from bastion.assess.probe import ProbeContext
 from bastion.assess.runner import PARTIAL, run_assessment, select_probes
 from bastion.assess.schema import Budgets, Report, ThreatModel
-from bastion.errors import ConfigError
 
 FAST = Budgets(n_eval=120, pgd_steps=10, apgd_steps=20)
 
@@ -153,5 +152,5 @@ def test_threat_selects_probes(digits, digits_model, tmp_path):
     assert "evasion" not in chosen
     assert any(s.probe == "evasion" and "white-box" in s.reason for s in skipped)
     assert any(s.probe == "poisoning" and s.status == "excluded" for s in skipped)
-    with pytest.raises(ConfigError, match="unknown probe"):
-        select_probes(ctx(ThreatModel(probes=["nope"])))
+    with pytest.raises(ValueError, match="unknown probe"):  # refused when the threat is read
+        ThreatModel(probes=["nope"])

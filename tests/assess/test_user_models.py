@@ -8,7 +8,6 @@ NHWC images, and deliberately broken models for the chance-level guard."""
 from __future__ import annotations
 
 import json
-import socket
 import sys
 import threading
 import time
@@ -20,7 +19,8 @@ import torch
 from sklearn.datasets import load_breast_cancer, load_iris, load_wine
 from torch import nn
 
-from bastion.cli import main
+from tests.cli_runner import run_main as run_cli
+from tests.ports import free_port
 from tests.tabular_models import entry_point_mlp, export_onnx, split_like_bastion, train, write_csv
 
 THREAT = """\
@@ -29,14 +29,6 @@ attacks: [fgsm, pgd, ensemble]
 budgets: {n_eval: 60, pgd_steps: 10, apgd_steps: 10, queries: 100, n_blackbox: 20,
           extraction_queries: [50, 200], shadow_models: 2}
 """
-
-
-def run_cli(monkeypatch, capsys, *args):
-    monkeypatch.setattr(sys, "argv", ["bastion", *map(str, args)])
-    with pytest.raises(SystemExit) as exc:
-        main()
-    out = capsys.readouterr()
-    return exc.value.code, out.out, out.err
 
 
 @pytest.fixture(scope="module")
@@ -361,12 +353,6 @@ def test_python_api_with_an_nn_module(tabular_mlp, tmp_path):
     assert {f.attack for f in out.report.findings} >= {"pgd"}
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_http_endpoint_with_a_plain_json_list(tabular_mlp, monkeypatch, capsys, tmp_path):
     import uvicorn
     from starlette.applications import Starlette
@@ -383,7 +369,7 @@ def test_http_endpoint_with_a_plain_json_list(tabular_mlp, monkeypatch, capsys, 
             return JSONResponse(torch.softmax(model(rows), 1).tolist())
 
     api = Starlette(routes=[Route("/predict", predict, methods=["POST"])])
-    port = _free_port()
+    port = free_port()
     server = uvicorn.Server(uvicorn.Config(api, host="127.0.0.1", port=port, log_level="error"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()

@@ -5,7 +5,6 @@ does not exist is an error and nothing is created."""
 from __future__ import annotations
 
 import sqlite3
-import sys
 import time
 
 import pytest
@@ -14,10 +13,11 @@ from typer.testing import CliRunner
 
 from bastion.audit import AuditLog, public_pem, resolve_signing_key
 from bastion.audit.sth import key_id, public_bytes, sign_head
-from bastion.cli import build_app, main
+from bastion.cli import build_app
 from bastion.errors import ConfigError, StoreError
 from tests.audit.conftest import entry
 from tests.audit.test_tamper import Intruder
+from tests.cli_runner import run_main
 
 
 @pytest.fixture()
@@ -38,14 +38,6 @@ def env(tmp_path, monkeypatch):
 
 def invoke(*args):
     return CliRunner().invoke(build_app(), [str(a) for a in args])
-
-
-def run_main(monkeypatch, capsys, *args):
-    monkeypatch.setattr(sys, "argv", ["bastion", *[str(a) for a in args]])
-    with pytest.raises(SystemExit) as exc:
-        main()
-    out = capsys.readouterr()
-    return exc.value.code, out.out, out.err
 
 
 def one_line(text: str) -> bool:

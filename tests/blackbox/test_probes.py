@@ -38,9 +38,8 @@ def test_probes_are_registered_and_chosen_by_the_threat_model(digits, digits_mod
     for access in ("white_box", "scores", "labels"):
         chosen, _ = select_probes(ctx(ThreatModel(access=access)))
         assert {"blackbox", "extraction"} <= set(chosen)
-    assert "empty" in ExtractionProbe().applicable(
-        ctx(ThreatModel(budgets=Budgets(extraction_queries=[])))
-    )
+    with pytest.raises(ValueError, match="at least 1 item"):  # refused where it is parsed
+        Budgets(extraction_queries=[])
     assert "below" in BlackBoxProbe().applicable(ctx(ThreatModel(budgets=Budgets(queries=5))))
 
 

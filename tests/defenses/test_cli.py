@@ -3,12 +3,11 @@ and one-line errors."""
 
 import json
 import re
-import sys
 
 import pytest
 
-from bastion.cli import main
 from bastion.models.io import load_model
+from tests.cli_runner import run_main as run_cli
 
 THREAT = """eps: [0.1]
 probes: [evasion]
@@ -16,14 +15,6 @@ attacks: [pgd]
 curve_eps: [0.05, 0.1, 0.2]
 budgets: {n_eval: 60, pgd_steps: 5}
 """
-
-
-def run_cli(monkeypatch, capsys, *args):
-    monkeypatch.setattr(sys, "argv", ["bastion", *args])
-    with pytest.raises(SystemExit) as exc:
-        main()
-    out = capsys.readouterr()
-    return exc.value.code, out.out, out.err
 
 
 def test_harden_writes_child_provenance_and_comparison(

@@ -15,10 +15,10 @@ import pytest
 import torch
 from sklearn.datasets import load_breast_cancer, load_wine
 
-from bastion.cli import main
 from bastion.data import load_dataset
 from bastion.models.io import load_model
 from bastion.models.loaded import file_sha256
+from tests.cli_runner import run_main as run_cli
 from tests.tabular_models import entry_point_mlp, export_onnx, split_like_bastion, train, write_csv
 
 THREAT = """\
@@ -34,14 +34,6 @@ eps: [0.1]
 probes: [blackbox]
 budgets: {n_blackbox: 8, queries: 30}
 """
-
-
-def run_cli(monkeypatch, capsys, *args):
-    monkeypatch.setattr(sys, "argv", ["bastion", *map(str, args)])
-    with pytest.raises(SystemExit) as exc:
-        main()
-    out = capsys.readouterr()
-    return exc.value.code, out.out, out.err
 
 
 @pytest.fixture(scope="module")

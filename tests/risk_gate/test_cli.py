@@ -35,7 +35,9 @@ def test_risk_commands(tmp_path):
     report = write_report(make_report(), tmp_path / "assess" / "report.json")
     guard = tmp_path / "guard.json"
     guard.write_text(
-        json.dumps({"detectors": {"mahalanobis": {"tpr": 0.9, "fpr": 0.01, "auroc": 0.95}}})
+        json.dumps(
+            {"adaptive": {"detectors": {"mahalanobis": {"tpr": 0.9, "fpr": 0.01, "auroc": 0.95}}}}
+        )
     )
     r = run(
         "risk", "update", "-r", reg, "--report", report.parent, "--guard-eval", guard, "--by", "ci"
@@ -50,7 +52,15 @@ def test_risk_commands(tmp_path):
     assert isinstance(r.exception, ConfigError) and "pass --report and/or --guard-eval" in str(
         r.exception
     )
-    guard.write_text(json.dumps({"detectors": {"extraction-prada": {"tpr": 0.5, "fpr": 0.01}}}))
+    naive = {"non_adaptive": {"detectors": {"extraction-prada": {"tpr": 0.9, "fpr": 0.01}}}}
+    guard.write_text(json.dumps(naive))
+    r = run("risk", "update", "-r", reg, "--guard-eval", guard)  # non-adaptive: no change
+    assert r.exit_code == 0, r.output
+    assert "EXT-01: unchanged (detection not moved" in " ".join(r.output.split())
+    ext = next(x for x in json.loads(reg.read_text())["risks"] if x["id"] == "EXT-01")
+    assert ext["detection"] == 8
+    adaptive = {"adaptive": {"detectors": {"extraction-prada": {"tpr": 0.5, "fpr": 0.01}}}}
+    guard.write_text(json.dumps(adaptive))
     r = run("risk", "update", "-r", reg, "--guard-eval", guard)  # detector rates alone
     assert r.exit_code == 0, r.output
     ext = next(x for x in json.loads(reg.read_text())["risks"] if x["id"] == "EXT-01")

@@ -3,24 +3,27 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from bastion.assess.probe import TrainingRecipe
-from bastion.assess.schema import ThreatModel
+from bastion.assess.schema import MAX_BUDGET, ThreatModel
 from bastion.config import load_yaml_model, read_yaml, validate
 from bastion.data.loaders import DataOptions
 from bastion.errors import ConfigError
 
+MAX_SEED = 2**32 - 1  # numpy.random.seed and scikit-learn's random_state
+Seed = Annotated[int, Field(ge=0, le=MAX_SEED, description="random seed (0 … 2³²−1)")]
+
 
 class RecipeConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
-    epochs: int = Field(10, ge=1)
-    batch_size: int = Field(64, ge=1)
+    epochs: int = Field(10, ge=1, le=MAX_BUDGET)
+    batch_size: int = Field(64, ge=1, le=MAX_BUDGET)
     lr: float = Field(1e-3, gt=0)
-    seed: int = 0
+    seed: Seed = 0
 
     def recipe(self) -> TrainingRecipe:
         return TrainingRecipe(**self.model_dump())
@@ -29,17 +32,17 @@ class RecipeConfig(BaseModel):
 class Profile(BaseModel):
     """``bastion assess --profile p.yaml``. Relative paths resolve against the file's folder."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     model: str | None = Field(None, description="a model path of any form, or an http(s) URL")
     entry_point: str | None = Field(None, description="module:function returning an nn.Module")
     weights: str | None = None
-    data: str = "digits"
+    data: str = Field("digits", min_length=1)
     data_root: str | None = None
     threat_model: ThreatModel | str = Field(default_factory=ThreatModel)
     training: RecipeConfig = Field(default_factory=RecipeConfig)
-    device: str = "cpu"
-    seed: int = 0
+    device: str = Field("cpu", min_length=1)
+    seed: Seed = 0
     out: str | None = None
     members: str | None = Field(
         None, description="the model's training rows: a file or train-split"
@@ -60,10 +63,10 @@ class Profile(BaseModel):
         """Resolve relative paths and load a threat model given as a file name."""
 
         def rel(p: str | None) -> str | None:
-            if p is None or Path(p).is_absolute() or (":" in p and not Path(base / p).exists()):
+            if p is None or Path(p).is_absolute() or (":" in p and not _exists(base / p)):
                 return p
             candidate = base / p
-            return str(candidate) if candidate.exists() or p.endswith((".npz", ".csv", "/")) else p
+            return str(candidate) if _exists(candidate) or p.endswith((".npz", ".csv", "/")) else p
 
         threat = self.threat_model
         if isinstance(threat, str):
@@ -81,6 +84,14 @@ class Profile(BaseModel):
                 else self.out,
             }
         )
+
+
+def _exists(path: Path) -> bool:
+    """True when ``path`` exists (a name too long or otherwise invalid as a path does not)."""
+    try:
+        return path.exists()
+    except (OSError, ValueError):
+        return False
 
 
 def load_profile(path: str | Path) -> Profile:

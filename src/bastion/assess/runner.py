@@ -22,7 +22,7 @@ from bastion.assess.schema import (
     Skipped,
 )
 from bastion.assess.scoring import overall_score
-from bastion.errors import ConfigError
+from bastion.errors import CheckpointError, ConfigError
 
 log = logging.getLogger(__name__)
 PARTIAL = ".partial.jsonl"
@@ -84,8 +84,17 @@ def _load_partial(path: Path, fingerprint: str) -> tuple[list[Finding], list[San
     if not path.exists():
         return [], []
     findings, warnings = [], []
-    lines = path.read_text().splitlines()
-    if not lines or json.loads(lines[0]).get("fingerprint") != fingerprint:
+    lines = path.read_text(errors="replace").splitlines()
+    try:
+        head = json.loads(lines[0]) if lines else {}
+    except json.JSONDecodeError:
+        head = None
+    if not isinstance(head, dict):
+        raise CheckpointError(
+            f"{path}: the assessment checkpoint's first line is not its header: delete the "
+            "file to run every probe again"
+        )
+    if not lines or head.get("fingerprint") != fingerprint:
         log.warning(
             "checkpoint in %s is for another model/data/threat model: starting afresh", path
         )
@@ -96,10 +105,16 @@ def _load_partial(path: Path, fingerprint: str) -> tuple[list[Finding], list[San
             rec = json.loads(line)
         except json.JSONDecodeError:
             break  # a line cut short by a kill: everything before it is intact
-        if rec.get("kind") == "finding":
-            findings.append(Finding.model_validate(rec["data"]))
-        elif rec.get("kind") == "warning":
-            warnings.append(SanityWarning.model_validate(rec["data"]))
+        try:
+            if rec.get("kind") == "finding":
+                findings.append(Finding.model_validate(rec["data"]))
+            elif rec.get("kind") == "warning":
+                warnings.append(SanityWarning.model_validate(rec["data"]))
+        except (AttributeError, KeyError, TypeError, ValueError):
+            raise CheckpointError(
+                f"{path}: a recorded finding is not one (edited or corrupt): delete the file "
+                "to run every probe again"
+            ) from None
     return findings, warnings
 
 
@@ -123,6 +138,7 @@ def run_assessment(ctx: ProbeContext) -> Report:
         partial.write_text(json.dumps({"fingerprint": fingerprint}) + "\n")
     if findings:
         log.info("resuming: %d finding(s) already done", len(findings))
+    resumed = len(findings)
     ctx.done = {f.key for f in findings}
     ctx.warnings = []
     chosen, skipped = select_probes(ctx)
@@ -165,6 +181,7 @@ def run_assessment(ctx: ProbeContext) -> Report:
         score=overall_score(findings),
         seconds=round(time.perf_counter() - start, 3),
         device=str(ctx.device),
+        resumed=resumed,
     )
     return report
 

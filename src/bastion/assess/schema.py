@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -17,6 +17,30 @@ from bastion import __version__
 
 SCHEMA_VERSION = "1.0"
 Access = Literal["white_box", "scores", "labels"]
+MAX_BUDGET = 10**9  # more points, steps, queries or models than any assessment can spend
+Count = Annotated[int, Field(ge=1, le=MAX_BUDGET)]
+
+
+def attack_names() -> list[str]:
+    """The white-box evasion attacks a threat model may name (the attack registry)."""
+    from bastion.attacks.evasion import ATTACKS
+
+    return sorted(ATTACKS)
+
+
+def probe_names() -> list[str]:
+    """The probes a threat model may choose or skip (the probe registry)."""
+    from bastion.assess.registry import PROBES
+
+    return list(PROBES)
+
+
+def _known(names: list[str], valid: list[str], what: str) -> list[str]:
+    unknown = [n for n in names if n not in valid]
+    if unknown:
+        listed = ", ".join(repr(n) for n in unknown)
+        raise ValueError(f"unknown {what} {listed}: choose from {', '.join(valid)}")
+    return names
 
 
 class Budgets(BaseModel):
@@ -24,21 +48,26 @@ class Budgets(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    n_eval: int = Field(500, ge=1, description="test points attacked per evasion finding")
-    pgd_steps: int = Field(20, ge=1)
-    apgd_steps: int = Field(100, ge=1, description="iterations per APGD run (AutoAttack: 100)")
-    restarts: int = Field(1, ge=1)
-    queries: int = Field(1000, ge=1, description="query budget per point for black-box evasion")
-    n_blackbox: int = Field(100, ge=1, description="test points attacked by black-box evasion")
-    extraction_queries: list[int] = Field(default_factory=lambda: [100, 1000, 10000])
-    shadow_models: int = Field(8, ge=1, description="LiRA shadow models")
-    reference_models: int = Field(2, ge=1, description="RMIA reference models (offline)")
+    n_eval: Count = Field(500, description="test points attacked per evasion finding")
+    pgd_steps: Count = 20
+    apgd_steps: Count = Field(100, description="iterations per APGD run (AutoAttack: 100)")
+    restarts: Count = 1
+    queries: Count = Field(1000, description="query budget per point for black-box evasion")
+    n_blackbox: Count = Field(100, description="test points attacked by black-box evasion")
+    extraction_queries: list[Count] = Field(
+        default_factory=lambda: [100, 1000, 10000], min_length=1
+    )
+    shadow_models: Count = Field(8, description="LiRA shadow models")
+    reference_models: Count = Field(2, description="RMIA reference models (offline)")
 
 
 class ThreatModel(BaseModel):
-    """What the attacker can see and do; decides which probes run."""
+    """What the attacker can see and do; decides which probes run. Every name (attacks,
+    curve attack, probes, skipped probes) is checked against its registry when the threat
+    model is read, so an unknown one is refused with the valid ones listed, in a YAML file
+    as on the command line or through :func:`bastion.assess`."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     access: Access = "white_box"
     norm: Literal["inf", "2"] = "inf"
@@ -82,9 +111,28 @@ class ThreatModel(BaseModel):
     @field_validator("curve_eps")
     @classmethod
     def _curve_eps(cls, v: list[float] | None) -> list[float] | None:
+        if v is not None and not v:
+            raise ValueError("give at least one curve ε (or leave curve_eps out)")
         if v is not None and any(not math.isfinite(e) or e < 0 for e in v):
             raise ValueError("curve ε values must be finite numbers >= 0")
         return v
+
+    @field_validator("attacks")
+    @classmethod
+    def _attacks(cls, v: list[str]) -> list[str]:
+        if not v:
+            raise ValueError(f"give at least one attack: choose from {', '.join(attack_names())}")
+        return _known(v, attack_names(), "attack(s)")
+
+    @field_validator("curve_attack")
+    @classmethod
+    def _curve_attack(cls, v: str) -> str:
+        return _known([v], attack_names(), "curve attack")[0]
+
+    @field_validator("probes", "skip")
+    @classmethod
+    def _probes(cls, v: list[str] | None) -> list[str] | None:
+        return None if v is None else _known(v, probe_names(), "probe(s)")
 
     @field_validator("eps")
     @classmethod
@@ -176,6 +224,7 @@ class Report(BaseModel):
     score: float = Field(0.0, ge=0, le=100)
     seconds: float = 0.0
     device: str = "cpu"
+    resumed: int = Field(0, ge=0, description="findings taken from a killed run's checkpoint")
 
     def metric(self, name: str, **params: Any) -> list[float]:
         """Values of ``metrics[name]`` over findings whose params/attack/probe match ``params``."""

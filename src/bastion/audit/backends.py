@@ -87,6 +87,31 @@ _DDL_PG = [
 ]
 
 
+MAX_INT = 2**63 - 1  # the largest value a BIGINT column holds
+
+
+class CorruptRow(StoreError):
+    """A row of the audit tables holds a value of the wrong type or range: the database was
+    edited outside the log (``bastion audit verify`` reports it as tampering)."""
+
+
+def as_int(value: Any, what: str) -> int:
+    """A stored integer (0 … 2⁶³−1), whatever type a hand-edited row gave it, or CorruptRow."""
+    v: int | None = None
+    if isinstance(value, int) and not isinstance(value, bool):
+        v = value
+    elif isinstance(value, float) and value.is_integer():
+        v = int(value)
+    elif isinstance(value, (str, bytes, bytearray, memoryview)):
+        text = value if isinstance(value, str) else bytes(value).decode("ascii", "replace")
+        if re.fullmatch(r"\s*[0-9]{1,19}\s*", text):
+            v = int(text)
+    if v is None or not 0 <= v <= MAX_INT:
+        shown = repr(value)[:40]
+        raise CorruptRow(f"the audit log's {what} holds {shown}, not an integer in 0..{MAX_INT}")
+    return v
+
+
 def as_bytes(value: Any) -> bytes:
     """A stored entry as bytes, whatever type a hand-edited row gave it."""
     if isinstance(value, bytes):
@@ -98,7 +123,14 @@ def as_bytes(value: Any) -> bytes:
 
 def _head(row: Sequence[Any]) -> tuple[SignedTreeHead, bytes]:
     hid, size, ts, root, sig, kid, pub = row
-    head = SignedTreeHead(int(size), int(ts), as_bytes(root), as_bytes(sig), str(kid), id=int(hid))
+    head = SignedTreeHead(
+        as_int(size, "signed head tree_size"),
+        as_int(ts, "signed head timestamp_ms"),
+        as_bytes(root),
+        as_bytes(sig),
+        str(kid),
+        id=as_int(hid, "signed head id"),
+    )
     return head, as_bytes(pub)
 
 
@@ -128,7 +160,7 @@ class Backend:
         row = self._exec(
             "SELECT start + n_entries, chain FROM audit_log_blocks ORDER BY start DESC LIMIT 1"
         ).fetchone()
-        return (int(row[0]), as_bytes(row[1])) if row else (0, GENESIS)
+        return (as_int(row[0], "last block's end"), as_bytes(row[1])) if row else (0, GENESIS)
 
     def tail_size(self) -> int:
         return self.tail()[0]
@@ -188,13 +220,13 @@ class Backend:
         ).fetchall()
         return [
             Cosignature(
-                tree_size=int(size),
-                head_timestamp_ms=int(ts),
+                tree_size=as_int(size, "cosignature tree_size"),
+                head_timestamp_ms=as_int(ts, "cosignature head_timestamp_ms"),
                 root=as_bytes(root),
-                cosigned_ms=int(cts),
+                cosigned_ms=as_int(cts, "cosignature cosigned_ms"),
                 witness_key_id=str(wkid),
                 signature=as_bytes(sig),
-                id=int(cid),
+                id=as_int(cid, "cosignature id"),
             )
             for cid, size, ts, root, cts, wkid, sig in rows
         ]
@@ -227,7 +259,7 @@ class Backend:
         ).fetchall()
         out = []
         for s0, blob in rows:
-            for i, e in enumerate(as_bytes(blob).split(SEP), int(s0)):
+            for i, e in enumerate(as_bytes(blob).split(SEP), as_int(s0, "block start")):
                 if start <= i < stop:
                     out.append((i, e))
         return out
@@ -245,9 +277,11 @@ class Backend:
             if not rows:
                 return
             for row in rows:
-                if int(row[0]) + int(row[1]) > start:
-                    yield row
-            lo = int(rows[-1][0]) + 1
+                first = as_int(row[0], "block start")
+                n = as_int(row[1], f"block {first}'s n_entries")
+                if first + n > start:
+                    yield (first, n, *row[2:])
+            lo = as_int(rows[-1][0], "block start") + 1
 
 
 # ------------------------------------------------------------------------------ SQLite

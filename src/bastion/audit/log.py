@@ -29,7 +29,7 @@ from typing import Any, TypeVar
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from bastion.audit.backends import SEP, Backend, as_bytes, open_backend
+from bastion.audit.backends import SEP, Backend, CorruptRow, as_bytes, open_backend
 from bastion.audit.merkle import Frontier, MerkleTree, leaf_hashes
 from bastion.audit.sth import SignedTreeHead, public_bytes, require_key, sign_head
 from bastion.audit.verify import VerifyResult, verify_backend
@@ -57,6 +57,20 @@ def canonical_json(entry: dict[str, Any]) -> bytes:
             f"audit entry is not canonical JSON ({exc}): use str/int/finite float/bool/None, "
             "lists and dicts with string keys"
         ) from None
+
+
+def _decode(index: int, blob: bytes) -> dict[str, Any]:
+    """A stored entry's JSON; CorruptRow when it is not a JSON object (an edited row)."""
+    try:
+        entry = json.loads(blob)
+    except (ValueError, RecursionError):
+        entry = None
+    if not isinstance(entry, dict):
+        raise CorruptRow(
+            f"audit entry {index} is not a JSON object (the database was edited): run "
+            "`bastion audit verify`"
+        )
+    return entry
 
 
 def _db_error(exc: Exception) -> bool:
@@ -177,16 +191,16 @@ class AuditLog:
         return rows[0][1]
 
     def entry(self, index: int) -> dict[str, Any]:
-        return json.loads(self.entry_bytes(index))
+        return _decode(index, self.entry_bytes(index))
 
     def entries(self, start: int, stop: int) -> list[dict[str, Any]]:
         """Entries ``start .. stop-1`` (those present)."""
-        return [json.loads(e) for _, e in self._read(self.backend.entries, start, stop)]
+        return [_decode(i, e) for i, e in self._read(self.backend.entries, start, stop)]
 
     def tail(self, n: int) -> list[tuple[int, dict[str, Any]]]:
         size = self.size()
         rows = self._read(self.backend.entries, max(0, size - n), size)
-        return [(i, json.loads(e)) for i, e in rows]
+        return [(i, _decode(i, e)) for i, e in rows]
 
     def heads(self) -> list[SignedTreeHead]:
         """Stored signed tree heads, smallest tree first."""
@@ -320,6 +334,16 @@ class AuditLog:
                 witness_keys=witness_keys,
                 cosignatures=cosignatures,
                 workers=workers,
+            )
+        except CorruptRow as exc:  # a hand-edited row: tampering, reported as a failure
+            return VerifyResult(
+                ok=False,
+                size=0,
+                root=b"",
+                heads_checked=0,
+                first_bad_index=None,
+                message=f"{exc}: the database was edited outside the log",
+                signatures_checked=not integrity_only,
             )
         except Exception as exc:
             if _db_error(exc):

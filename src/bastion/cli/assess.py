@@ -15,6 +15,7 @@ from bastion.cli.common import (
     BoundsOpt,
     DataOpt,
     DataRootOpt,
+    DeviceOpt,
     EntryPointOpt,
     EpsListOpt,
     EpsModeOpt,
@@ -36,10 +37,20 @@ from bastion.cli.common import (
     data_options_from,
     pick_device,
 )
+from bastion.cli.validate import OptSeedOpt, choice_check, prepare_dir
 from bastion.config import load_yaml_model, validate
 from bastion.data import load_dataset
 from bastion.errors import ConfigError
 from bastion.models.io import load_model
+
+NORM_CHECK = choice_check(("inf", "2"), "norm", normalise=lambda v: v.lower().lstrip("l"))
+
+
+def attack_names() -> list[str]:
+    """The white-box attacks a threat model may name."""
+    from bastion.attacks.evasion import ATTACKS
+
+    return sorted(ATTACKS)
 
 
 def findings_table(out: AssessmentOutput) -> Table:
@@ -60,6 +71,11 @@ def findings_table(out: AssessmentOutput) -> Table:
 
 
 def print_outcome(out: AssessmentOutput) -> None:
+    if out.report.resumed:
+        console.print(
+            f"resumed: {out.report.resumed} finding(s) taken from the checkpoint of an "
+            "interrupted run (same model, data and threat model)"
+        )
     console.print(findings_table(out))
     for w in out.report.warnings:
         console.print(f"[yellow]warning[/] {w.check}: {w.message}")
@@ -93,10 +109,18 @@ def register(app: typer.Typer) -> None:
         onnx_mode: OnnxModeOpt = "auto",
         trust: TrustOpt = None,
         target_output: Annotated[
-            str, typer.Option(help="http endpoint answers: scores | labels")
+            str,
+            typer.Option(
+                help="http endpoint answers: scores | labels",
+                callback=choice_check(("scores", "labels"), "endpoint output"),
+            ),
         ] = "scores",
         target_body: Annotated[
-            str, typer.Option(help='http request body: object ({"inputs": [...]}) | list')
+            str,
+            typer.Option(
+                help='http request body: object ({"inputs": [...]}) | list',
+                callback=choice_check(("object", "list"), "request body form"),
+            ),
         ] = "object",
         api_key_env: Annotated[
             str | None, typer.Option(help="environment variable holding the endpoint's API key")
@@ -120,18 +144,27 @@ def register(app: typer.Typer) -> None:
         ] = None,
         threat: ThreatOpt = None,
         eps: EpsListOpt = None,
-        norm: Annotated[str | None, typer.Option(help="inf or 2")] = None,
+        norm: Annotated[str | None, typer.Option(help="inf or 2", callback=NORM_CHECK)] = None,
         attack: Annotated[
             list[str] | None,
-            typer.Option(help="evasion attack (repeat): fgsm, pgd, apgd-ce, apgd-t, ensemble"),
+            typer.Option(
+                help="evasion attack (repeat): fgsm, pgd, apgd-ce, apgd-t, ensemble",
+                callback=choice_check(attack_names, "attack"),
+            ),
         ] = None,
-        access: Annotated[str | None, typer.Option(help="white_box | scores | labels")] = None,
+        access: Annotated[
+            str | None,
+            typer.Option(
+                help="white_box | scores | labels",
+                callback=choice_check(("white_box", "scores", "labels"), "access"),
+            ),
+        ] = None,
         n_eval: NEvalOpt = None,
         out: Annotated[
             Path | None, typer.Option(help="output directory (resumes if a checkpoint is there)")
         ] = None,
-        device: str = "cpu",
-        seed: int | None = None,
+        device: DeviceOpt = "cpu",
+        seed: OptSeedOpt = None,
     ) -> None:
         """Assess a model: evasion and the other probes that fit the threat model."""
         if target is not None:
@@ -168,6 +201,7 @@ def register(app: typer.Typer) -> None:
         out_dir = out or (Path(prof.out) if prof.out else None)
         if out_dir is None:
             raise ConfigError("give --out DIR (or `out:` in the profile)")
+        prepare_dir(out_dir, "--out")
         opts = data_options_from(locals(), prof.data_options if profile is not None else None)
         the_seed = seed if seed is not None else prof.seed
         where = model or prof.model

@@ -32,6 +32,13 @@ from bastion.audit.sth import (
 )
 from bastion.audit.witness import Cosignature, WitnessRefused, WitnessState, read_state, witness
 from bastion.cli.common import console, err_console
+from bastion.cli.validate import (
+    MAX_COUNT,
+    MAX_WORKERS,
+    count_check,
+    index_check,
+    prepare_file,
+)
 from bastion.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -128,7 +135,12 @@ def register(app: typer.Typer) -> None:
             ),
         ] = None,
         workers: Annotated[
-            int, typer.Option(help="hashing processes; more than 1 pays off only on idle cores")
+            int,
+            typer.Option(
+                help=f"hashing processes (1 … {MAX_WORKERS}); more than 1 pays off only on "
+                "idle cores",
+                callback=count_check(1, MAX_WORKERS),
+            ),
         ] = 1,
     ) -> None:
         """Re-hash the whole log and check its signed heads against a key you trust; exit 0
@@ -234,8 +246,13 @@ def register(app: typer.Typer) -> None:
 
     @audit.command("prove")
     def prove_cmd(
-        index: Annotated[int, typer.Option("--index", help="entry index")],
-        size: Annotated[int | None, typer.Option("--size", help="tree size (default: now)")] = None,
+        index: Annotated[
+            int, typer.Option("--index", help="entry index (from 0)", callback=index_check())
+        ],
+        size: Annotated[
+            int | None,
+            typer.Option("--size", help="tree size (default: now)", callback=index_check()),
+        ] = None,
         db: DbOpt = None,
     ) -> None:
         """Print the inclusion proof of an entry (JSON), checked against the root."""
@@ -262,9 +279,12 @@ def register(app: typer.Typer) -> None:
 
     @audit.command("consistency")
     def consistency_cmd(
-        old: Annotated[int, typer.Option("--old", help="earlier tree size")],
+        old: Annotated[
+            int, typer.Option("--old", help="earlier tree size", callback=index_check())
+        ],
         new: Annotated[
-            int | None, typer.Option("--new", help="later tree size (default: now)")
+            int | None,
+            typer.Option("--new", help="later tree size (default: now)", callback=index_check()),
         ] = None,
         db: DbOpt = None,
     ) -> None:
@@ -291,7 +311,14 @@ def register(app: typer.Typer) -> None:
 
     @audit.command("show")
     def show_cmd(
-        tail: Annotated[int, typer.Option("--tail", help="how many of the last entries")] = 20,
+        tail: Annotated[
+            int,
+            typer.Option(
+                "--tail",
+                help="how many of the last entries (at least 1)",
+                callback=count_check(1, MAX_COUNT),
+            ),
+        ] = 20,
         db: DbOpt = None,
     ) -> None:
         """Print the last entries (index and canonical JSON) and the latest signed head."""
@@ -319,6 +346,8 @@ def register(app: typer.Typer) -> None:
         out: Annotated[Path | None, typer.Option(help="also write the head JSON here")] = None,
     ) -> None:
         """Sign the current tree head, store it in the log and print it (JSON)."""
+        if out:
+            prepare_file(out, "--out")
         key = resolve_signing_key(key_file, create=create_key)
         with AuditLog.open(db, signing_key=key) as log:
             head = log.sign_tree_head()
@@ -332,6 +361,7 @@ def register(app: typer.Typer) -> None:
         key_file: Annotated[Path, typer.Option("--key-file", help="where to write the key")],
     ) -> None:
         """Create an Ed25519 signing key (mode 0600); prints only the public key."""
+        prepare_file(key_file, "--key-file")
         key = generate_key_file(key_file)
         console.print(f"private key written to {key_file} (mode 0600)", highlight=False)
         console.print(public_pem(key), end="")

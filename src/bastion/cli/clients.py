@@ -17,6 +17,7 @@ import typer
 from rich.table import Table
 
 from bastion.cli.common import console
+from bastion.cli.validate import MAX_BLOCK_SECONDS, finite_range, id_check
 
 if TYPE_CHECKING:
     from sqlalchemy import Engine
@@ -26,7 +27,10 @@ if TYPE_CHECKING:
 DbOption = Annotated[
     str | None, typer.Option("--db", help="database URL (default: $BASTION_DB or the local store)")
 ]
-IdArg = Annotated[int, typer.Argument(help="the client's API key id (see `bastion keys list`)")]
+IdArg = Annotated[
+    int,
+    typer.Argument(help="the client's API key id (see `bastion keys list`)", callback=id_check()),
+]
 
 
 def _when(t: datetime | None) -> str:
@@ -110,7 +114,8 @@ def register(app: typer.Typer) -> None:
         client_id: IdArg,
         reason: Annotated[str, typer.Option(help="why (kept in the block and the audit log)")],
         expire_after: Annotated[
-            float | None, typer.Option(help="seconds until the block lapses (default: never)")
+            float | None,
+            typer.Option(help="seconds until the block lapses (default: never; at most 100 years)"),
         ] = None,
         db: DbOption = None,
     ) -> None:
@@ -122,10 +127,11 @@ def register(app: typer.Typer) -> None:
 
         if not reason.strip():
             raise ConfigError("--reason must say why the client is blocked")
-        if expire_after is not None and not expire_after > 0:
-            raise ConfigError(
-                f"--expire-after must be a positive number of seconds, not {expire_after:g}"
-            )
+        problem = expire_after is not None and finite_range(
+            expire_after, gt=0, le=MAX_BLOCK_SECONDS, what="--expire-after"
+        )
+        if problem:
+            raise ConfigError(f"{problem} (seconds)")
         engine = _engine(db)
         try:
             require_client(engine, client_id)

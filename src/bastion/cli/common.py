@@ -10,6 +10,7 @@ import torch
 import typer
 from rich.console import Console
 
+from bastion.cli.validate import choice_check, count_check, number_check
 from bastion.errors import ConfigError
 
 console = Console()
@@ -20,8 +21,16 @@ DATA_HELP = "digits | fashion-mnist | mnist | file.npz | file.csv (see the --mod
 DataOpt = Annotated[str | None, typer.Option(help=DATA_HELP)]
 DataRootOpt = Annotated[str | None, typer.Option(help="folder holding IDX files")]
 ThreatOpt = Annotated[Path | None, typer.Option(help="threat-model YAML")]
-EpsListOpt = Annotated[list[float] | None, typer.Option(help="ε (repeat for several)")]
-NEvalOpt = Annotated[int | None, typer.Option(help="test points to attack")]
+EpsListOpt = Annotated[
+    list[float] | None,
+    typer.Option(
+        help="ε, a finite number >= 0 (repeat for several)",
+        callback=number_check(ge=0, what="ε values"),
+    ),
+]
+NEvalOpt = Annotated[
+    int | None, typer.Option(help="test points to attack (>= 1)", callback=count_check())
+]
 
 
 def pick_device(name: str) -> torch.device:
@@ -34,6 +43,18 @@ def pick_device(name: str) -> torch.device:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError("--device cuda asked for but no CUDA GPU is available: use --device cpu")
     return device
+
+
+def _device_check(ctx: typer.Context, param: typer.CallbackParam, value: str | None) -> Any:
+    if value is not None and value != "cpu":
+        try:
+            pick_device(value)
+        except ConfigError as exc:
+            raise typer.BadParameter(str(exc), ctx=ctx, param=param) from None
+    return value
+
+
+DeviceOpt = Annotated[str, typer.Option(help="cpu | cuda | cuda:N | auto", callback=_device_check)]
 
 
 def _int_list(text: str | None, what: str) -> list[int] | None:
@@ -129,14 +150,27 @@ def data_options(
 
 
 ModalityOpt = Annotated[
-    str | None, typer.Option(help="auto | image | tabular (how to read a .npz/CSV)")
+    str | None,
+    typer.Option(
+        help="auto | image | tabular (how to read a .npz/CSV)",
+        callback=choice_check(("auto", "image", "tabular"), "modality"),
+    ),
 ]
 ShapeOpt = Annotated[
     str | None, typer.Option(help="sample shape for flat rows read as images, e.g. 1,8,8")
 ]
-LayoutOpt = Annotated[str | None, typer.Option(help="auto | NCHW | NHWC for 4-D image arrays")]
+LayoutOpt = Annotated[
+    str | None,
+    typer.Option(
+        help="auto | NCHW | NHWC for 4-D image arrays",
+        callback=choice_check(("auto", "NCHW", "NHWC"), "layout"),
+    ),
+]
 ScaleOpt = Annotated[
-    float | None, typer.Option(help="divide every value by this (e.g. 255); never implied")
+    float | None,
+    typer.Option(
+        help="divide every value by this (e.g. 255); never implied", callback=number_check(gt=0)
+    ),
 ]
 LowerOpt = Annotated[
     str | None, typer.Option(help="lower bound(s): one value or one per feature, comma-separated")
@@ -160,13 +194,22 @@ EntryPointOpt = Annotated[
 WeightsOpt = Annotated[
     Path | None, typer.Option(help="weights for --entry-point (.safetensors/.pt)")
 ]
+ONNX_MODES = ("auto", "torch", "runtime")
 OnnxModeOpt = Annotated[
-    str, typer.Option(help="ONNX: auto (convert for gradients, else onnxruntime) | torch | runtime")
+    str,
+    typer.Option(
+        help="ONNX: auto (convert for gradients, else onnxruntime) | torch | runtime",
+        callback=choice_check(ONNX_MODES, "ONNX mode"),
+    ),
 ]
 TrustOpt = Annotated[
     list[str] | None, typer.Option(help="skops: a type to trust when loading (repeat)")
 ]
+EPS_MODES = ("absolute", "relative")
 EpsModeOpt = Annotated[
     str | None,
-    typer.Option(help="absolute | relative (to each feature's range; tabular default)"),
+    typer.Option(
+        help="absolute | relative (to each feature's range; tabular default)",
+        callback=choice_check(EPS_MODES, "ε mode"),
+    ),
 ]

@@ -16,6 +16,7 @@ import typer
 from rich.table import Table
 
 from bastion.cli.common import console
+from bastion.cli.validate import SeedOpt, prepare_dir
 from bastion.data.dataset import DataBundle
 
 
@@ -59,9 +60,10 @@ def register(app: typer.Typer) -> None:
         out: Annotated[Path, typer.Option(help="where the demo writes its reports")] = Path(
             "bastion-demo"
         ),
-        seed: int = 0,
+        seed: SeedOpt = 0,
     ) -> None:
         """Run the whole pipeline on digits: train, assess, ... and write the reports under OUT."""
+        prepare_dir(out, "--out")
         start = time.perf_counter()
         ctx = run_demo(out, seed=seed)
         table = Table(title=f"bastion demo — {time.perf_counter() - start:.0f} s")

@@ -10,6 +10,7 @@ import typer
 from rich.table import Table
 
 from bastion.cli.common import console
+from bastion.cli.validate import prepare_file
 from bastion.gate.evaluate import GateDecision, evaluate
 from bastion.gate.junit import write_junit
 from bastion.gate.policy import load_policy
@@ -107,6 +108,9 @@ def register(app: typer.Typer) -> None:
         """Check every rule of the policy; exit 0 when all hold, 1 when any fails. A rule
         over a probe that did not run is not measured (it fails, or skips with
         `if_missing: skip`), with the reason the report gives."""
+        for path, option in ((junit, "--junit"), (json_out, "--json")):
+            if path is not None:
+                prepare_file(path, option)
         decision = run_gate(report, policy, register, junit, json_out, comparison, baseline)
         print_decision(decision)
         if junit:

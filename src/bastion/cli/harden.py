@@ -15,6 +15,7 @@ from bastion.cli.common import (
     BoundsOpt,
     DataOpt,
     DataRootOpt,
+    DeviceOpt,
     EntryPointOpt,
     EpsListOpt,
     EpsModeOpt,
@@ -37,6 +38,7 @@ from bastion.cli.common import (
     err_console,
     pick_device,
 )
+from bastion.cli.validate import OptSeedOpt, number_check, prepare_dir
 from bastion.config import load_yaml_model, validate
 from bastion.data import load_dataset
 from bastion.defenses.compare import DEFAULT_ALLOWED_DROP, Comparison
@@ -111,8 +113,7 @@ ModelOpt = Annotated[
 AllowDropOpt = Annotated[
     float | None,
     typer.Option(
-        min=0.0,
-        max=1.0,
+        callback=number_check(ge=0.0, le=1.0),
         help=f"clean accuracy (absolute, full test set) the hardening may cost; default "
         f"{DEFAULT_ALLOWED_DROP:g}. A larger drop, or a child at chance, is a regression "
         "(exit 1) unless this allows it",
@@ -176,8 +177,8 @@ def register(app: typer.Typer) -> None:
             bool, typer.Option("--assess/--no-assess", help="assess parent and child")
         ] = True,
         allow_accuracy_drop: AllowDropOpt = None,
-        device: str = "cpu",
-        seed: int | None = None,
+        device: DeviceOpt = "cpu",
+        seed: OptSeedOpt = None,
     ) -> None:
         """Harden a model of any form with a recipe and compare it with its parent under the
         same assessment. Exit 1 when the child's clean accuracy collapsed (see
@@ -201,6 +202,7 @@ def register(app: typer.Typer) -> None:
             overrides["budgets"] = {**tm.budgets.model_dump(), "n_eval": n_eval}
         tm = validate(ThreatModel, {**tm.model_dump(), **overrides}, "command-line options")
         parsed = parse_recipe(recipe, "--recipe")
+        prepare_dir(out, "--out")
         if sanitize:
             parsed = with_sanitize(parsed)
         where = model or prof.model

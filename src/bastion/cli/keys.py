@@ -13,6 +13,7 @@ from rich.table import Table
 
 from bastion.cli.common import console
 from bastion.cli.keys_group import ensure_keys_group
+from bastion.cli.validate import id_check
 
 DbOption = Annotated[
     str | None, typer.Option("--db", help="database URL (default: $BASTION_DB or the local store)")
@@ -48,7 +49,10 @@ def register(app: typer.Typer) -> None:
 
     @keys_app.command("revoke")
     def revoke(
-        key_id: Annotated[int, typer.Argument(help="the key id (see `bastion keys list`)")],
+        key_id: Annotated[
+            int,
+            typer.Argument(help="the key id (see `bastion keys list`)", callback=id_check()),
+        ],
         db: DbOption = None,
     ) -> None:
         """Revoke an API key (a running gateway refuses it within auth.cache_ttl_s)."""

@@ -10,6 +10,7 @@ import typer
 from rich.table import Table
 
 from bastion.cli.common import console
+from bastion.cli.validate import prepare_file
 from bastion.errors import ConfigError
 from bastion.risk.catalogue import load_catalogue
 from bastion.risk.evidence import load_guard_evaluation, load_report, update_from_report
@@ -75,6 +76,7 @@ def register(app: typer.Typer) -> None:
         """Build a register from the system profile and the threat catalogue."""
         if out.exists() and not force:
             raise ConfigError(f"{out} exists: pass --force to rebuild it (its history is lost)")
+        prepare_file(out, "--out")
         reg = build_register(load_system(system), load_catalogue(catalogue))
         save_register(reg, out)
         console.print(register_table(reg))
@@ -169,6 +171,7 @@ def register(app: typer.Typer) -> None:
                 f"unknown export format {fmt or out.suffix!r}: use --format json or csv"
             )
         reg = load_register(register_path)
+        prepare_file(out, "--out")
         path = export_json(reg, out) if fmt == "json" else export_csv(reg, out)
         console.print(f"{len(reg.risks)} risks exported to [bold]{path}[/]")
 
@@ -178,5 +181,7 @@ def register(app: typer.Typer) -> None:
         out: Annotated[Path, typer.Option(help="HTML file to write")] = Path("risk-report.html"),
     ) -> None:
         """Write the HTML risk report with the likelihood × impact heat map."""
-        path = write_risk_report(load_register(register_path), out)
+        reg = load_register(register_path)
+        prepare_file(out, "--out")
+        path = write_risk_report(reg, out)
         console.print(f"risk report written to [bold]{path}[/]")

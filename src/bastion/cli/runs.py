@@ -9,6 +9,7 @@ import typer
 from rich.table import Table
 
 from bastion.cli.common import console
+from bastion.cli.validate import MAX_COUNT, count_check, id_check
 from bastion.store.runs import get_run, list_runs
 
 
@@ -19,7 +20,10 @@ def register(app: typer.Typer) -> None:
 
     @runs.command("list")
     def list_cmd(
-        limit: int = 20, db: Annotated[str | None, typer.Option(help="database URL")] = None
+        limit: Annotated[
+            int, typer.Option(help="how many runs", callback=count_check(1, MAX_COUNT))
+        ] = 20,
+        db: Annotated[str | None, typer.Option(help="database URL")] = None,
     ) -> None:
         """The most recent runs."""
         table = Table()
@@ -40,7 +44,8 @@ def register(app: typer.Typer) -> None:
 
     @runs.command("show")
     def show_cmd(
-        run_id: int, db: Annotated[str | None, typer.Option(help="database URL")] = None
+        run_id: Annotated[int, typer.Argument(help="the run id", callback=id_check())],
+        db: Annotated[str | None, typer.Option(help="database URL")] = None,
     ) -> None:
         """Print a run's report.json."""
         console.print_json(json.dumps(json.loads(get_run(run_id, url=db).report_json)))

@@ -7,7 +7,8 @@ from typing import Annotated
 
 import typer
 
-from bastion.cli.common import DataRootOpt, console, pick_device
+from bastion.cli.common import DataRootOpt, DeviceOpt, console, pick_device
+from bastion.cli.validate import SeedOpt, choice_check, count_check, number_check, prepare_dir
 from bastion.data import load_dataset
 from bastion.models.io import save_model
 from bastion.models.train import accuracy, train_model
@@ -70,15 +71,26 @@ def register(app: typer.Typer) -> None:
         data: Annotated[
             str, typer.Option(help="digits | fashion-mnist | mnist | file.npz | file.csv")
         ] = "digits",
-        model: Annotated[str, typer.Option(help=f"zoo model: {', '.join(MODEL_NAMES)}")] = "cnn",
-        epochs: int = 10,
-        batch_size: int = 64,
-        lr: float = 1e-3,
-        seed: int = 0,
+        model: Annotated[
+            str,
+            typer.Option(
+                help=f"zoo model: {', '.join(MODEL_NAMES)}",
+                callback=choice_check(MODEL_NAMES, "model"),
+            ),
+        ] = "cnn",
+        epochs: Annotated[int, typer.Option(help="training epochs", callback=count_check())] = 10,
+        batch_size: Annotated[
+            int, typer.Option(help="samples per step", callback=count_check())
+        ] = 64,
+        lr: Annotated[
+            float, typer.Option(help="learning rate", callback=number_check(gt=0))
+        ] = 1e-3,
+        seed: SeedOpt = 0,
         data_root: DataRootOpt = None,
-        device: str = "cpu",
+        device: DeviceOpt = "cpu",
     ) -> None:
         """Train a zoo model and save it as safetensors + spec.json + provenance.json."""
+        prepare_dir(out, "--out")
         path, acc = train_and_save(
             data,
             model,

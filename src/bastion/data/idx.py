@@ -1,13 +1,18 @@
 """Reader for the IDX format of MNIST and Fashion-MNIST (LeCun et al. 1998).
 
 Files may be raw or gzip-compressed. Magic number: two zero bytes, a type code
-(0x08 = unsigned byte) and the number of dimensions; then big-endian int32 sizes.
+(0x08 = unsigned byte) and the number of dimensions; then big-endian int32 sizes. A file
+whose header promises more data than it holds, or a gzip stream that inflates past
+:data:`MAX_IDX_BYTES`, is refused before anything is allocated for it.
 """
 
 from __future__ import annotations
 
 import gzip
+import io
+import math
 import struct
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +20,18 @@ import numpy as np
 from bastion.errors import DataError
 
 _TYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
+MAX_IDX_BYTES = 4 * 2**30  # 4 GiB inflated: 80 times the Fashion-MNIST training images
+
+
+def _gunzip(raw: bytes, path: Path) -> bytes:
+    try:
+        with gzip.GzipFile(fileobj=io.BytesIO(raw)) as f:
+            data = f.read(MAX_IDX_BYTES + 1)
+    except (OSError, EOFError, zlib.error) as exc:
+        raise DataError(f"{path}: corrupt or truncated gzip data ({exc})") from None
+    if len(data) > MAX_IDX_BYTES:
+        raise DataError(f"{path}: inflates to more than {MAX_IDX_BYTES} bytes: not an IDX file")
+    return data
 
 
 def read_idx(path: str | Path) -> np.ndarray:
@@ -27,10 +44,7 @@ def read_idx(path: str | Path) -> np.ndarray:
     except OSError as exc:
         raise DataError(f"cannot read {path}: {exc.strerror}") from None
     if raw[:2] == b"\x1f\x8b":
-        try:
-            raw = gzip.decompress(raw)
-        except (OSError, EOFError) as exc:
-            raise DataError(f"{path}: corrupt or truncated gzip data ({exc})") from None
+        raw = _gunzip(raw, path)
     if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in _TYPES:
         raise DataError(f"{path}: not an IDX file (wrong magic number {raw[:4].hex() or 'empty'})")
     ndim = raw[3]
@@ -39,7 +53,9 @@ def read_idx(path: str | Path) -> np.ndarray:
         raise DataError(f"{path}: truncated IDX header")
     dims = struct.unpack(f">{ndim}I", raw[4:header])
     dtype = np.dtype(_TYPES[raw[2]])
-    expected = int(np.prod(dims)) * dtype.itemsize
+    if math.prod(d for d in dims if d) * dtype.itemsize > MAX_IDX_BYTES:
+        raise DataError(f"{path}: IDX sizes {list(dims)} describe more than {MAX_IDX_BYTES} bytes")
+    expected = math.prod(dims) * dtype.itemsize  # Python ints: no overflow
     body = raw[header:]
     if len(body) < expected:
         raise DataError(

@@ -3,22 +3,24 @@
 
 from __future__ import annotations
 
-import csv
-import zipfile
+import math
 from collections.abc import Callable
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
+from bastion.data.csv_table import read_csv_table
 from bastion.data.dataset import DataBundle, Dataset
 from bastion.data.idx import read_idx
+from bastion.data.npz import read_npz
 from bastion.data.spec import InputSpec
 from bastion.errors import DataError
 
 FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
+MAX_SIDE = 2**20  # one side of a sample shape given with --shape
 FASHION_CLASSES = [
     "t-shirt/top",
     "trouser",
@@ -77,6 +79,15 @@ def load_idx_folder(
         yi = read_idx(_find_idx(folder, labels, provider))
         if xi.ndim != 3:
             raise DataError(f"{folder}/{images}: expected 3-D image data, got {xi.ndim}-D")
+        if yi.ndim != 1 or yi.dtype.kind not in "iu":
+            raise DataError(
+                f"{folder}/{labels}: expected 1-D integer labels, got {yi.ndim}-D {yi.dtype}"
+            )
+        if len(xi) != len(yi) or not len(yi):
+            raise DataError(
+                f"{folder}: {images} holds {len(xi)} images but {labels} {len(yi)} labels"
+                + (" (an empty split)" if not len(yi) else "")
+            )
         x = torch.from_numpy(xi.astype(np.float32) / 255.0).unsqueeze(1)
         y = torch.from_numpy(yi.astype(np.int64))
         offset = len(splits["train"]) if split == "test" else 0
@@ -135,10 +146,12 @@ class DataOptions(BaseModel):
       label/target/class/y, else the first.
     """
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     modality: Literal["auto", "image", "tabular"] = "auto"
-    shape: list[int] | None = None
+    shape: list[Annotated[int, Field(ge=1, le=MAX_SIDE)]] | None = Field(
+        None, min_length=1, max_length=3
+    )
     layout: Literal["auto", "NCHW", "NHWC"] = "auto"
     scale: float | None = Field(None, gt=0)
     lower: list[float] | None = None
@@ -148,7 +161,7 @@ class DataOptions(BaseModel):
     label_column: str | int | None = None
 
 
-LABEL_NAMES = ("label", "target", "class", "y")
+MAX_CLASSES = 100_000  # labels at or above this are not class indices (ImageNet-21k: 21 841)
 
 
 def _first_error(exc: ValueError) -> str:
@@ -187,11 +200,22 @@ def _to_nchw(t: torch.Tensor, layout: str, source: str) -> tuple[torch.Tensor, s
 
 def _features(x: np.ndarray, opts: DataOptions, source: str) -> tuple[torch.Tensor, str, str]:
     """(tensor, modality, source layout) with no rescaling beyond ``opts.scale``."""
-    if not np.issubdtype(x.dtype, np.number):
-        raise DataError(f"{source}: x must be numeric, got dtype {x.dtype}")
-    t = torch.as_tensor(np.asarray(x, dtype=np.float32))
-    if t.ndim < 2:
-        raise DataError(f"{source}: x must be (N, features) or images, got shape {tuple(t.shape)}")
+    if x.dtype.kind not in "iuf":
+        raise DataError(f"{source}: x must hold real numbers, got dtype {x.dtype}")
+    if x.ndim < 2:
+        raise DataError(f"{source}: x must be (N, features) or images, got shape {tuple(x.shape)}")
+    if x.shape[0] == 0:
+        raise DataError(f"{source}: x holds no samples (shape {tuple(x.shape)})")
+    if math.prod(x.shape[1:]) == 0:
+        raise DataError(f"{source}: the samples hold no values (shape {tuple(x.shape)})")
+    with np.errstate(over="ignore", invalid="ignore"):
+        as32 = np.asarray(x, dtype=np.float32)
+    if x.dtype.kind == "f" and np.isfinite(x).all() and not np.isfinite(as32).all():
+        raise DataError(
+            f"{source}: values up to {float(np.abs(x).max()):.3g} do not fit in float32: "
+            "rescale the data (e.g. --scale)"
+        )
+    t = torch.as_tensor(as32)
     if opts.scale is not None:
         t = t / float(opts.scale)
     modality = opts.modality
@@ -222,12 +246,15 @@ def _as_labels(y: np.ndarray, source: str) -> torch.Tensor:
     y = np.asarray(y)
     if y.ndim != 1:
         raise DataError(f"{source}: y must be one-dimensional, got shape {y.shape}")
-    if not np.issubdtype(y.dtype, np.number) or (
-        np.issubdtype(y.dtype, np.floating) and not np.all(np.mod(y, 1) == 0)
-    ):
+    if y.dtype.kind not in "iuf" or (y.dtype.kind == "f" and not np.all(np.mod(y, 1) == 0)):
         raise DataError(f"{source}: y must hold integer class labels")
     if y.size and y.min() < 0:
         raise DataError(f"{source}: labels must be >= 0, found {int(y.min())}")
+    if y.size and y.max() >= MAX_CLASSES:
+        raise DataError(
+            f"{source}: label {float(y.max()):.6g} is not a class index (labels are 0 … "
+            f"{MAX_CLASSES - 1}): check the label column"
+        )
     return torch.as_tensor(y.astype(np.int64))
 
 
@@ -283,20 +310,17 @@ def _spec(
         integer = []
     else:
         integer = list(opts.integer)
-    try:
-        return InputSpec(
-            modality="tabular",
-            shape=[d],
-            source_layout="flat",
-            lower=lo,
-            upper=hi,
-            integer=sorted(integer),
-            frozen=sorted(opts.frozen),
-            feature_names=feature_names,
-            bounds_source=source,
-        )
-    except ValueError as exc:
-        raise DataError(f"invalid input spec: {_first_error(exc)}") from None
+    return InputSpec(
+        modality="tabular",
+        shape=[d],
+        source_layout="flat",
+        lower=lo,
+        upper=hi,
+        integer=sorted(integer),
+        frozen=sorted(opts.frozen),
+        feature_names=feature_names,
+        bounds_source=source,
+    )
 
 
 def bundle_from_arrays(
@@ -329,13 +353,25 @@ def bundle_from_arrays(
         if not torch.isfinite(x).all():
             bad = int((~torch.isfinite(x)).reshape(x.shape[0], -1).any(1).sum())
             raise DataError(f"{source}: {bad} sample(s) contain NaN or Inf values")
+    if "all" in tensors and len(tensors["all"][1]) < 2:
+        raise DataError(f"{source}: need at least 2 samples to split into train and test")
     shapes = {tuple(x.shape[1:]) for x, _ in tensors.values()}
     if len(shapes) > 1:
         raise DataError(f"{source}: the splits have different sample shapes {sorted(shapes)}")
-    spec = _spec(tensors, modality, layout, opts, parts[next(iter(parts))][0].dtype, feature_names)
+    raw_dtype = parts[next(iter(parts))][0].dtype
+    try:
+        spec = _spec(tensors, modality, layout, opts, raw_dtype, feature_names)
+    except ValueError as exc:  # the spec's own validation (bounds, indices, names)
+        raise DataError(f"invalid input spec: {_first_error(exc)}") from None
     num_classes = int(max(int(y.max()) for _, y in tensors.values()) + 1)
     if "class_names" in arrays:
-        names = [str(c) for c in arrays["class_names"]]
+        given = np.asarray(arrays["class_names"])
+        if given.ndim != 1 or given.dtype.kind not in "iufUS":
+            raise DataError(
+                f"{source}: class_names must be a 1-D array of names, got {given.ndim}-D "
+                f"{given.dtype}"
+            )
+        names = [c.decode("utf-8", "replace") if isinstance(c, bytes) else str(c) for c in given]
     else:
         names = [str(i) for i in range(max(num_classes, 2))]
     if "all" in tensors:
@@ -366,77 +402,19 @@ def load_npz(path: str | Path, *, seed: int = 0, options: DataOptions | None = N
     """A ``.npz`` with ``x``, ``y`` (split 80/20, seeded) or ``x_train``… ``y_test``;
     optional ``class_names``. Values are read as they are (see :class:`DataOptions`)."""
     path = Path(path)
-    try:
-        with np.load(path, allow_pickle=False) as f:
-            arrays = {k: f[k] for k in f.files}
-    except FileNotFoundError:
-        raise DataError(f"dataset file not found: {path}") from None
-    except ValueError as exc:
-        raise DataError(f"{path}: refusing to load pickled objects from .npz ({exc})") from None
-    except (OSError, EOFError, zipfile.BadZipFile) as exc:
-        raise DataError(f"{path}: not a readable .npz file ({exc})") from None
+    arrays = read_npz(path)
     return bundle_from_arrays(path.stem, str(path), arrays, seed, options)
 
 
-def _is_number(v: str) -> bool:
-    try:
-        float(v)
-    except ValueError:
-        return False
-    return True
-
-
 def load_csv(path: str | Path, *, seed: int = 0, options: DataOptions | None = None) -> DataBundle:
-    """A numeric CSV, with or without a header row. The label column is
-    ``options.label_column`` (a header name or 0-based index), else one named
-    label/target/class/y, else the first; every other column is a feature."""
+    """A numeric CSV, with or without a header row (see :func:`bastion.data.csv_table.read_csv_table`:
+    the label column is ``options.label_column``, else one named label/target/class/y, else
+    the first; every other column is a feature)."""
     path = Path(path)
     opts = options or DataOptions()
-    try:
-        with path.open(newline="") as f:
-            rows = [r for r in csv.reader(f) if r and any(c.strip() for c in r)]
-    except FileNotFoundError:
-        raise DataError(f"dataset file not found: {path}") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise DataError(f"{path}: not a readable CSV file ({exc})") from None
-    if not rows:
-        raise DataError(f"{path}: the CSV file is empty")
-    header = None if all(_is_number(c) for c in rows[0]) else [c.strip() for c in rows[0]]
-    body = rows[1:] if header else rows
-    width = len(rows[0])
-    if width < 2:
-        raise DataError(f"{path}: need a label column and at least one feature column")
-    col = _label_column(opts.label_column, header, width, path)
-    try:
-        table = np.array([[float(c) for c in r] for r in body], dtype=np.float64)
-    except ValueError as exc:
-        raise DataError(
-            f"{path}: not a numeric CSV ({exc}); encode categories as numbers"
-        ) from None
-    if table.ndim != 2 or table.shape[1] != width or not len(table):
-        raise DataError(f"{path}: every row needs {width} values, and at least one row")
-    features = [i for i in range(width) if i != col]
-    names = [header[i] for i in features] if header else None
-    arrays = {"x": table[:, features], "y": table[:, col]}
-    return bundle_from_arrays(path.stem, str(path), arrays, seed, opts, names)
-
-
-def _label_column(given: str | int | None, header: list[str] | None, width: int, path: Path) -> int:
-    if given is None:
-        if header:
-            for i, h in enumerate(header):
-                if h.lower() in LABEL_NAMES:
-                    return i
-        return 0
-    if isinstance(given, int) or str(given).lstrip("-").isdigit():
-        i = int(given)
-        i = i + width if i < 0 else i
-        if not 0 <= i < width:
-            raise DataError(f"{path}: label column {given} outside 0..{width - 1}")
-        return i
-    if header and given in header:
-        return header.index(str(given))
-    raise DataError(f"{path}: no column named {given!r} (header: {', '.join(header or [])})")
+    table = read_csv_table(path, opts.label_column)
+    arrays = {"x": table.x, "y": table.y}
+    return bundle_from_arrays(path.stem, str(path), arrays, seed, opts, table.feature_names)
 
 
 _NAMED: dict[str, Callable[..., DataBundle]] = {
@@ -445,6 +423,13 @@ _NAMED: dict[str, Callable[..., DataBundle]] = {
     "mnist": lambda root=None, seed=0: load_mnist(root),
 }
 DATASET_NAMES = sorted(_NAMED)
+
+
+def _is_dir(path: Path) -> bool:
+    try:
+        return path.is_dir()
+    except (OSError, ValueError):  # a name too long to be a path, say
+        return False
 
 
 def load_dataset(
@@ -465,7 +450,7 @@ def load_dataset(
         return load_npz(path, seed=seed, options=options)
     if path.suffix == ".csv":
         return load_csv(path, seed=seed, options=options)
-    if path.is_dir():
+    if _is_dir(path):
         return load_idx_folder(
             path,
             name=path.name,

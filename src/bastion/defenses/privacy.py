@@ -35,9 +35,19 @@ from torch.utils.data import (
 
 from bastion.data.dataset import Dataset
 from bastion.errors import ConfigError, ModelError
+from bastion.models.resume import load_checkpoint, restoring
 from bastion.progress import task
 
 log = logging.getLogger(__name__)
+DP_CHECKPOINT_KEYS = (
+    "model",
+    "optimizer",
+    "accountant",
+    "loader_gen",
+    "noise_gen",
+    "noise_multiplier",
+    "result",
+)
 Accountant = Literal["rdp", "prv", "gdp"]
 SAMPLERS = ("poisson",)
 
@@ -205,7 +215,8 @@ def dp_train(
     }
     state = _load(ckpt, settings)
     if state is not None:
-        sigma = float(state["noise_multiplier"])
+        with restoring(ckpt):
+            sigma = float(state["noise_multiplier"])
     elif noise_multiplier is not None:
         sigma = float(noise_multiplier)
     else:
@@ -252,12 +263,13 @@ def dp_train(
         module_fixes=fixes,
     )
     if state is not None:
-        module.load_state_dict(state["model"])
-        opt.original_optimizer.load_state_dict(state["optimizer"])
-        engine.accountant.load_state_dict(state["accountant"])
-        loader_gen.set_state(state["loader_gen"])
-        noise_gen.set_state(state["noise_gen"])
-        result = DPResult(**{**state["result"], "module_fixes": fixes})
+        with restoring(ckpt):
+            module.load_state_dict(state["model"])
+            opt.original_optimizer.load_state_dict(state["optimizer"])
+            engine.accountant.load_state_dict(state["accountant"])
+            loader_gen.set_state(state["loader_gen"])
+            noise_gen.set_state(state["noise_gen"])
+            result = DPResult(**{**state["result"], "module_fixes": fixes})
         result.resumed_from = result.epochs_run
         log.info("resuming %s from epoch %d", description, result.epochs_run)
     start = time.perf_counter() - result.seconds
@@ -305,7 +317,7 @@ def _quiet(loader: DataLoader):
 def _load(ckpt: Path | None, settings: dict) -> dict | None:
     if ckpt is None or not ckpt.exists():
         return None
-    state = torch.load(ckpt, map_location="cpu", weights_only=True)
+    state = load_checkpoint(ckpt, keys=DP_CHECKPOINT_KEYS)
     if state.get("settings") != settings:
         log.warning("checkpoint %s was made with other DP settings: starting afresh", ckpt)
         return None

@@ -22,14 +22,15 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SerializeAsAny, model_validator
 
+from bastion.assess.schema import MAX_BUDGET
 from bastion.config import read_yaml, validate
 from bastion.errors import ConfigError
 
 
 class StepConfig(BaseModel):
-    """Base of every recipe step; ``name`` is the registry key."""
+    """Base of every recipe step; ``name`` is the registry key. Numbers must be finite."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
     name: str
     kind: Literal["data", "train"] = "train"
 
@@ -38,8 +39,8 @@ class TrainingConfig(StepConfig):
     """What every training step shares. ``init: parent`` fine-tunes the parent's weights
     instead of training from scratch."""
 
-    epochs: int = Field(10, ge=1)
-    batch_size: int = Field(64, ge=1)
+    epochs: int = Field(10, ge=1, le=MAX_BUDGET)
+    batch_size: int = Field(64, ge=1, le=MAX_BUDGET)
     lr: float = Field(1e-3, gt=0)
     optimizer: Literal["adam", "sgd"] = "adam"
     momentum: float = Field(0.9, ge=0, lt=1)
@@ -73,15 +74,15 @@ class AdversarialConfig(TrainingConfig):
     select_eps: float | None = Field(
         None, ge=0, description="ε of the robust model selection (default: the threat's max ε)"
     )
-    select_steps: int = Field(10, ge=1)
-    select_n: int = Field(512, ge=1)
+    select_steps: int = Field(10, ge=1, le=MAX_BUDGET)
+    select_n: int = Field(512, ge=1, le=MAX_BUDGET)
 
 
 class PGDATConfig(AdversarialConfig):
     """PGD adversarial training (Madry et al. 2018)."""
 
     name: Literal["pgd_at"] = "pgd_at"
-    steps: int = Field(7, ge=1)
+    steps: int = Field(7, ge=1, le=MAX_BUDGET)
     step_size: float | None = Field(None, gt=0, description="default 2.5·ε/steps")
 
 
@@ -90,7 +91,7 @@ class TradesConfig(AdversarialConfig):
 
     name: Literal["trades"] = "trades"
     beta: float = Field(6.0, ge=0)
-    steps: int = Field(10, ge=1)
+    steps: int = Field(10, ge=1, le=MAX_BUDGET)
     step_size: float | None = Field(None, gt=0, description="default 2.5·ε/steps")
 
 
@@ -137,7 +138,7 @@ class SanitizeConfig(StepConfig):
     expected_rate: float | None = Field(None, gt=0, lt=1)
     removal_factor: float = Field(1.5, gt=0, description="spectral: drop this × expected_rate")
     margin_factor: float = Field(2.0, gt=0, description="activation: drop this × cluster share")
-    n_components: int = Field(10, ge=1)
+    n_components: int = Field(10, ge=1, le=MAX_BUDGET)
     size_threshold: float = Field(0.35, gt=0, lt=0.5)
     min_silhouette: float = Field(0.15, ge=-1, le=1)
     reclassify: bool = True
@@ -275,10 +276,18 @@ def build_recipe(steps: list[StepConfig], source: str = "recipe") -> Recipe:
     return Recipe(steps=steps)
 
 
+def _is_file(text: str) -> bool:
+    """True when ``text`` names an existing file (a name too long for a path is not one)."""
+    try:
+        return Path(text).is_file()
+    except (OSError, ValueError):
+        return False
+
+
 def parse_recipe(spec: object, source: str = "recipe") -> Recipe:
     """A recipe from a name, 'a+b', a YAML file path, or already-loaded YAML data."""
     if isinstance(spec, Path) or (
-        isinstance(spec, str) and (spec.endswith((".yaml", ".yml")) or Path(spec).is_file())
+        isinstance(spec, str) and (spec.endswith((".yaml", ".yml")) or _is_file(spec))
     ):
         path = Path(spec)
         data = read_yaml(path)

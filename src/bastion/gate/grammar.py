@@ -17,6 +17,7 @@ Examples: ``robust_accuracy(attack=ensemble, eps=8/255) >= 0.70``,
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass
 
@@ -202,6 +203,8 @@ class _Parser:
             if float(d.text) == 0:
                 raise RuleSyntaxError("division by zero", d.column)
             value /= float(d.text)
+        if not math.isfinite(value):
+            raise RuleSyntaxError(f"{t.text} is too large to be a threshold or value", t.column)
         return value
 
 

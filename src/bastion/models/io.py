@@ -16,7 +16,6 @@ import importlib
 import inspect
 import json
 import os
-import pickle
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -28,7 +27,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from bastion.errors import ModelError, UnsafeModelError
+from bastion.errors import ModelError
 from bastion.models import forms_torch, forms_trees
 from bastion.models.forms_torch import OnnxMode
 from bastion.models.loaded import (
@@ -38,6 +37,7 @@ from bastion.models.loaded import (
     artifacts_sha256,
     file_sha256,
 )
+from bastion.models.safe_pickle import load_tensors
 from bastion.models.zoo import ModelSpec, build_model
 
 WEIGHTS = "model.safetensors"
@@ -82,18 +82,12 @@ def _load_state(path: Path) -> dict[str, torch.Tensor]:
         try:
             return load_file(str(path))
         except Exception as exc:  # safetensors raises its own error types
-            raise ModelError(f"{path}: not a valid safetensors file ({exc})") from None
+            reason = " ".join(str(exc).split())[:200]
+            raise ModelError(f"{path}: not a valid safetensors file ({reason})") from None
     if path.suffix in {".pt", ".pth", ".bin"}:
-        try:
-            obj = torch.load(path, map_location="cpu", weights_only=True)
-        except pickle.UnpicklingError as exc:
-            raise UnsafeModelError(
-                f"{path}: refused: the pickle holds objects outside the tensor allowlist "
-                f"(loading it would execute code). Re-save it as a state_dict or safetensors. "
-                f"Detail: {str(exc).splitlines()[0]}"
-            ) from None
-        except (RuntimeError, EOFError, OSError) as exc:
-            raise ModelError(f"{path}: cannot read the checkpoint ({exc})") from None
+        # a pickle outside the tensor allowlist is refused with what it held, never with
+        # PyTorch's advice to load it unrestricted
+        obj = load_tensors(path, what="checkpoint")
         if isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
             obj = obj["state_dict"]
         if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
@@ -262,7 +256,8 @@ def _load_model_dir(
     try:
         spec = ModelSpec.model_validate_json((path / SPEC).read_text())
     except ValueError as exc:
-        raise ModelError(f"{path / SPEC}: invalid spec ({str(exc).splitlines()[0]})") from None
+        detail = " ".join(" ".join(str(exc).splitlines()[:3]).split())[:300]
+        raise ModelError(f"{path / SPEC}: invalid spec ({detail})") from None
     from bastion.models.children import CHILD_FORMS, load_child
 
     if spec.name in CHILD_FORMS:  # bastion harden's child of an entry-point/TorchScript/... parent
@@ -276,9 +271,7 @@ def _load_model_dir(
             raise ModelError(f"{path}: no weights ({WEIGHTS}, model.pt or model.pth)")
     _apply_state(module, _load_state(wfile), wfile)
     module.eval()
-    provenance = {}
-    if (path / PROVENANCE).exists():
-        provenance = json.loads((path / PROVENANCE).read_text())
+    provenance = read_provenance(path / PROVENANCE)
     return LoadedModel(
         name=path.name,
         sha256=file_sha256(wfile),
@@ -296,6 +289,19 @@ def _load_model_dir(
         provenance=provenance,
         rebuild=lambda: build_model(spec),
     )
+
+
+def read_provenance(file: Path) -> dict[str, Any]:
+    """``provenance.json`` as a mapping ({} when absent); ModelError when it is not one."""
+    if not file.exists():
+        return {}
+    try:
+        data = json.loads(file.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise ModelError(f"{file}: not readable JSON ({exc}): restore or delete it") from None
+    if not isinstance(data, dict):
+        raise ModelError(f"{file}: must be a JSON object, got {type(data).__name__}")
+    return data
 
 
 def _apply_state(module: nn.Module, state: dict[str, torch.Tensor], source: Path) -> None:

@@ -18,9 +18,11 @@ from torch.nn import functional as F
 from bastion.data.dataset import Dataset
 from bastion.errors import ConfigError
 from bastion.models.predict import accuracy
+from bastion.models.resume import load_checkpoint, restoring
 from bastion.progress import task
 
 log = logging.getLogger(__name__)
+CHECKPOINT_KEYS = ("model", "optimizer", "generator", "result", "best_state", "best_score")
 LossFn = Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]
 SelectFn = Callable[[nn.Module, torch.Tensor, torch.Tensor], float]
 
@@ -89,15 +91,16 @@ def train_model(
     gen = torch.Generator().manual_seed(seed)
     ckpt = Path(checkpoint) if checkpoint else None
     if ckpt and ckpt.exists():
-        state = torch.load(ckpt, map_location=device, weights_only=True)
-        model.load_state_dict(state["model"])
-        opt.load_state_dict(state["optimizer"])
-        if sched is not None and state.get("scheduler"):
-            sched.load_state_dict(state["scheduler"])
-        gen.set_state(state["generator"])
-        result = TrainResult(**state["result"])
-        result.resumed_from = result.epochs_run
-        best_state, best_score = state["best_state"], state["best_score"]
+        state = load_checkpoint(ckpt, keys=CHECKPOINT_KEYS, map_location=device)
+        with restoring(ckpt):
+            model.load_state_dict(state["model"])
+            opt.load_state_dict(state["optimizer"])
+            if sched is not None and state.get("scheduler"):
+                sched.load_state_dict(state["scheduler"])
+            gen.set_state(state["generator"])
+            result = TrainResult(**state["result"])
+            result.resumed_from = result.epochs_run
+            best_state, best_score = state["best_state"], float(state["best_score"])
         log.info("resuming %s from epoch %d", description, result.epochs_run)
     start = time.perf_counter() - result.seconds
     with task(description, epochs * steps_per_epoch) as advance:

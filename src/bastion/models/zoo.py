@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -57,16 +58,53 @@ _ZOO: dict[str, Callable[..., nn.Module]] = {"mlp": mlp, "cnn": cnn}
 MODEL_NAMES = sorted(_ZOO)
 
 
+MAX_PARAMETERS = 10**8  # 400 MB of float32 weights: far above any zoo model Bastion trains
+_SIZES = ("num_classes", "width", "hidden", "depth")
+
+
+def _sizes(name: str, params: dict[str, Any]) -> None:
+    """Refuse sizes that are not positive whole numbers, or a network too large to build
+    (a spec.json is user input: ``hidden: 10**9`` must not allocate terabytes)."""
+    shape = params.get("input_shape")
+    if shape is not None and (
+        not isinstance(shape, (list, tuple))
+        or not 1 <= len(shape) <= 3
+        or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 1 for s in shape)
+    ):
+        raise ModelError(f"bad parameters for model {name!r}: input_shape {shape!r}")
+    for key in _SIZES:
+        v = params.get(key)
+        if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
+            raise ModelError(f"bad parameters for model {name!r}: {key} must be >= 1, got {v!r}")
+    if shape is None or not isinstance(params.get("num_classes"), int):
+        return  # the builder names what is missing
+    if name == "cnn" and len(shape) != 3:
+        raise ModelError(f"bad parameters for model 'cnn': input_shape must be C,H,W, got {shape}")
+    d, k = math.prod(shape), params["num_classes"]
+    if name == "mlp":
+        h, depth = params.get("hidden", 128), params.get("depth", 2)
+        n = d * h + (depth - 1) * h * h + h * k
+    else:
+        w, h, side = params.get("width", 32), params.get("hidden", 128), shape[1] // 2
+        n = 9 * shape[0] * w + 18 * w * w + 2 * w * side * side * h + h * k
+    if n > MAX_PARAMETERS:
+        raise ModelError(
+            f"bad parameters for model {name!r}: about {n:.3g} weights, more than the "
+            f"{MAX_PARAMETERS:.0e} a zoo model may have"
+        )
+
+
 def build_model(spec: ModelSpec) -> nn.Module:
-    """Instantiate a zoo model; unknown names or parameters raise ModelError."""
+    """Instantiate a zoo model; unknown names, bad or oversized parameters raise ModelError."""
     if spec.name not in _ZOO:
         raise ModelError(f"unknown model {spec.name!r}: choose one of {', '.join(MODEL_NAMES)}")
     params = dict(spec.params)
+    _sizes(spec.name, params)
     if "input_shape" in params:
         params["input_shape"] = tuple(params["input_shape"])
     try:
         return _ZOO[spec.name](**params)
-    except TypeError as exc:
+    except (TypeError, ValueError, RuntimeError) as exc:
         raise ModelError(f"bad parameters for model {spec.name!r}: {exc}") from None
 
 
