@@ -69,7 +69,8 @@ def _predict(gw, sample, role="client"):
 def _assert_policy_refusal(r, *, blocked_until) -> str:
     assert r.status_code == 403, r.text
     body = r.json()
-    assert set(body) == {"detail", "request_id", "blocked_until"}
+    assert set(body) == {"detail", "code", "request_id", "blocked_until"}
+    assert body["code"] == "blocked"
     assert body["detail"].startswith("request blocked by policy; contact the service operator")
     assert body["request_id"] in body["detail"]
     for word in SECRETS:

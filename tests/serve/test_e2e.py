@@ -7,7 +7,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -17,6 +16,7 @@ import pytest
 
 from bastion.store.db import make_engine
 from bastion.store.keys import create_key
+from tests.ports import free_port
 
 
 def _self_signed(tmp_path):
@@ -52,12 +52,6 @@ def _self_signed(tmp_path):
     return cert_path, key_path
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture()
 def guarded_model(digits, digits_model_dir, tmp_path):
     """A copy of the digits model with a quickly fitted guard beside it."""
@@ -80,7 +74,7 @@ def test_real_server_over_tls_with_guard(guarded_model, digits, tmp_path):
     _, client_key = create_key(engine, "client")
     _, reviewer_key = create_key(engine, "reviewer")
     engine.dispose()
-    port = _free_port()
+    port = free_port()
     cmd = [
         sys.executable,
         "-m",

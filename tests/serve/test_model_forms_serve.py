@@ -18,6 +18,7 @@ from bastion.errors import ConfigError
 from bastion.models.io import load_model
 from bastion.serve.settings import ServeSettings
 from tests.guard.test_tabular_guard import FAST, INTEGER_FEATURE, make_tabular_models
+from tests.ports import free_port
 
 ENTRY = "bcserve_net:build"
 
@@ -230,11 +231,12 @@ def test_cli_data_flags_reach_the_input_spec(bc, in_root, monkeypatch):
     give (the server itself is not started)."""
     seen = {}
 
-    def fake_run(app, **kwargs):
-        seen["spec"] = app.state.runtime.input_spec
+    def fake_run(server, *args, **kwargs):
+        seen["spec"] = server.config.app.state.runtime.input_spec
 
-    monkeypatch.setattr("uvicorn.run", fake_run)
+    monkeypatch.setattr("uvicorn.Server.run", fake_run)
     argv = ["serve", "--model", "bc.pt", "--entry-point", ENTRY, "--data", "bc.csv"]
+    argv += ["--port", str(free_port())]
     monkeypatch.setattr(sys, "argv", ["bastion", *argv, "--integer", "none"])
     with pytest.raises(SystemExit) as exc:
         main()

@@ -56,8 +56,15 @@ def test_health_and_openapi(gw):
     ):
         assert path in paths, path
     body = paths["/v1/predict"]["post"]["requestBody"]["content"]["application/json"]["schema"]
-    assert {"inputs", "b64", "shape"} <= set(body["properties"])
+    forms = [_ref(spec, s) for s in _ref(spec, body)["anyOf"]]
+    assert [set(f["properties"]) for f in forms] == [{"inputs"}, {"b64", "shape"}]
     assert {"202", "401", "413", "422", "429"} <= set(paths["/v1/predict"]["post"]["responses"])
+
+
+def _ref(spec: dict, schema: dict) -> dict:
+    while "$ref" in schema:
+        schema = spec["components"]["schemas"][schema["$ref"].rsplit("/", 1)[1]]
+    return schema
 
 
 def test_dashboard_is_self_contained(gw):
@@ -104,7 +111,8 @@ def test_audit_routes_prove_inclusion_and_consistency(gw, sample):
         [bytes.fromhex(p) for p in cons["proof"]],
     )
     bad = gw.client.get("/v1/audit/proof/inclusion?index=7", headers=h)
-    assert bad.status_code == 422 and "outside" in bad.json()["detail"]
+    assert bad.status_code == 404 and "outside" in bad.json()["detail"]
+    assert bad.json()["code"] == "not_found"
     assert gw.client.get("/v1/audit/verify", headers=h).status_code == 403
     verdict = gw.client.get("/v1/audit/verify", headers=gw.auth("admin")).json()
     assert verdict["ok"] and verdict["size"] == 3

@@ -134,7 +134,9 @@ def test_a_bug_answers_500_json_without_traceback(settings, gateway_factory, sam
         gw.state.runtime.infer_many = broken
         r = gw.client.post("/v1/predict", json={"inputs": [sample]}, headers=gw.auth())
         assert r.status_code == 500
-        assert r.json()["detail"] == "internal server error" and r.json()["error_id"]
+        body = r.json()
+        assert body["detail"] == "internal server error" and body["code"] == "internal"
+        assert len(body["request_id"]) == 32
         assert "secret internal detail" not in r.text and "Traceback" not in r.text
         assert gw.client.get("/healthz").status_code == 200  # still serving
 

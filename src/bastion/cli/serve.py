@@ -9,6 +9,13 @@
 input spec: from its provenance, its fitted guard, or ``--data`` (the training data, read
 with the same flags as in `bastion assess`); with none of them the server does not start.
 Flags override serve.yaml. TLS: give both certificate files (uvicorn terminates TLS).
+``--require-signature PUB.pem`` refuses (one line, exit 2) to load a model whose OpenSSF
+model-signing signature (``bastion attest sign``) does not verify.
+
+Everything is opened before "serving on …" is printed: the model and its guard (a guard
+that is there but unusable refuses the start unless ``--allow-unguarded``), the store, the
+audit log and its key, Redis, the TLS files and the listening socket. A problem with any of
+them is one line and exit 2 (:mod:`bastion.serve.startup`).
 """
 
 from __future__ import annotations
@@ -43,7 +50,10 @@ from bastion.cli.guard import (
     TrustOpt,
     WeightsOpt,
 )
+from bastion.cli.validate import choice_check, count_check
 from bastion.errors import ConfigError
+
+LOG_LEVELS = ("critical", "error", "warning", "info", "debug", "trace")
 
 if TYPE_CHECKING:
     from bastion.cli.demo import DemoContext
@@ -79,28 +89,62 @@ def register(app: typer.Typer) -> None:
         frozen: FrozenOpt = None,
         label_column: LabelColumnOpt = None,
         guard_dir: GuardDirOpt = None,
+        allow_unguarded: Annotated[
+            bool,
+            typer.Option(
+                "--allow-unguarded",
+                help="serve without the guard when the one found cannot be used (corrupt, "
+                "truncated, missing weights, other weights) instead of refusing to start",
+            ),
+        ] = False,
         config: Annotated[Path | None, typer.Option(help="serve.yaml (see examples/)")] = None,
         host: Annotated[
             str | None, typer.Option(help="address to bind (default 127.0.0.1)")
         ] = None,
-        port: Annotated[int | None, typer.Option(help="port (default 8000)")] = None,
+        port: Annotated[
+            int | None,
+            typer.Option(help="port 1 … 65535 (default 8000)", callback=count_check(1, 65535)),
+        ] = None,
         db: Annotated[
             str | None, typer.Option(help="database URL for keys, reviews, audit")
         ] = None,
         redis_url: Annotated[str | None, typer.Option(help="share rate limits via Redis")] = None,
         ssl_certfile: Annotated[Path | None, typer.Option(help="TLS certificate (PEM)")] = None,
         ssl_keyfile: Annotated[Path | None, typer.Option(help="TLS private key (PEM)")] = None,
-        log_level: Annotated[str, typer.Option(help="uvicorn log level")] = "info",
+        log_level: Annotated[
+            str,
+            typer.Option(help="uvicorn log level", callback=choice_check(LOG_LEVELS, "log level")),
+        ] = "info",
         access_log: Annotated[bool, typer.Option(help="log every request")] = False,
         output: Annotated[
             str | None,
-            typer.Option(help="what answers reveal: scores | top-k | labels (default scores)"),
+            typer.Option(
+                help="what answers reveal: scores | top-k | labels (default scores)",
+                callback=choice_check(("scores", "top-k", "labels"), "output"),
+            ),
         ] = None,
         top_k: Annotated[
-            int | None, typer.Option(help="classes returned with --output top-k")
+            int | None,
+            typer.Option(help="classes returned with --output top-k", callback=count_check()),
         ] = None,
         round_scores: Annotated[
-            int | None, typer.Option("--round", help="decimals kept in returned scores")
+            int | None,
+            typer.Option(
+                "--round",
+                help="decimals kept in returned scores (0 … 12)",
+                callback=count_check(0, 12),
+            ),
+        ] = None,
+        require_signature: Annotated[
+            Path | None,
+            typer.Option(
+                help="ECDSA public key PEM: refuse to load the model unless its OpenSSF "
+                "model-signing signature verifies (see `bastion attest sign`)"
+            ),
+        ] = None,
+        model_signature: Annotated[
+            Path | None,
+            typer.Option(help="the model's signature (default: DIR/model.sig or FILE.sig)"),
         ] = None,
     ) -> None:
         """Serve a model behind auth, rate limits, validation, the guard, review and audit."""
@@ -109,6 +153,7 @@ def register(app: typer.Typer) -> None:
         from bastion.serve.app import create_app
         from bastion.serve.runtime import Runtime
         from bastion.serve.settings import load_settings
+        from bastion.serve.startup import bind, preflight
 
         if onnx_mode is not None and onnx_mode not in ONNX_MODES:
             raise ConfigError(f"--onnx-mode must be one of {', '.join(ONNX_MODES)}")
@@ -135,8 +180,11 @@ def register(app: typer.Typer) -> None:
             ssl_certfile=ssl_certfile,
             ssl_keyfile=ssl_keyfile,
         )
-        if guard_dir is not None:
-            guard = settings.guard.model_copy(update={"dir": guard_dir})
+        if guard_dir is not None or allow_unguarded:
+            update: dict[str, object] = {"dir": guard_dir} if guard_dir is not None else {}
+            if allow_unguarded:
+                update["allow_unguarded"] = True
+            guard = settings.guard.model_copy(update=update)
             settings = settings.model_copy(update={"guard": guard})
         policy = {"mode": output, "k": top_k, "round": round_scores}
         if any(v is not None for v in policy.values()):
@@ -148,28 +196,51 @@ def register(app: typer.Typer) -> None:
             settings = settings.model_copy(
                 update={"output": validate(OutputPolicy, merged, "--output/--top-k/--round")}
             )
+        if require_signature is not None:  # before anything reads the model files
+            from bastion.scan.signing import require_signature as check_signature
+
+            verified = check_signature(
+                settings.model_dir,
+                require_signature,
+                signature=model_signature,
+                entry_point=settings.entry_point,
+                weights=settings.weights,
+            )
+            console.print(
+                f"signature {verified.line()}", highlight=False, markup=False, soft_wrap=True
+            )
+        elif model_signature is not None:
+            raise ConfigError("--model-signature goes with --require-signature PUB.pem")
         runtime = Runtime.from_settings(settings)  # errors here are one line, before binding
+        preflight(settings)  # the store, the audit log and its key, Redis, TLS: one line each
+        sock = bind(settings.host, settings.port)
+        port = sock.getsockname()[1]
         app = create_app(settings)
         app.state.runtime = runtime
         scheme = "https" if settings.ssl_certfile else "http"
         what = settings.model_dir or settings.entry_point
         console.print(
             f"serving {what} ({runtime.loaded.form}) on {scheme}://{settings.host}:"
-            f"{settings.port}; inputs {runtime.input_spec.describe()} from {runtime.spec_source}; "
+            f"{port}; inputs {runtime.input_spec.describe()} from {runtime.spec_source}; "
             f"guard {'on' if runtime.guard is not None else 'off'}; answers: "
             f"{settings.output.describe()}",
             highlight=False,
+            soft_wrap=True,
         )
-        uvicorn.run(
-            app,
-            host=settings.host,
-            port=settings.port,
-            ssl_certfile=str(settings.ssl_certfile) if settings.ssl_certfile else None,
-            ssl_keyfile=str(settings.ssl_keyfile) if settings.ssl_keyfile else None,
-            log_level=log_level,
-            access_log=access_log,
-            server_header=False,
+        server = uvicorn.Server(
+            uvicorn.Config(
+                app,
+                ssl_certfile=str(settings.ssl_certfile) if settings.ssl_certfile else None,
+                ssl_keyfile=str(settings.ssl_keyfile) if settings.ssl_keyfile else None,
+                log_level=log_level,
+                access_log=access_log,
+                server_header=False,
+            )
         )
+        try:
+            server.run(sockets=[sock])
+        finally:
+            sock.close()
 
 
 def demo_stage(ctx: DemoContext) -> None:

@@ -2,9 +2,10 @@
 
 Nothing is loaded at import or in ``create_app``: the model, the guard, the store, the
 rate limiter and the audit sink are opened in the lifespan and kept in ``app.state``, and
-closed when the server stops. Errors never leak a traceback: user mistakes answer 4xx with
-a ``detail`` that says what was wrong; a bug answers 500 ``{"detail": "internal server
-error", "request_id": ...}`` and is logged.
+closed when the server stops. Errors never leak a traceback: every error answers the one
+:class:`~bastion.serve.errors.ErrorResponse` (``detail`` says what was wrong, ``code`` its
+kind); a bug answers 500 ``{"detail": "internal server error", "code": "internal",
+"request_id": ...}`` and is logged with its traceback.
 """
 
 from __future__ import annotations
@@ -13,19 +14,21 @@ import asyncio
 import contextlib
 import gc
 import logging
-import uuid
 from collections import deque
 from collections.abc import AsyncIterator
 
 import torch
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import Response
+from fastapi.routing import APIRoute
 
 from bastion.serve.audit_adapter import open_audit
 from bastion.serve.auth import Authenticator
 from bastion.serve.batching import MicroBatcher
 from bastion.serve.deps import ClientBlocked, ClientBlocks, client_blocked_handler
+from bastion.serve.errors import error_response, install_error_handlers
 from bastion.serve.metrics import MetricsMiddleware, make_metrics
+from bastion.serve.openapi import install_openapi
 from bastion.serve.ratelimit import RedisRateLimiter, make_rate_limiter
 from bastion.serve.reviews import ReviewQueue
 from bastion.serve.runtime import Runtime
@@ -116,17 +119,14 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         state.engine.dispose()
 
 
-async def _input_error(_request: Request, exc: Exception) -> JSONResponse:
+async def _input_error(_request: Request, exc: Exception) -> Response:
     status = exc.status if isinstance(exc, InputError) else 400
-    return JSONResponse({"detail": str(exc)}, status_code=status)
+    return error_response(status, str(exc))
 
 
-async def _internal_error(request: Request, exc: Exception) -> JSONResponse:
-    error_id = uuid.uuid4().hex
-    log.error(
-        "internal error %s on %s %s", error_id, request.method, request.url.path, exc_info=exc
-    )
-    return JSONResponse({"detail": "internal server error", "error_id": error_id}, status_code=500)
+def _operation_id(route: APIRoute) -> str:
+    """OpenAPI operation ids are the route functions' names (the links refer to them)."""
+    return route.name
 
 
 def create_app(settings: ServeSettings) -> FastAPI:
@@ -146,14 +146,16 @@ def create_app(settings: ServeSettings) -> FastAPI:
         description="Guarded model serving: API keys, rate limits, input validation, runtime "
         "detectors, human review and a tamper-evident audit log.",
         lifespan=lifespan,
+        generate_unique_id_function=_operation_id,
         docs_url=None,  # Swagger UI and ReDoc load scripts from a CDN; /openapi.json stays
         redoc_url=None,
     )
     app.state.settings = settings
     app.state.metrics = make_metrics()
+    install_error_handlers(app)
     app.add_exception_handler(InputError, _input_error)
     app.add_exception_handler(ClientBlocked, client_blocked_handler)
-    app.add_exception_handler(Exception, _internal_error)
+    install_openapi(app)
     app.include_router(routes_predict.router)
     app.include_router(routes_reviews.router)
     app.include_router(routes_audit.router)

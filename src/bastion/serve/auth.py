@@ -18,7 +18,8 @@ from datetime import UTC, datetime
 from typing import Annotated
 
 import anyio.to_thread
-from fastapi import Depends, HTTPException, Request, status
+from fastapi import Depends, HTTPException, Request, Security, status
+from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy import Engine
 
 from bastion.store.keys import KeyInfo, hash_key, lookup_key
@@ -31,6 +32,11 @@ ANONYMOUS = KeyInfo(
     created=datetime(1970, 1, 1, tzinfo=UTC),
 )
 _CACHE_LIMIT = 10_000
+# Declared for the OpenAPI document (its security schemes); the key is read by presented_key.
+_BEARER = HTTPBearer(
+    auto_error=False, scheme_name="bearer", description="Authorization: Bearer <key>"
+)
+_API_KEY = APIKeyHeader(name="X-API-Key", auto_error=False, scheme_name="apiKey")
 
 
 class Authenticator:
@@ -87,7 +93,11 @@ def _unauthorized(request: Request, reason: str, detail: str) -> HTTPException:
     )
 
 
-async def current_key(request: Request) -> KeyInfo:
+async def current_key(
+    request: Request,
+    _bearer: Annotated[HTTPAuthorizationCredentials | None, Security(_BEARER)] = None,
+    _api_key: Annotated[str | None, Security(_API_KEY)] = None,
+) -> KeyInfo:
     """Dependency: the caller's key record; 401 when missing, unknown or revoked."""
     auth: Authenticator = request.app.state.authenticator
     if not auth.enabled:

@@ -1,10 +1,10 @@
 """Shared route dependencies and answer models: the request-rate limit and the client-block
-check on top of the auth aliases, the error bodies every route documents, and the blocked
-clients as the gateway keeps them (:class:`ClientBlocks`).
+check on top of the auth aliases, and the blocked clients as the gateway keeps them
+(:class:`ClientBlocks`). Error bodies are :mod:`bastion.serve.errors`.
 
 A client (an API key) is blocked when the guard's verdict for one of its requests is
 ``block``, or by an admin. From then on every request it makes through
-:data:`LimitedClient` / :data:`LimitedAnyKey` answers 403 with :class:`BlockedResponse` —
+:data:`LimitedClient` / :data:`LimitedAnyKey` answers 403 ``code: blocked`` —
 the request id to quote and when the block lapses, never the detectors, scores or
 thresholds behind it — and each refusal is audited before it is answered. Blocks live in
 the store (``bastion.store.blocks``); the gateway re-reads the active ones at most every
@@ -25,10 +25,11 @@ from typing import Annotated, Any
 import anyio.to_thread
 from fastapi import Depends, HTTPException, Request, status
 from fastapi.responses import Response
-from pydantic import BaseModel, Field
+from pydantic import BaseModel
 from sqlalchemy import Engine
 
 from bastion.serve.auth import AnyKey, ClientKey
+from bastion.serve.errors import error_response
 from bastion.serve.ratelimit import RateDecision
 from bastion.store import blocks as blockstore
 from bastion.store.blocks import Block
@@ -37,76 +38,7 @@ from bastion.store.keys import KeyInfo
 log = logging.getLogger(__name__)
 
 
-# -- answer models shared by the routes ------------------------------------------------------
-
-
-class ErrorResponse(BaseModel):
-    """Every 4xx the gateway itself raises: what was wrong, in one line."""
-
-    detail: str
-
-
-class ValidationIssue(BaseModel):
-    loc: list[str | int]
-    msg: str
-    type: str
-    input: Any = None
-    ctx: dict[str, Any] | None = None
-
-
-class ValidationErrorResponse(BaseModel):
-    """A request whose parameters or body do not match the route (FastAPI's own 422)."""
-
-    detail: list[ValidationIssue]
-
-
-class BlockedResponse(BaseModel):
-    """The 403 of a blocked client: no detector, score or threshold is named."""
-
-    detail: str = Field(
-        examples=[
-            "request blocked by policy; contact the service operator and quote request id 3f2a…"
-        ]
-    )
-    request_id: str
-    blocked_until: datetime | None = Field(
-        description="when the block lapses (UTC); null: until the operator removes it"
-    )
-
-
-_DESCRIPTIONS: dict[int, str] = {
-    400: "the body is not JSON",
-    401: "missing, unknown or revoked API key",
-    403: "the key's role may not use this route",
-    404: "no such resource",
-    409: "conflicts with the resource's state",
-    413: "body or batch over the configured limit",
-    415: "the body is not application/json",
-    422: "invalid parameters or body",
-    429: "rate limit exceeded (see Retry-After)",
-    503: "the rate limiter is unavailable (see Retry-After)",
-}
-
-
-def error_responses(
-    *codes: int, blocked: bool = False, describe: dict[int, str] | None = None
-) -> dict[int | str, dict[str, Any]]:
-    """``responses=`` for a route: each status with its body model and a description.
-
-    ``blocked`` documents the blocked-client 403 beside the wrong-role one; a 422 is either
-    the gateway's one-line :class:`ErrorResponse` or FastAPI's :class:`ValidationErrorResponse`.
-    """
-    out: dict[int | str, dict[str, Any]] = {}
-    for code in codes:
-        model: Any = ErrorResponse
-        text = (describe or {}).get(code) or _DESCRIPTIONS.get(code, "error")
-        if code == 422:
-            model = ErrorResponse | ValidationErrorResponse
-        if code == 403 and blocked:
-            model = BlockedResponse | ErrorResponse
-            text = f"{text}, or the client is blocked by policy"
-        out[code] = {"model": model, "description": text}
-    return out
+# -- answers ---------------------------------------------------------------------------------
 
 
 AUTH_ERRORS = (401, 403)
@@ -149,27 +81,31 @@ async def take(request: Request, key: KeyInfo, bucket: str, cost: float) -> None
 # -- blocked clients ---------------------------------------------------------------------------
 
 
-def refusal(request_id: str, block: Block) -> BlockedResponse:
-    """What a blocked client is told: blocked by policy, whom to ask, until when."""
-    return BlockedResponse(
-        detail="request blocked by policy; contact the service operator and quote request id "
+def refusal(request_id: str, block: Block) -> Response:
+    """What a blocked client is told (403, ``code: blocked``): blocked by policy, the request
+    id to quote, until when. No detector, score or threshold is named."""
+    return error_response(
+        status.HTTP_403_FORBIDDEN,
+        "request blocked by policy; contact the service operator and quote request id "
         f"{request_id}",
+        code="blocked",
         request_id=request_id,
         blocked_until=block.expires,
     )
 
 
 class ClientBlocked(Exception):
-    """Raised by the client dependencies; the app answers it with a 403 BlockedResponse."""
+    """Raised by the client dependencies; the app answers it with :func:`refusal`."""
 
-    def __init__(self, body: BlockedResponse) -> None:
-        super().__init__(body.detail)
-        self.body = body
+    def __init__(self, request_id: str, block: Block) -> None:
+        super().__init__(f"client blocked (request {request_id})")
+        self.request_id = request_id
+        self.block = block
 
 
 async def client_blocked_handler(_request: Request, exc: Exception) -> Response:
     assert isinstance(exc, ClientBlocked)
-    return model_response(exc.body, status.HTTP_403_FORBIDDEN)
+    return refusal(exc.request_id, exc.block)
 
 
 class ClientBlocks:
@@ -307,7 +243,7 @@ async def refuse_if_blocked(request: Request, key: KeyInfo) -> None:
             "reason": "client blocked",
         }
     )
-    raise ClientBlocked(refusal(request_id, block))
+    raise ClientBlocked(request_id, block)
 
 
 async def client_request_limited(request: Request, key: ClientKey) -> KeyInfo:

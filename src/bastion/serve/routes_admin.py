@@ -11,17 +11,19 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 
 import anyio.to_thread
-from fastapi import APIRouter, HTTPException, Query, Request, Response, status
+from fastapi import APIRouter, HTTPException, Request, Response, status
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, Field
 
 from bastion.errors import StoreError
 from bastion.guard.verdict import DriftStatus
 from bastion.serve.auth import AdminKey, ReviewerKey
-from bastion.serve.deps import AUTH_ERRORS, error_responses
+from bastion.serve.deps import AUTH_ERRORS
+from bastion.serve.errors import error_responses
+from bastion.serve.params import IdPath, PageLimit
 from bastion.serve.routes_predict import DecisionView
 from bastion.store import keys as keystore
 
@@ -49,7 +51,7 @@ class DriftView(BaseModel):
     method: str = "disabled"
 
 
-@router.get("/healthz", response_model=Health)
+@router.get("/healthz", response_model=Health, responses=error_responses())
 async def healthz(request: Request) -> Health:
     state = request.app.state
     runtime = state.runtime
@@ -80,7 +82,8 @@ def refresh_drift(state: Any) -> DriftView:
         200: {
             "content": {CONTENT_TYPE_LATEST: {"schema": {"type": "string"}}},
             "description": "Prometheus text exposition format",
-        }
+        },
+        **error_responses(),
     },
 )
 async def metrics(request: Request) -> Response:
@@ -95,7 +98,7 @@ async def metrics(request: Request) -> Response:
     responses=error_responses(*AUTH_ERRORS, 422),
 )
 async def recent_decisions(
-    request: Request, _key: ReviewerKey, limit: Annotated[int, Query(ge=1, le=1000)] = 50
+    request: Request, _key: ReviewerKey, limit: PageLimit = 50
 ) -> list[DecisionView]:
     """The latest decisions, newest first (kept in memory; the audit log has them all)."""
     recent = request.app.state.recent or []
@@ -138,6 +141,16 @@ class CreatedKey(KeyView):
     key: str = Field(description="the secret, shown only in this answer")
 
 
+_KEY_ID = {"key_id": "$response.body#/id"}
+_CLIENT_ID = {"client_id": "$response.body#/id"}
+_KEY_LINKS = {
+    "RevokeKey": {"operationId": "revoke_key", "parameters": _KEY_ID},
+    "BlockClient": {"operationId": "put_block", "parameters": _CLIENT_ID},
+    "GetBlock": {"operationId": "get_block", "parameters": _CLIENT_ID},
+    "Unblock": {"operationId": "delete_block", "parameters": _CLIENT_ID},
+}
+
+
 @router.get(
     "/v1/keys", tags=["keys"], response_model=list[KeyView], responses=error_responses(*AUTH_ERRORS)
 )
@@ -151,7 +164,10 @@ async def list_keys(request: Request, _key: AdminKey) -> list[KeyView]:
     tags=["keys"],
     status_code=201,
     response_model=CreatedKey,
-    responses=error_responses(*AUTH_ERRORS, 422),
+    responses={
+        201: {"description": "the key, with its secret", "links": _KEY_LINKS},
+        **error_responses(400, *AUTH_ERRORS, 422),
+    },
 )
 async def create_key(request: Request, body: KeyRequest, admin: AdminKey) -> CreatedKey:
     """Create a key; the answer holds the secret, which is shown only this once."""
@@ -177,7 +193,7 @@ async def create_key(request: Request, body: KeyRequest, admin: AdminKey) -> Cre
     response_model=KeyView,
     responses=error_responses(*AUTH_ERRORS, 404, 422, describe={404: "no such API key"}),
 )
-async def revoke_key(request: Request, key_id: int, admin: AdminKey) -> KeyView:
+async def revoke_key(request: Request, key_id: IdPath, admin: AdminKey) -> KeyView:
     state = request.app.state
     try:
         info = await anyio.to_thread.run_sync(keystore.revoke_key, state.engine, key_id)

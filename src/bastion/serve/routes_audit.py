@@ -21,19 +21,22 @@ from functools import partial
 from typing import Annotated, Any, TypeVar
 
 import anyio.to_thread
-from fastapi import APIRouter, HTTPException, Query, Request, status
+from fastapi import APIRouter, HTTPException, Request, status
 from pydantic import BaseModel, Field
 
 from bastion.audit import AuditLog, leaf_hash
 from bastion.audit.sth import SignedTreeHead
-from bastion.errors import BastionError
+from bastion.errors import ConfigError
 from bastion.serve.auth import AdminKey, ReviewerKey
-from bastion.serve.deps import AUTH_ERRORS, error_responses
+from bastion.serve.deps import AUTH_ERRORS
+from bastion.serve.errors import error_responses
+from bastion.serve.params import PageLimit, store_int_query
 
 router = APIRouter(prefix="/v1/audit", tags=["audit"])
 T = TypeVar("T")
 _DISABLED = {404: "the audit log is disabled"}
-_READ = error_responses(*AUTH_ERRORS, 404, 422, describe={**_DISABLED, 422: "bad index or size"})
+_OUTSIDE = {404: "the audit log is disabled, or the index or size lies outside the log"}
+_READ = error_responses(*AUTH_ERRORS, 404, 422, describe=_OUTSIDE)
 
 
 class AuditEntry(BaseModel):
@@ -101,22 +104,33 @@ def _log(request: Request) -> AuditLog:
 
 
 async def _call(fn: Callable[..., T], *args: Any) -> T:
-    """Run a blocking log call in a thread; a bad index or size is the caller's 422."""
+    """Run a blocking log call in a thread; an index or size the log does not have is 404
+    (a store failure stays a server error)."""
     try:
         return await anyio.to_thread.run_sync(fn, *args)
-    except BastionError as exc:
-        raise HTTPException(status.HTTP_422_UNPROCESSABLE_ENTITY, detail=str(exc)) from None
+    except ConfigError as exc:  # the log's own range checks
+        raise HTTPException(status.HTTP_404_NOT_FOUND, detail=str(exc)) from None
 
 
-@router.get("/entries", response_model=list[AuditEntry], responses=_READ)
+@router.get(
+    "/entries",
+    response_model=list[AuditEntry],
+    responses=error_responses(*AUTH_ERRORS, 404, 422, describe=_DISABLED),
+)
 async def entries(
     request: Request,
     _key: ReviewerKey,
-    start: Annotated[int, Query(ge=0)] = 0,
-    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    start: Annotated[int, store_int_query("index of the first entry")] = 0,
+    limit: PageLimit = 100,
 ) -> list[AuditEntry]:
+    """Entries ``start`` .. ``start + limit - 1`` that the log holds (none past its end)."""
     audit_log = _log(request)
-    rows = await _call(audit_log.entries, start, start + limit)
+
+    def read() -> list[dict[str, Any]]:
+        stop = min(start + limit, audit_log.size())
+        return audit_log.entries(start, stop) if start < stop else []
+
+    rows = await _call(read)
     return [AuditEntry(index=start + i, entry=e) for i, e in enumerate(rows)]
 
 
@@ -161,8 +175,8 @@ async def sign_tree_head(request: Request, _key: AdminKey) -> SignedHead:
 async def inclusion(
     request: Request,
     _key: ReviewerKey,
-    index: Annotated[int, Query(ge=0)],
-    size: Annotated[int | None, Query(ge=1)] = None,
+    index: Annotated[int, store_int_query("the entry's index")],
+    size: Annotated[int | None, store_int_query("tree size (default: the whole log)", ge=1)] = None,
 ) -> InclusionProof:
     audit_log = _log(request)
 
@@ -185,8 +199,10 @@ async def inclusion(
 async def consistency(
     request: Request,
     _key: ReviewerKey,
-    first: Annotated[int, Query(ge=0)],
-    second: Annotated[int | None, Query(ge=0)] = None,
+    first: Annotated[int, store_int_query("the older tree size")],
+    second: Annotated[
+        int | None, store_int_query("the newer tree size (default: the log's)")
+    ] = None,
 ) -> ConsistencyProof:
     audit_log = _log(request)
 

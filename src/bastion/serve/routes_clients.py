@@ -21,10 +21,13 @@ from typing import Any, Literal
 
 import anyio.to_thread
 from fastapi import APIRouter, HTTPException, Request, status
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from bastion.serve.auth import AdminKey
-from bastion.serve.deps import AUTH_ERRORS, ClientBlocks, error_responses
+from bastion.serve.deps import AUTH_ERRORS, ClientBlocks
+from bastion.serve.errors import error_responses
+from bastion.serve.params import IdPath
+from bastion.serve.settings import MAX_BLOCK_S, MIN_BLOCK_S
 from bastion.store import blocks as blockstore
 from bastion.store.blocks import Block, NotBlocked
 
@@ -63,9 +66,14 @@ class BlockView(BaseModel):
 
 
 class BlockRequest(BaseModel):
+    model_config = ConfigDict(allow_inf_nan=False)
+
     reason: str = Field(min_length=1, max_length=2000)
     expire_after_s: float | None = Field(
-        None, gt=0, description="default: the server's blocks.expire_after_s"
+        None,
+        ge=MIN_BLOCK_S,
+        le=MAX_BLOCK_S,
+        description="default: the server's blocks.expire_after_s (1 ms .. 100 years)",
     )
     permanent: bool = Field(False, description="never expires (until an admin removes it)")
 
@@ -84,6 +92,11 @@ async def _not_blocked(request: Request, client_id: int) -> HTTPException:
 
 
 _NOT_FOUND = {404: "the client is not blocked (or no API key has that id)"}
+_BLOCKED_ID = {"client_id": "$response.body#/client_id"}
+_BLOCK_LINKS = {
+    "GetBlock": {"operationId": "get_block", "parameters": _BLOCKED_ID},
+    "Unblock": {"operationId": "delete_block", "parameters": _BLOCKED_ID},
+}
 
 
 @router.get("/blocked", response_model=list[BlockView], responses=error_responses(*AUTH_ERRORS))
@@ -96,7 +109,7 @@ async def list_blocked(request: Request, _key: AdminKey) -> list[BlockView]:
     response_model=BlockView,
     responses=error_responses(*AUTH_ERRORS, 404, 422, describe=_NOT_FOUND),
 )
-async def get_block(request: Request, client_id: int, _key: AdminKey) -> BlockView:
+async def get_block(request: Request, client_id: IdPath, _key: AdminKey) -> BlockView:
     block = await _blocks(request).get(client_id)
     if block is None:
         raise await _not_blocked(request, client_id)
@@ -106,10 +119,13 @@ async def get_block(request: Request, client_id: int, _key: AdminKey) -> BlockVi
 @router.put(
     "/{client_id}/block",
     response_model=BlockView,
-    responses=error_responses(*AUTH_ERRORS, 404, 422, describe={404: "no such API key"}),
+    responses={
+        200: {"description": "the block in force", "links": _BLOCK_LINKS},
+        **error_responses(400, *AUTH_ERRORS, 404, 422, describe={404: "no such API key"}),
+    },
 )
 async def put_block(
-    request: Request, client_id: int, body: BlockRequest, admin: AdminKey
+    request: Request, client_id: IdPath, body: BlockRequest, admin: AdminKey
 ) -> BlockView:
     """Block the client by hand (replacing a block in force)."""
     state = request.app.state
@@ -132,7 +148,7 @@ async def put_block(
     response_model=BlockView,
     responses=error_responses(*AUTH_ERRORS, 404, 422, describe=_NOT_FOUND),
 )
-async def delete_block(request: Request, client_id: int, admin: AdminKey) -> BlockView:
+async def delete_block(request: Request, client_id: IdPath, admin: AdminKey) -> BlockView:
     """Unblock the client; the answer is the removed block."""
     state = request.app.state
     try:

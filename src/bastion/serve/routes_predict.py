@@ -19,15 +19,8 @@ from fastapi.responses import Response
 from pydantic import BaseModel, Field
 
 from bastion.guard.verdict import GuardVerdict
-from bastion.serve.deps import (
-    AUTH_ERRORS,
-    BlockedResponse,
-    LimitedClient,
-    error_responses,
-    model_response,
-    refusal,
-    take,
-)
+from bastion.serve.deps import AUTH_ERRORS, LimitedClient, model_response, refusal, take
+from bastion.serve.errors import error_responses
 from bastion.serve.output import LabelScore, police
 from bastion.serve.reviews import HeldResult, TicketView, ticket_view
 from bastion.serve.validation import check_content_type, parse_predict_body
@@ -37,7 +30,10 @@ router = APIRouter(prefix="/v1", tags=["predict"])
 
 class PredictRequest(BaseModel):
     """Either ``inputs`` (nested arrays, one per sample, each of the model's sample shape)
-    or ``b64`` + ``shape`` (base64 of little-endian float32, shape ``[n, c, h, w]``)."""
+    or ``b64`` + ``shape`` (base64 of little-endian float32, shape ``[n, c, h, w]``).
+
+    The generic form; once the model is loaded the OpenAPI document publishes the body
+    typed by its input spec (:mod:`bastion.serve.body_schema`)."""
 
     inputs: list[Any] | None = None
     b64: str | None = None
@@ -74,9 +70,26 @@ class DecisionView(BaseModel):
     audit_index: int
 
 
+_TICKET = {"ticket": "$response.body#/ticket"}
+_HELD_LINKS = {
+    "PollTicket": {"operationId": "poll_ticket", "parameters": _TICKET},
+    "GetReview": {"operationId": "get_review", "parameters": _TICKET},
+    "Approve": {"operationId": "approve", "parameters": _TICKET},
+    "Reject": {"operationId": "reject", "parameters": _TICKET},
+}
 _RESPONSES: dict[int | str, dict[str, Any]] = {
-    202: {"model": HeldResponse, "description": "held for human review"},
-    **error_responses(400, *AUTH_ERRORS, 413, 415, 422, 429, 503, blocked=True),
+    202: {"model": HeldResponse, "description": "held for human review", "links": _HELD_LINKS},
+    **error_responses(
+        400,
+        *AUTH_ERRORS,
+        413,
+        415,
+        422,
+        429,
+        503,
+        blocked=True,
+        describe={403: "the key's role may not predict, or the guard blocked the request"},
+    ),
 }
 _BODY = {
     "requestBody": {
@@ -153,8 +166,7 @@ async def predict(request: Request, key: LimitedClient) -> Response:
             "expires": block.expires.isoformat() if block.expires else None,
         }
         _remember(state, entry, await _audit(state, entry))
-        body: BlockedResponse = refusal(request_id, block)
-        return model_response(body, 403)
+        return refusal(request_id, block)
     _remember(state, entry, await _audit(state, entry))
     answer = PredictResponse(
         predictions=inf.predictions,

@@ -15,7 +15,9 @@ from fastapi import APIRouter, Body, HTTPException, Query, Request, status
 from pydantic import BaseModel, Field
 
 from bastion.serve.auth import ReviewerKey
-from bastion.serve.deps import AUTH_ERRORS, LimitedAnyKey, error_responses
+from bastion.serve.deps import AUTH_ERRORS, LimitedAnyKey
+from bastion.serve.errors import error_responses
+from bastion.serve.params import PageLimit, TicketPath
 from bastion.serve.reviews import (
     TicketConflict,
     TicketDetail,
@@ -49,7 +51,7 @@ async def list_reviews(
     status_: Annotated[
         Literal["held", "approved", "rejected", "all"], Query(alias="status")
     ] = "held",
-    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    limit: PageLimit = 100,
 ) -> list[TicketDetail]:
     """Tickets of one status (or all), newest first."""
     tickets = await request.app.state.reviews.list(None if status_ == "all" else status_, limit)
@@ -60,9 +62,9 @@ async def list_reviews(
     "/reviews/{ticket}",
     response_model=TicketDetail,
     response_model_exclude_unset=True,
-    responses=error_responses(*AUTH_ERRORS, 404),
+    responses=error_responses(*AUTH_ERRORS, 404, 422),
 )
-async def get_review(request: Request, ticket: str, _key: ReviewerKey) -> TicketDetail:
+async def get_review(request: Request, ticket: TicketPath, _key: ReviewerKey) -> TicketDetail:
     try:
         found = await request.app.state.reviews.get(ticket)
     except TicketNotFound:
@@ -84,7 +86,7 @@ async def _decide(
     return ticket_detail(decided)
 
 
-_DECIDE = error_responses(*AUTH_ERRORS, 404, 409, 422, describe={409: "already decided"})
+_DECIDE = error_responses(400, *AUTH_ERRORS, 404, 409, 422, describe={409: "already decided"})
 
 
 @router.post(
@@ -95,7 +97,7 @@ _DECIDE = error_responses(*AUTH_ERRORS, 404, 409, 422, describe={409: "already d
 )
 async def approve(
     request: Request,
-    ticket: str,
+    ticket: TicketPath,
     key: ReviewerKey,
     decision: Annotated[Decision | None, Body()] = None,
 ) -> TicketDetail:
@@ -111,7 +113,7 @@ async def approve(
 )
 async def reject(
     request: Request,
-    ticket: str,
+    ticket: TicketPath,
     key: ReviewerKey,
     decision: Annotated[Decision | None, Body()] = None,
 ) -> TicketDetail:
@@ -124,9 +126,9 @@ async def reject(
     tags=["predict"],
     response_model=TicketView,
     response_model_exclude_unset=True,
-    responses=error_responses(*AUTH_ERRORS, 404, 429, 503, blocked=True),
+    responses=error_responses(*AUTH_ERRORS, 404, 422, 429, 503, blocked=True),
 )
-async def poll_ticket(request: Request, ticket: str, key: LimitedAnyKey) -> TicketView:
+async def poll_ticket(request: Request, ticket: TicketPath, key: LimitedAnyKey) -> TicketView:
     """A held request's state; once approved, its predictions."""
     try:
         found = await request.app.state.reviews.get(ticket)

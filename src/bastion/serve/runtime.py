@@ -26,7 +26,7 @@ import torch
 
 from bastion.data.spec import InputSpec, image_spec
 from bastion.errors import BastionError, ConfigError, ModelError
-from bastion.guard.guard import Guard, default_guard_dir
+from bastion.guard.guard import GUARD_JSON, GUARD_TENSORS, Guard, default_guard_dir
 from bastion.guard.verdict import VERDICT_ORDER, DriftStatus, GuardVerdict
 from bastion.models.io import LoadedModel, load_model
 from bastion.serve.settings import ServeSettings
@@ -63,34 +63,57 @@ class Inference:
         return [dict(v.scores) for v in self.verdicts]
 
 
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
 def load_guard(
     guard_dir: Path | None,
     loaded: LoadedModel,
     *,
     required: bool,
     fix: str | None = None,
+    explicit: bool = False,
+    allow_unguarded: bool = False,
 ) -> Guard | None:
-    """The fitted guard in ``guard_dir`` for ``loaded``, or None (with a warning) when there
-    is none and ``required`` is false. A guard that is there but unreadable stops the
-    server: it never serves unguarded by accident."""
+    """The fitted guard in ``guard_dir`` for ``loaded``, or None.
+
+    The guard fails closed: one that is there but cannot be used (corrupt, truncated or
+    empty ``guard.json``, a missing or unreadable weights file, fitted for other weights)
+    raises a one-line ConfigError, and so does a ``guard_dir`` the operator named
+    (``explicit``) that holds no guard; ``allow_unguarded`` turns both into a warning and
+    serving without it. No guard at all beside the model is a warning, or an error when
+    ``required``."""
+    fix = fix or f"run `bastion guard fit --model {guard_dir}`"
     if guard_dir is None:
         msg = f"{loaded.name}: no model file to look for a guard beside: set guard.dir"
         if required:
             raise ConfigError(f"guard.required is set: {msg}")
         log.warning("serving WITHOUT a guard: %s", msg)
         return None
+    files = [guard_dir / GUARD_JSON, guard_dir / GUARD_TENSORS]
+    if not any(f.exists() for f in files):
+        msg = f"no guard fitted in {guard_dir}: {fix}"
+        if required:
+            raise ConfigError(f"guard.required is set: {msg}")
+        if explicit and not allow_unguarded:
+            raise ConfigError(
+                f"{msg} (guard.dir names it), or pass --allow-unguarded to serve without a guard"
+            )
+        log.warning("serving WITHOUT a guard: %s", msg)
+        return None
     try:
         return Guard.load(guard_dir, loaded, fix=fix)
-    except ModelError as exc:  # none fitted, or fitted for other weights
-        if required:
-            raise ConfigError(f"guard.required is set: {exc}") from None
-        log.warning("serving WITHOUT a guard: %s", exc)
-        return None
-    except Exception as exc:  # a guard is there but unreadable: never serve unguarded by accident
+    except Exception as exc:  # a guard is there but unusable: never serve unguarded by accident
+        problem = _one_line(exc)
+        if allow_unguarded and not required:
+            log.warning("serving WITHOUT a guard (--allow-unguarded): %s", problem)
+            return None
         raise ConfigError(
-            f"cannot load the guard in {guard_dir} ({type(exc).__name__}: {exc}): refit it "
-            f"with `{fix or f'bastion guard fit --model {guard_dir}'}`, or set guard.enabled: "
-            "false"
+            f"the guard in {guard_dir} cannot be used ({type(exc).__name__}: {problem}); the "
+            f"gateway does not serve unguarded by accident: {fix}, or pass --allow-unguarded "
+            "(guard.allow_unguarded) to serve without it"
         ) from None
 
 
@@ -147,18 +170,34 @@ class Runtime:
                 "form `bastion assess` reads, with --entry-point for a state dict), or "
                 "model_dir in serve.yaml"
             )
-        loaded = load_model(
-            settings.model_dir,
-            entry_point=settings.entry_point,
-            weights=settings.weights,
-            onnx_mode=settings.onnx_mode,
-            trusted=settings.trust or None,
-        )
+        try:
+            loaded = load_model(
+                settings.model_dir,
+                entry_point=settings.entry_point,
+                weights=settings.weights,
+                onnx_mode=settings.onnx_mode,
+                trusted=settings.trust or None,
+            )
+        except BastionError:
+            raise
+        except Exception as exc:
+            if settings.entry_point is None:
+                raise
+            # the entry point is the user's code: its failure is the user's to fix
+            raise ModelError(
+                f"entry point {settings.entry_point} failed to build the model "
+                f"({type(exc).__name__}: {_one_line(exc)})"
+            ) from None
         guard = None
         if settings.guard.enabled:
             guard_dir = settings.guard.dir or default_guard_dir(loaded)
             guard = load_guard(
-                guard_dir, loaded, required=settings.guard.required, fix=_fit_command(settings)
+                guard_dir,
+                loaded,
+                required=settings.guard.required,
+                fix=_fit_command(settings),
+                explicit=settings.guard.dir is not None,
+                allow_unguarded=settings.guard.allow_unguarded,
             )
         spec, source = resolve_input_spec(loaded, guard, settings)
         _check_guard_spec(guard, spec, source)

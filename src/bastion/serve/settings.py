@@ -49,6 +49,9 @@ class GuardSettings(_Section):
 
     enabled: bool = True
     required: bool = False  # refuse to start when no fitted guard is found
+    # a guard that is there but unusable (or a named dir without one) stops the start-up;
+    # this serves without it instead (with a warning)
+    allow_unguarded: bool = False
     dir: Path | None = None  # default: the model directory, or <model file>.guard/
 
 
@@ -80,10 +83,16 @@ class AuditSettings(_Section):
     # under load, entries arriving during a commit still form the next batch)
 
 
+MIN_BLOCK_S = 0.001  # a block's shortest life (a shorter one would lapse as it is made)
+MAX_BLOCK_S = 100 * 365 * 86400.0  # the longest a block may be set to last (100 years)
+
+
 class BlockSettings(_Section):
     """Clients blocked by the guard's verdict: how long a block lasts (None: until removed)."""
 
-    expire_after_s: float | None = Field(3600.0, gt=0)
+    expire_after_s: float | None = Field(
+        3600.0, ge=MIN_BLOCK_S, le=MAX_BLOCK_S, allow_inf_nan=False
+    )
 
 
 class AuthSettings(_Section):

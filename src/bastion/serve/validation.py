@@ -28,6 +28,7 @@ import torch
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from bastion.data.spec import InputSpec as DataInputSpec
+from bastion.serve.errors import error_bytes
 
 _LITERALS = re.compile(rb"\b(?:true|false|null)\b")
 
@@ -95,7 +96,7 @@ class BodySizeLimitMiddleware:
 
 
 async def _send_error(send: Send, status: int, message: str) -> None:
-    body = json.dumps({"detail": message}).encode()
+    body = error_bytes(status, message)
     await send(
         {
             "type": "http.response.start",
@@ -167,6 +168,17 @@ class RequestSpec:
             where = tuple(int(v) for v in np.unravel_index(i, self.sample_shape))
             return f"{'pixel' if self.modality == 'image' else 'value'} {where}"
         return f"feature {i}"
+
+    def admissible(self) -> tuple[np.ndarray, np.ndarray]:
+        """The least and greatest value each feature may take (bounds plus the tolerance's
+        slack), as float64: one value for all features, or one per flat feature. The
+        OpenAPI document's bounds are these same numbers."""
+        if self.lower is None or self.upper is None:
+            lo, hi = self.bounds
+            slack = self.tolerance * max(1.0, hi - lo)
+            return np.array([lo - slack]), np.array([hi + slack])
+        slack_a = self.tolerance * np.maximum(1.0, self.upper - self.lower)
+        return self.lower - slack_a, self.upper + slack_a
 
     def shape_text(self) -> str:
         shape = list(self.sample_shape)
@@ -309,8 +321,8 @@ def _first(mask: np.ndarray) -> tuple[int, int]:
 
 
 def _check_values(arr: np.ndarray, spec: RequestSpec) -> torch.Tensor:
-    x = torch.from_numpy(np.array(arr, dtype=np.float32, copy=True))
-    flat = x.reshape(x.shape[0], -1).numpy()
+    """Check the values as sent (float64), then hand the model float32."""
+    flat = np.asarray(arr, dtype=np.float64).reshape(arr.shape[0], -1)
     finite = np.isfinite(flat)
     if not bool(finite.all()):
         bad = np.flatnonzero(~finite.all(1)).tolist()
@@ -323,33 +335,28 @@ def _check_values(arr: np.ndarray, spec: RequestSpec) -> torch.Tensor:
             f"inputs hold {kinds} (samples {bad[:10]}), first at sample {k}, "
             f"{spec.feature(i)}: send finite numbers",
         )
-    if spec.lower is None or spec.upper is None:
-        lo, hi = spec.bounds
-        slack = spec.tolerance * max(1.0, hi - lo)
-        xmin, xmax = float(flat.min()), float(flat.max())
-        if xmin < lo - slack or xmax > hi + slack:
-            k, i = _first((flat < lo - slack) | (flat > hi + slack))
+    lo_ok, hi_ok = spec.admissible()
+    outside = (flat < lo_ok) | (flat > hi_ok)
+    if bool(outside.any()):
+        k, i = _first(outside)
+        if spec.lower is None or spec.upper is None:
+            lo, hi = spec.bounds
+            xmin, xmax = float(flat.min()), float(flat.max())
             raise InputError(
                 422,
                 f"input values must lie within [{lo:g}, {hi:g}]; got min {xmin:g}, max "
                 f"{xmax:g} (first: sample {k}, {spec.feature(i)} = {flat[k, i]:g})",
             )
-    else:
-        lo_a, hi_a = spec.lower, spec.upper
-        slack_a = spec.tolerance * np.maximum(1.0, hi_a - lo_a)
-        outside = (flat < lo_a - slack_a) | (flat > hi_a + slack_a)
-        if bool(outside.any()):
-            k, i = _first(outside)
-            n_bad = int(outside.any(0).sum())
-            more = f" ({n_bad} features out of bounds)" if n_bad > 1 else ""
-            raise InputError(
-                422,
-                f"sample {k}: {spec.feature(i)} is {flat[k, i]:g}, outside its bounds "
-                f"[{lo_a[i]:g}, {hi_a[i]:g}]{more}",
-            )
+        n_bad = int(outside.any(0).sum())
+        more = f" ({n_bad} features out of bounds)" if n_bad > 1 else ""
+        raise InputError(
+            422,
+            f"sample {k}: {spec.feature(i)} is {flat[k, i]:g}, outside its bounds "
+            f"[{spec.lower[i]:g}, {spec.upper[i]:g}]{more}",
+        )
     if spec.integer:
         idx = np.asarray(spec.integer, dtype=np.int64)
-        vals = flat[:, idx].astype(np.float64)
+        vals = flat[:, idx]
         frac = np.abs(vals - np.round(vals)) > spec.tolerance
         if bool(frac.any()):
             k, j = _first(frac)
@@ -357,4 +364,7 @@ def _check_values(arr: np.ndarray, spec: RequestSpec) -> torch.Tensor:
             raise InputError(
                 422, f"sample {k}: {spec.feature(i)} must be a whole number, got {flat[k, i]:g}"
             )
+    x = torch.from_numpy(flat.astype(np.float32).reshape(arr.shape))
+    if not bool(torch.isfinite(x).all()):  # finite in float64, too large for float32
+        raise InputError(422, "inputs hold values too large for float32")
     return x

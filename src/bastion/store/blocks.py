@@ -19,6 +19,7 @@ from sqlalchemy.orm import Mapped, mapped_column
 
 from bastion.errors import StoreError
 from bastion.store.db import Base, session_factory
+from bastion.store.ids import storable
 from bastion.store.keys import ApiKey, KeyInfo
 
 
@@ -101,6 +102,8 @@ def _active(client_id: int | None, now: datetime) -> Select[tuple[ClientBlock]]:
 
 def client_info(engine: Engine, client_id: int) -> KeyInfo | None:
     """The API key ``client_id`` (revoked ones included), or None when there is none."""
+    if not storable(engine, client_id):
+        return None
     with session_factory(engine)() as session:
         row = session.get(ApiKey, client_id)
         if row is None:
@@ -118,6 +121,8 @@ def require_client(engine: Engine, client_id: int) -> KeyInfo:
 
 def get_block(engine: Engine, client_id: int, *, now: datetime | None = None) -> Block | None:
     """The client's active block (the newest, should there be two), or None."""
+    if not storable(engine, client_id):
+        return None
     with session_factory(engine)() as session:
         row = session.scalars(_active(client_id, now or utcnow()).limit(1)).first()
         return _block(row) if row is not None else None
@@ -154,6 +159,8 @@ def block_client(
     ``replace``: then the old block is removed (``removed_by`` says by whom) and a new one
     made."""
     now = now or utcnow()
+    if not storable(engine, client_id):
+        raise UnknownClient(f"no API key with id {client_id}: see `bastion keys list`")
     if expires is not None and expires <= now:
         raise StoreError(f"a block must expire after it is made (expires {expires.isoformat()})")
     with session_factory(engine)() as session, session.begin():
@@ -182,6 +189,8 @@ def unblock_client(
     """Remove the client's active block; returns it (with ``removed`` set). Raises
     :class:`NotBlocked` when there is none (an expired block counts as none)."""
     now = now or utcnow()
+    if not storable(engine, client_id):
+        raise NotBlocked(f"client {client_id} is not blocked")
     with session_factory(engine)() as session, session.begin():
         rows = list(session.scalars(_active(client_id, now)))
         if not rows:

@@ -6,8 +6,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from sqlalchemy import Engine, create_engine, event
-from sqlalchemy.exc import ArgumentError, OperationalError
+from sqlalchemy import Engine, create_engine, event, make_url
+from sqlalchemy.exc import ArgumentError, DBAPIError
 from sqlalchemy.orm import DeclarativeBase, sessionmaker
 
 from bastion.errors import StoreError
@@ -22,6 +22,14 @@ def default_url() -> str:
         return os.environ["BASTION_DB"]
     home = Path(os.environ.get("XDG_DATA_HOME", Path.home() / ".local" / "share")) / "bastion"
     return f"sqlite:///{home / 'bastion.db'}"
+
+
+def shown_url(url: str) -> str:
+    """``url`` as messages show it: the password masked."""
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:  # unparseable: nothing to mask
+        return url
 
 
 def _sqlite_pragmas(dbapi_conn, _record) -> None:
@@ -39,19 +47,27 @@ def make_engine(url: str | None = None, *, create: bool = True) -> Engine:
     if url.startswith("postgresql://"):
         url = "postgresql+psycopg://" + url.removeprefix("postgresql://")
     if url.startswith("sqlite:///"):
-        Path(url.removeprefix("sqlite:///")).expanduser().parent.mkdir(parents=True, exist_ok=True)
+        folder = Path(url.removeprefix("sqlite:///").split("?")[0]).expanduser().parent
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StoreError(
+                f"cannot create the folder of database {shown_url(url)!r}: {exc}"
+            ) from None
     try:
         engine = create_engine(url, future=True)
-    except (ArgumentError, ImportError) as exc:
-        raise StoreError(f"cannot use database URL {url!r}: {exc}") from None
+    except (ArgumentError, ImportError, ValueError, TypeError) as exc:
+        raise StoreError(f"cannot use database URL {shown_url(url)!r}: {exc}") from None
     if engine.dialect.name == "sqlite":
         event.listen(engine, "connect", _sqlite_pragmas)
     if create:
         _import_tables()
         try:
             Base.metadata.create_all(engine)
-        except OperationalError as exc:
-            raise StoreError(f"cannot open database {url!r}: {str(exc.orig).strip()}") from None
+        except DBAPIError as exc:
+            engine.dispose()
+            first = str(exc.orig).strip().splitlines()[0] if str(exc.orig).strip() else exc
+            raise StoreError(f"cannot open database {shown_url(url)!r}: {first}") from None
     return engine
 
 

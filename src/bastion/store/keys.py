@@ -19,6 +19,7 @@ from sqlalchemy.orm import Mapped, mapped_column
 
 from bastion.errors import ConfigError, StoreError
 from bastion.store.db import Base, session_factory
+from bastion.store.ids import storable
 
 ROLES = ("client", "reviewer", "admin")
 KEY_PREFIX = "bst_"
@@ -58,8 +59,13 @@ def hash_key(key: str) -> str:
     return hashlib.sha256(key.encode("utf-8", "surrogatepass")).hexdigest()
 
 
+def _aware(t: datetime | None) -> datetime | None:
+    # SQLite drops the zone on the way back: every stored time is UTC.
+    return t.replace(tzinfo=UTC) if t is not None and t.tzinfo is None else t
+
+
 def _info(row: ApiKey) -> KeyInfo:
-    return KeyInfo(row.id, row.name, row.role, row.prefix, row.created, row.revoked)
+    return KeyInfo(row.id, row.name, row.role, row.prefix, _aware(row.created), _aware(row.revoked))
 
 
 def check_role(role: str) -> str:
@@ -81,9 +87,10 @@ def create_key(engine: Engine, role: str, name: str = "") -> tuple[KeyInfo, str]
 
 
 def revoke_key(engine: Engine, key_id: int) -> KeyInfo:
-    """Mark a key revoked (idempotent); unknown ids raise StoreError."""
+    """Mark a key revoked (idempotent); unknown ids (and ids the store cannot hold) raise
+    StoreError."""
     with session_factory(engine)() as session, session.begin():
-        row = session.get(ApiKey, key_id)
+        row = session.get(ApiKey, key_id) if storable(engine, key_id) else None
         if row is None:
             raise StoreError(f"no API key with id {key_id}: see `bastion keys list`")
         if row.revoked is None:

@@ -10,6 +10,7 @@ from sqlalchemy.orm import Mapped, mapped_column
 from bastion.assess.schema import Report
 from bastion.errors import StoreError
 from bastion.store.db import Base, make_engine, session_factory
+from bastion.store.ids import storable
 
 
 class Run(Base):
@@ -67,7 +68,7 @@ def list_runs(*, limit: int = 20, url: str | None = None) -> list[Run]:
 def get_run(run_id: int, *, url: str | None = None) -> Run:
     engine = make_engine(url)
     with session_factory(engine)() as session:
-        run = session.get(Run, run_id)
+        run = session.get(Run, run_id) if storable(engine, run_id) else None
     engine.dispose()
     if run is None:
         raise StoreError(f"no run with id {run_id}: see `bastion runs list`")
