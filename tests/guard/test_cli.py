@@ -36,12 +36,26 @@ def test_fit_then_evaluate(model_dir, tmp_path):
     )
     assert res.exit_code == 0, res.output
     doc = json.loads(out.read_text())
-    assert doc["target_fpr"] == 0.02 and doc["attack"]["eps"] == 0.1
+    na, ad = doc["non_adaptive"], doc["adaptive"]
+    assert "detectors" not in doc and "attack" not in doc  # every figure says which attacker
+    assert doc["target_fpr"] == 0.02 and na["attack"]["eps"] == 0.1
+    assert na["kind"] == "non_adaptive" and ad["kind"] == "adaptive"
     for name in ("mahalanobis", "reconstruction", "zscore", "squeeze", "guard"):
-        rates = doc["detectors"][name]
+        rates = na["detectors"][name]
         assert 0 <= rates["tpr"] <= 1 and 0 <= rates["fpr"] <= 1 and 0 <= rates["auroc"] <= 1
-    assert doc["detectors"]["mahalanobis"]["auroc"] > 0.9
+    assert na["detectors"]["mahalanobis"]["auroc"] > 0.9
+    assert ad["status"] == "measured" and ad["attack"]["eps"] == 0.1
+    assert ad["attack"]["norm"] == "inf" and ad["attack"]["steps"] == 100
+    assert ad["detectors"]["guard"]["tpr"] < na["detectors"]["guard"]["tpr"]
+    assert ad["guarded_robust_accuracy"] < na["guarded_robust_accuracy"]
     assert {"noise", "blur"} <= set(doc["shifts"])
+    # calibrated on half the test split (no train manifest: disjointness unknown), and
+    # those rows are not evaluated
+    cal = doc["calibration"]
+    assert cal["source"] == "test-split" and cal["disjoint_from_training"] is None
+    assert cal["n"] == 225 and "unknown" in cal["how_known"]
+    assert "are left out" in " ".join(doc["notes"])
+    assert "non-adaptive" in res.output and "guarded" in res.output
 
 
 def test_evaluate_without_guard_says_how_to_fit(model_dir, tmp_path):
@@ -78,6 +92,7 @@ def test_demo_stage_fits_and_reports(model_dir, digits, tmp_path):
     assert (model_dir / "guard.json").exists()
     stage, outcome, path = ctx.summary[-1]
     assert path.endswith("guard_evaluation.json")
-    assert stage == "guard" and "PGD ε=0.1" in outcome
+    assert stage == "guard" and "PGD ε=0.1" in outcome and "adaptive attacker" in outcome
     doc = json.loads((tmp_path / "demo" / "guard" / "guard_evaluation.json").read_text())
-    assert doc["detectors"]["guard"]["auroc"] > 0.9
+    assert doc["non_adaptive"]["detectors"]["guard"]["auroc"] > 0.9
+    assert doc["adaptive"]["status"] == "measured"

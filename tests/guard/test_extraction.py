@@ -73,7 +73,7 @@ def test_state_is_bounded():
             f"c{k}", torch.rand(80, 1, 8, 8, generator=gen), torch.zeros(80, dtype=torch.long)
         )
     assert mon.clients() == ["c2", "c3", "c4"]
-    client = mon._clients["c4"]
+    client = mon._clients.get("c4")
     assert len(client.dists) <= 50 and client.growing[0].shape[0] == 10
 
 
@@ -82,7 +82,7 @@ def test_exact_repeats_are_ignored():
     x = torch.rand(1, 1, 8, 8)
     for _ in range(200):
         mon.observe("r", x, torch.tensor([1]))
-    assert len(mon._clients["r"].dists) == 0 and not mon.status("r").extraction_alert
+    assert len(mon._clients.get("r").dists) == 0 and not mon.status("r").extraction_alert
 
 
 def test_shapiro_w_separates_normal_from_bimodal():

@@ -117,8 +117,13 @@ def test_cli_fit_and_evaluate_an_entry_point_mlp(bc, in_root, monkeypatch, capsy
     assert code in (0, None), err
     ev = json.loads(ev_path.read_text())
     assert ev["modality"] == "tabular"
-    assert ev["attack"]["name"] == "pgd" and ev["attack"]["eps_mode"] == "relative"
-    assert ev["attack"]["eps"] == 0.1 and ev["attack"]["n_successful"] > 0
+    na, ad = ev["non_adaptive"], ev["adaptive"]
+    assert na["attack"]["name"] == "pgd" and na["attack"]["eps_mode"] == "relative"
+    assert na["attack"]["eps"] == 0.1 and na["attack"]["n_successful"] > 0
+    # the adaptive attacker runs in the same relative-ε space, integer feature kept whole
+    assert ad["status"] == "measured" and ad["attack"]["eps_mode"] == "relative"
+    assert ad["guarded_robust_accuracy"] <= na["guarded_robust_accuracy"]
+    assert ev["calibration"]["source"] == "test-split"  # training rows unknown: test half
     shifts = set(ev["shifts"])
     assert {"noise", "scale", "missing-lower", "missing-mean"} <= shifts
     assert "uniform" in shifts  # no other bundled table has 30 features but breast cancer
@@ -126,8 +131,8 @@ def test_cli_fit_and_evaluate_an_entry_point_mlp(bc, in_root, monkeypatch, capsy
     assert not any("resized" in s["description"] for s in ev["shifts"].values())
     assert ev["shifts"]["uniform"]["detectors"]["guard"]["auroc"] > 0.95
     for name in ("mahalanobis", "reconstruction", "zscore", "guard"):
-        assert 0 <= ev["detectors"][name]["fpr"] <= 0.1
-    assert ev["detectors"]["mahalanobis"]["auroc"] > 0.7  # PGD at relative ε 0.1
+        assert 0 <= na["detectors"][name]["fpr"] <= 0.1
+    assert na["detectors"]["mahalanobis"]["auroc"] > 0.7  # PGD at relative ε 0.1
     assert ev["model_sha256"] == meta["model_sha256"]
 
 
@@ -201,6 +206,7 @@ def test_skops_model_gets_input_space_detectors_only(bc, bundle, tmp_path):
         Guard.load(tmp_path, other)
     ev = evaluate_guard(back, loaded, bundle.test, n=40, queries=60, drift_windows=3)
     assert ev.attack["name"] == "square" and ev.attack["eps_mode"] == "relative"
+    assert ev.adaptive.status == "not_measured" and "no gradients" in ev.adaptive.reason
     assert "mahalanobis" in ev.detectors_not_built and "blur" not in ev.shifts
 
 

@@ -119,39 +119,83 @@ def test_poisoning_and_extraction_mappings(register):
     assert register.get("EXT-01").occurrence == rate_to_occurrence((0.91 - 0.1) / 0.9)
 
 
-def test_guard_evaluation_sets_detection(register, tmp_path):
+def _adaptive_eval(detectors: dict, non_adaptive: dict | None = None) -> dict:
+    attack = {"name": "orthogonal-pgd", "norm": "inf", "eps": 0.1, "steps": 100, "restarts": 2}
+    return {
+        "model": "digits",
+        "adaptive": {"kind": "adaptive", "attack": attack, "detectors": detectors},
+        "non_adaptive": {
+            "kind": "non_adaptive",
+            "attack": {"name": "pgd", "eps": 0.1, "steps": 20},
+            "detectors": non_adaptive or {},
+        },
+    }
+
+
+def test_adaptive_guard_evaluation_sets_detection(register, tmp_path):
     path = tmp_path / "guard-eval.json"
     path.write_text(
         json.dumps(
-            {
-                "model": "digits",
-                "detectors": {
+            _adaptive_eval(
+                {
                     "mahalanobis": {"tpr": 0.82, "fpr": 0.01, "auroc": 0.93},
                     "squeeze": {"tpr": 0.40, "fpr": 0.01, "auroc": 0.70},
                     "extraction": {"tpr": 0.96, "fpr": 0.02},
                 },
-            }
+                # far better non-adaptive figures: they must not be what moves detection
+                {"mahalanobis": {"tpr": 1.0, "fpr": 0.01}, "guard": {"tpr": 1.0, "fpr": 0.01}},
+            )
         )
     )
     guard = load_guard_evaluation(path)
     result = update_from_report(register, make_report(), guard=guard, guard_path=path)
     eva = register.get("EVA-01")
-    assert eva.detection == 4  # best matching detector: mahalanobis, TPR 0.82
+    assert eva.detection == 4  # best matching adaptive detector: mahalanobis, TPR 0.82
     change = next(c for c in reversed(eva.history) if c.field == "detection")
     assert change.evidence.kind == "guard_evaluation" and change.evidence.sha256 == file_sha256(
         path
     )
-    assert change.evidence.metric == "mahalanobis.tpr" and change.old == 8 and change.new == 4
+    assert change.evidence.metric == "adaptive.mahalanobis.tpr"
+    assert change.old == 8 and change.new == 4
+    assert "adaptive attacker (orthogonal-pgd L∞ ε=0.1, 2×100 steps)" in change.reason
     assert register.get("EXT-01").detection == 2
     assert register.get("MIA-01").detection == 9  # no detector covers membership inference
     assert any(rid == "EXT-01" and c.field == "detection" for rid, c in result.changes)
 
 
 @pytest.mark.parametrize(
+    ("doc", "why"),
+    [
+        # a file of the old, unlabelled form: non-adaptive figures
+        ({"detectors": {"mahalanobis": {"tpr": 0.99, "fpr": 0.01}}}, "no adaptive figures"),
+        (
+            {
+                "non_adaptive": {"detectors": {"guard": {"tpr": 0.99, "fpr": 0.01}}},
+                "adaptive": {"status": "not_measured", "reason": "the model has no gradients"},
+            },
+            "adaptive attacker was not measured: the model has no gradients",
+        ),
+    ],
+)
+def test_non_adaptive_figures_move_no_detection(register, tmp_path, doc, why):
+    path = tmp_path / "guard-eval.json"
+    path.write_text(json.dumps(doc))
+    before = register.get("EVA-01").detection
+    result = update_from_report(register, None, guard=load_guard_evaluation(path), guard_path=path)
+    eva = register.get("EVA-01")
+    assert eva.detection == before
+    assert [c.evidence.kind for c in eva.history if c.field == "detection"] == ["profile"]
+    assert not result.changes
+    reason = dict(result.unmeasured)["EVA-01"]
+    assert "detection not moved" in reason and "measured only non-adaptively" in reason
+    assert why in reason
+
+
+@pytest.mark.parametrize(
     ("content", "message"),
     [
         ("{oops", r"not valid JSON"),
-        ('{"tpr": 0.9}', r'expected a guard evaluation with \{"detectors": \{name: \{"tpr"'),
+        ('{"tpr": 0.9}', r'expected a guard evaluation .* with \{"adaptive": \{"detectors"'),
         (
             '{"detectors": {"m": {"tpr": 1.5, "fpr": 0.01}}}',
             r"detectors.m.tpr: Input should be less than or equal to 1",

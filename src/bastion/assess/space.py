@@ -105,6 +105,17 @@ class AttackSpace:
         x = torch.where(self.integer.to(x.device), x0 + (x - x0).trunc(), x)
         return self.box.clip(self.to_z(x), z_clean)
 
+    def to_x(self, z_adv: torch.Tensor, x_clean: torch.Tensor) -> torch.Tensor:
+        """A point :meth:`finalize` made, back in input units, exactly: the z round trip is
+        not exact in floating point, so frozen features are set to their clean values and
+        integer features (whole by :meth:`finalize`, up to round-off) rounded."""
+        x = self.from_z(z_adv)
+        if self.integer is not None:
+            x = torch.where(self.integer.to(x.device), x.round(), x)
+        if self.box.frozen is not None:
+            x = torch.where(self.box.frozen.to(x.device), x_clean.to(x), x)
+        return x
+
     def describe(self, eps: float) -> str:
         if self.mode == "relative":
             return f"ε={eps:g} relative to each feature's range"

@@ -22,6 +22,7 @@ from bastion.cli.common import (
     BoundsOpt,
     DataRootOpt,
     EntryPointOpt,
+    EpsModeOpt,
     FrozenOpt,
     IntegerOpt,
     LabelColumnOpt,
@@ -37,6 +38,7 @@ from bastion.cli.common import (
     console,
     data_options_from,
 )
+from bastion.cli.validate import SeedOpt, count_check, number_check, prepare_file
 from bastion.data import DataBundle, load_dataset
 from bastion.errors import ConfigError
 from bastion.models.io import LoadedModel, load_model
@@ -45,7 +47,7 @@ if TYPE_CHECKING:
     from bastion.cli.demo import DemoContext
     from bastion.data.loaders import DataOptions
     from bastion.guard import Guard
-    from bastion.guard.evaluate import GuardEvaluation
+    from bastion.guard.evaluate import GuardEvaluation, Rates
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +72,22 @@ GuardDataOpt = Annotated[
     ),
 ]
 ONNX_MODES = ("auto", "torch", "runtime")
+SPLITS = ("auto", "test", "train-non-members", "fit-holdout")
+CalibrationOpt = Annotated[
+    str | None,
+    typer.Option(
+        help="rows that set thresholds and the drift reference, never trained on: auto "
+        "(default: non-member train rows when the training rows are known, else half the "
+        "test split) | test | train-non-members | fit-holdout | a data file (.npz/.csv)"
+    ),
+]
+MembersOpt = Annotated[
+    str | None,
+    typer.Option(
+        help="the model's training rows: FILE of row indices, or train-split (default: "
+        "bastion train provenance)"
+    ),
+]
 
 
 @dataclass(frozen=True)
@@ -152,18 +170,55 @@ def fit_for_model(
     model: ModelArgs | None = None,
     options: DataOptions | None = None,
     guard_dir: Path | None = None,
+    calibration: str | None = None,
+    members: str | None = None,
 ) -> tuple[Path, Guard]:
-    """Fit the guard on the model's training data and save it (in ``guard_dir``, default
-    the model directory or ``<model file>.guard/``)."""
-    from bastion.guard import fit_guard, load_guard_config
+    """Fit the guard on the model's training data, calibrate it on rows the model never
+    trained on (``calibration``: auto | test | train-non-members | fit-holdout | a data
+    file; ``members``: the model's training rows, as `bastion assess --members`), and save
+    it (in ``guard_dir``, default the model directory or ``<model file>.guard/``)."""
+    from bastion.assess.api import resolve_members
+    from bastion.guard import GuardConfig, fit_guard, load_guard_config
+    from bastion.guard.calibration import choose_calibration, from_file
     from bastion.guard.tap import ScoresTap
 
     args = model or ModelArgs(model=model_dir)
     loaded = args.load()
     bundle = _bundle(loaded, data, data_root, options)
     check_compatible(loaded, bundle)
-    cfg = load_guard_config(config) if config else None
-    guard = fit_guard(loaded, bundle.train, target_fpr=fpr, config=cfg)
+    cfg = load_guard_config(config) if config else GuardConfig()
+    if fpr is not None:
+        cfg = cfg.model_copy(update={"target_fpr": fpr})
+    known = resolve_members(members, loaded, bundle)
+    if calibration in SPLITS:
+        cal_cfg = cfg.calibration.model_copy(update={"split": calibration})
+    else:
+        cal_cfg = cfg.calibration
+    if calibration is not None and calibration not in SPLITS:
+        cal_bundle = load_dataset(calibration, root=data_root, options=options)
+        choice = from_file(bundle, cal_bundle, known, calibration)
+    else:
+        choice = choose_calibration(
+            bundle,
+            members=known,
+            config=cal_cfg,
+            target_fpr=cfg.target_fpr,
+            calibration_fraction=cfg.calibration_fraction,
+            seed=cfg.seed,
+        )
+    rec = choice.record
+    disjoint = {True: "yes", False: "NO", None: "unknown"}[rec.disjoint_from_training]
+    console.print(
+        f"calibration: {rec.description}; disjoint from the model's training rows: "
+        f"{disjoint} ({rec.how_known})"
+    )
+    guard = fit_guard(
+        loaded,
+        choice.fit,
+        config=cfg,
+        calibration=choice.calibration,
+        calibration_record=rec,
+    )
     if isinstance(guard.tap, ScoresTap):
         console.print(f"[dim]{guard.tap.why}: the guard reads the model's scores only[/]")
     for name, reason in guard.not_built.items():
@@ -184,26 +239,70 @@ def thresholds_table(guard: Guard) -> Table:
 
 
 def evaluation_table(ev: GuardEvaluation) -> Table:
-    attack = str(ev.attack.get("name", "pgd"))
+    """Detection per detector: non-adaptive attack, adaptive attack, shifts."""
+    na, ad = ev.non_adaptive, ev.adaptive
+    attack = str(na.attack.get("name", "pgd"))
     title = (
         f"guard detection at target FPR {ev.target_fpr:g} ({ev.data} test set, "
-        f"{attack} ε={ev.attack.get('eps')} {ev.attack.get('eps_mode', '')})"
+        f"ε={na.attack.get('eps')} {na.attack.get('eps_mode', '')})"
     )
     table = Table(title=title)
-    sets = ["pgd", *ev.shifts]
     table.add_column("detector")
     table.add_column("FPR (clean)", justify="right")
-    for s in sets:
-        label = attack if s == "pgd" else s
-        table.add_column(f"{label} TPR / AUROC", justify="right")
-    for name, rates in ev.detectors.items():
+    table.add_column(f"non-adaptive {attack} TPR / AUROC", justify="right")
+    adaptive_label = (
+        f"adaptive ({ad.attack.get('restarts')}×{ad.attack.get('steps')} steps) TPR / AUROC"
+        if ad.status == "measured"
+        else "adaptive"
+    )
+    table.add_column(adaptive_label, justify="right")
+    for s in ev.shifts:
+        table.add_column(f"{s} TPR / AUROC", justify="right")
+
+    def cell(r: Rates | None) -> str:
+        if r is None:
+            return "-"
+        return f"{r.tpr:.2f} / {r.auroc:.3f}" if r.auroc is not None else f"{r.tpr:.2f} / -"
+
+    for name, rates in na.detectors.items():
         if name in ("drift", "extraction"):
             continue
-        row = [name, f"{rates.fpr:.3f}"]
-        for s in sets:
-            r = rates if s == "pgd" else ev.shifts[s].detectors[name]
-            row.append(f"{r.tpr:.2f} / {r.auroc:.3f}" if r.auroc is not None else "-")
+        row = [name, f"{rates.fpr:.3f}", cell(rates)]
+        row.append(cell(ad.detectors.get(name)) if ad.status == "measured" else "not measured")
+        row += [cell(ev.shifts[s].detectors.get(name)) for s in ev.shifts]
         table.add_row(*row)
+    return table
+
+
+def robustness_table(ev: GuardEvaluation) -> Table:
+    """Accuracy under each attacker: without the guard, and guarded (fooled and not flagged
+    = an attack success)."""
+    table = Table(title=f"robust accuracy on {ev.n_clean} test points")
+    for col in ("attacker", "budget", "clean", "robust (no guard)", "guarded robust", "n adv"):
+        table.add_column(col, justify="left" if col in ("attacker", "budget") else "right")
+    for ae in (ev.non_adaptive, ev.adaptive):
+        a = ae.attack
+        if ae.status != "measured":
+            table.add_row(ae.kind.replace("_", "-"), "-", "-", "-", "not measured", "-")
+            continue
+        budget = (
+            f"{a.get('restarts', 1)}×{a['steps']} steps"
+            if "steps" in a
+            else f"{a.get('queries')} q"
+        )
+        budget = f"L{a.get('norm', 'inf')} ε={a.get('eps')}, {budget}"
+
+        def pct(v: float | None) -> str:
+            return "-" if v is None else f"{v:.1%}"
+
+        table.add_row(
+            f"{ae.kind.replace('_', '-')} {a.get('name', '')}",
+            budget,
+            pct(ae.clean_accuracy),
+            pct(ae.robust_accuracy),
+            pct(ae.guarded_robust_accuracy),
+            str(ae.n_adversarial),
+        )
     return table
 
 
@@ -237,8 +336,11 @@ def register(app: typer.Typer) -> None:
             float | None, typer.Option(help="target false-positive rate (default 0.01)")
         ] = None,
         config: Annotated[Path | None, typer.Option(help="guard YAML (see docs/guard.md)")] = None,
+        calibration: CalibrationOpt = None,
+        members: MembersOpt = None,
     ) -> None:
-        """Fit and calibrate the detectors on the model's training data; save guard.json and
+        """Fit the detectors on the model's training data and calibrate their thresholds and
+        the drift reference on rows it never trained on (--calibration); save guard.json and
         guard.safetensors (in the model directory, or FILE.guard/ beside a model file)."""
         if fpr is not None and not 0.0 < fpr < 0.5:
             raise ConfigError(f"--fpr must be in (0, 0.5), got {fpr}")
@@ -252,6 +354,8 @@ def register(app: typer.Typer) -> None:
             model=args,
             options=opts,
             guard_dir=guard_dir,
+            calibration=calibration,
+            members=members,
         )
         console.print(thresholds_table(guard))
         console.print(f"guard written to [bold]{path}[/]")
@@ -279,17 +383,25 @@ def register(app: typer.Typer) -> None:
         guard_dir: GuardDirOpt = None,
         eps: Annotated[
             float,
-            typer.Option(help="L∞ ε of the attack (see --eps-mode: relative for tabular data)"),
+            typer.Option(
+                help="L∞ ε of the attack (see --eps-mode: relative for tabular data)",
+                callback=number_check(ge=0),
+            ),
         ] = 0.1,
-        eps_mode: Annotated[
-            str | None,
-            typer.Option(help="absolute | relative (to each feature's range; tabular default)"),
-        ] = None,
-        steps: Annotated[int, typer.Option(help="PGD steps (differentiable models)")] = 20,
+        eps_mode: EpsModeOpt = None,
+        steps: Annotated[
+            int, typer.Option(help="PGD steps (differentiable models)", callback=count_check())
+        ] = 20,
         queries: Annotated[
-            int, typer.Option(help="Square queries per point (models without gradients)")
+            int,
+            typer.Option(
+                help="Square queries per point (models without gradients)",
+                callback=count_check(),
+            ),
         ] = 300,
-        n: Annotated[int | None, typer.Option(help="test points (default: all)")] = None,
+        n: Annotated[
+            int | None, typer.Option(help="test points (default: all)", callback=count_check())
+        ] = None,
         ood: Annotated[
             str | None,
             typer.Option(help="out-of-distribution data (dataset name or file; default: bundled)"),
@@ -297,7 +409,19 @@ def register(app: typer.Typer) -> None:
         extraction: Annotated[
             bool, typer.Option(help="also simulate extraction attackers and benign clients")
         ] = False,
-        seed: int = 0,
+        adaptive: Annotated[
+            bool,
+            typer.Option(
+                help="also run the adaptive attacker that knows every detector (needs gradients)"
+            ),
+        ] = True,
+        adaptive_steps: Annotated[
+            int, typer.Option(help="adaptive attacker: steps per restart", callback=count_check())
+        ] = 100,
+        adaptive_restarts: Annotated[
+            int, typer.Option(help="adaptive attacker: random restarts", callback=count_check())
+        ] = 2,
+        seed: SeedOpt = 0,
     ) -> None:
         """Measure the guard on the test split: adversarial examples, and the shifts of the
         data's modality (images: noise, blur, another dataset; tabular rows: feature noise,
@@ -307,6 +431,7 @@ def register(app: typer.Typer) -> None:
 
         if eps_mode not in (None, "absolute", "relative"):
             raise ConfigError(f"--eps-mode must be absolute or relative, got {eps_mode!r}")
+        prepare_file(out, "--out")
         args = ModelArgs(model, entry_point, weights, onnx_mode, tuple(trust or ()))
         loaded = args.load()
         guard = Guard.load(guard_dir_for(loaded, guard_dir), loaded, fix=f"run `{args.command()}`")
@@ -329,11 +454,15 @@ def register(app: typer.Typer) -> None:
             ood=ood_x,
             ood_name=ood_name,
             extraction=extraction,
+            adaptive=adaptive,
+            adaptive_steps=adaptive_steps,
+            adaptive_restarts=adaptive_restarts,
             seed=seed,
         )
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(ev.model_dump_json(indent=2))
         console.print(evaluation_table(ev))
+        console.print(robustness_table(ev))
         for note in ev.notes:
             console.print(f"[dim]{note}[/]")
         console.print(f"evaluation written to [bold]{out}[/]")
@@ -350,7 +479,9 @@ def _check_guard_data(guard: Guard, bundle: DataBundle) -> None:
 
 
 def demo_stage(ctx: DemoContext) -> None:
-    """Fit the guard beside the demo model and print its detection of PGD examples."""
+    """Fit the guard beside the demo model (calibrated on half the test split, which the
+    model never trained on) and print its detection of non-adaptive PGD and of the adaptive
+    attacker that knows the detectors."""
     from bastion.guard.evaluate import evaluate_guard
 
     model_dir = ctx.model_dir
@@ -366,13 +497,18 @@ def demo_stage(ctx: DemoContext) -> None:
     ev_path = out_dir / "guard_evaluation.json"
     ev_path.write_text(ev.model_dump_json(indent=2))
     console.print(evaluation_table(ev))
+    console.print(robustness_table(ev))
     console.print(f"guard saved beside the model: [bold]{path}[/]")
-    g = ev.detectors["guard"]
-    ctx.extra["guard_evaluation"] = ev_path
-    ctx.add(
-        "guard",
-        f"PGD ε={ev.attack['eps']}: flagged {g.tpr:.0%} at {g.fpr:.1%} clean FPR "
-        f"(AUROC {g.auroc:.3f})",
-        ev_path,
+    g = ev.non_adaptive.detectors["guard"]
+    outcome = (
+        f"PGD ε={ev.attack['eps']} (non-adaptive): flagged {g.tpr:.0%} at {g.fpr:.1%} clean FPR"
     )
+    if ev.adaptive.status == "measured":
+        a = ev.adaptive.detectors["guard"]
+        outcome += (
+            f"; adaptive attacker: flagged {a.tpr:.0%}, guarded robust accuracy "
+            f"{ev.adaptive.guarded_robust_accuracy:.0%}"
+        )
+    ctx.extra["guard_evaluation"] = ev_path
+    ctx.add("guard", outcome, ev_path)
     log.debug("guard evaluation %s", json.dumps(ev.realised_fpr))

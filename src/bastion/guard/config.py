@@ -16,11 +16,14 @@ The verdict policy (documented in docs/guard.md) maps the scores of one sample t
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from bastion.config import load_yaml_model
+
+if TYPE_CHECKING:
+    from bastion.data import Dataset
 
 Action = Literal["allow", "flag", "hold", "block"]
 
@@ -137,6 +140,61 @@ class ExtractionConfig(_Strict):
     max_queries_per_window: int = Field(6000, ge=1)
 
 
+class SimilarityConfig(_Strict):
+    """Blacklight-style near-duplicate detection of query-based attacks (Li et al. 2022),
+    per client and across clients; see :mod:`bastion.guard.similarity`."""
+
+    enabled: bool = True
+    levels: int = Field(8, ge=2, le=256, description="quantisation levels per (scaled) feature")
+    window: int | None = Field(
+        None, ge=2, description="sliding-window length; None = D/8 clamped to [4, 20]"
+    )
+    top_k: int = Field(32, ge=4, le=256, description="hashes kept per query (its fingerprint)")
+    match_threshold: int | None = Field(
+        None, ge=1, description="shared hashes that make a near-duplicate; None = calibrated"
+    )
+    margin: float = Field(0.1, ge=0.0, le=1.0, description="× top_k above the benign maximum")
+    min_share: float = Field(0.5, gt=0.0, le=1.0, description="lowest threshold, × top_k")
+    stop_share: float = Field(
+        0.02, gt=0.0, le=1.0, description="drop window hashes in more held-out queries than this"
+    )
+    min_hits: int = Field(2, ge=1, description="near-duplicates in the window that alert")
+    window_queries: int = Field(100, ge=1, description="the client's last N queries counted")
+    client_store: int = Field(64, ge=1, description="fingerprints kept per client")
+    global_store: int = Field(10_000, ge=16, description="fingerprints kept across clients")
+    max_clients: int = Field(1000, ge=1)
+    sticky: bool = Field(True, description="an alert stays until reset_client")
+    salt: int | None = Field(None, ge=0, description="hash key; None = a random secret per fit")
+
+
+class CoverageConfig(_Strict):
+    """Per-client coverage of the model's feature space (distinct k-means cells and the mean
+    nearest-neighbour spread on the top principal components) and prediction entropy,
+    against the envelope of simulated benign clients replaying held-out data; see
+    :mod:`bastion.guard.coverage`."""
+
+    enabled: bool = True
+    components: int = Field(16, ge=1, description="principal components of the features")
+    cells: int = Field(64, ge=2, le=4096, description="k-means cells (at most N/5 held-out)")
+    min_queries: int = Field(20, ge=1, description="first query count tested")
+    horizon: int = Field(
+        1000, ge=10, description="last query count tested (at most the held-out rows)"
+    )
+    history: int = Field(256, ge=1, description="previous queries kept for the spread")
+    calibration_clients: int = Field(300, ge=10, description="simulated benign clients")
+    margin_cells: float = Field(2.0, ge=0.0, description="cells above the benign envelope")
+    margin_spread: float = Field(0.1, ge=0.0, description="× the envelope's spread, above it")
+    margin_bits: float = Field(0.05, ge=0.0, description="bits above the benign envelope")
+    max_clients: int = Field(1000, ge=1)
+
+
+class QueryConfig(_Strict):
+    """Stateful detectors of query sequences beside PRADA (``extraction``)."""
+
+    similarity: SimilarityConfig = Field(default_factory=SimilarityConfig)
+    coverage: CoverageConfig = Field(default_factory=CoverageConfig)
+
+
 class PolicyConfig(_Strict):
     flag_at: int = Field(1, ge=1)
     hold_at: int = Field(2, ge=1)
@@ -152,6 +210,59 @@ class PolicyConfig(_Strict):
         return self
 
 
+# -- calibration (issue 11 §2): thresholds and the drift reference on unseen rows ------------
+CalibrationSplit = Literal["auto", "test", "train-non-members", "fit-holdout"]
+CalibrationSource = Literal["test-split", "train-non-members", "file", "fit-holdout", "given"]
+
+
+class CalibrationConfig(_Strict):
+    """Where the thresholds and the drift reference are calibrated. A conformal threshold
+    holds its false-positive rate only on data exchangeable with the traffic, i.e. rows the
+    model never trained on. ``auto``: the train split's non-member rows when the model's
+    training rows are known (``bastion train`` provenance, ``--members``) and there are
+    enough of them, else ``test_fraction`` of the test split (kept out of the evaluation);
+    ``test`` / ``train-non-members`` force one of those; ``fit-holdout`` is a share
+    (``calibration_fraction``) of the fit data itself, which the model may have trained on."""
+
+    split: CalibrationSplit = "auto"
+    test_fraction: float = Field(
+        0.5, gt=0.0, lt=1.0, description="share of the test split held out for calibration"
+    )
+
+
+class CalibrationRecord(BaseModel):
+    """Which rows calibrated the guard, saved in its meta (``meta["calibration"]``).
+    ``rows`` are the rows' numbers in their source (``Dataset.rows``) within ``data`` /
+    ``split``; ``disjoint_from_training`` is True when the rows are known not to be training
+    rows of the model, False when some are, None when the training rows are unknown;
+    ``how_known`` says why."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    source: CalibrationSource
+    description: str
+    data: str
+    split: str
+    n: int
+    rows: list[int] = Field(default_factory=list)
+    disjoint_from_training: bool | None = None
+    how_known: str = ""
+    excluded_training_rows: int = 0
+    drift_reference: str = "the calibration rows"
+
+    @classmethod
+    def of(cls, rows: Dataset, *, split: str | None = None, **fields: Any) -> CalibrationRecord:
+        """The record of the calibration rows ``rows``: their data set, split (``split``
+        when given), count and row numbers; ``fields`` the rest (source, description…)."""
+        return cls(
+            data=rows.name,
+            split=split or rows.split,
+            n=len(rows),
+            rows=[int(r) for r in rows.rows.tolist()],
+            **fields,
+        )
+
+
 class GuardConfig(_Strict):
     """Everything ``fit_guard`` needs besides the model and the data."""
 
@@ -159,10 +270,12 @@ class GuardConfig(_Strict):
     calibration_fraction: float = Field(
         0.3, gt=0.0, lt=1.0, description="share of the fit data held out to set thresholds"
     )
+    calibration: CalibrationConfig = Field(default_factory=CalibrationConfig)
     seed: int = 0
     detectors: DetectorsConfig = Field(default_factory=DetectorsConfig)
     drift: DriftConfig = Field(default_factory=DriftConfig)
     extraction: ExtractionConfig = Field(default_factory=ExtractionConfig)
+    query: QueryConfig = Field(default_factory=QueryConfig)
     policy: PolicyConfig = Field(default_factory=PolicyConfig)
 
 

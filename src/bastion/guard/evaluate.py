@@ -1,7 +1,28 @@
 """Evaluate a fitted guard: detection of adversarial examples and of shifted data, realised
 false positives on fresh clean data, drift alerts, and (optionally) the extraction monitor
 against simulated attackers and benign clients. ``bastion guard evaluate`` writes the result
-as JSON; the risk register reads ``detectors[name].{tpr, fpr, auroc}``.
+as JSON.
+
+Two attackers, side by side (``non_adaptive`` and ``adaptive`` in the JSON):
+
+- ``non_adaptive``: PGD (or Square) against the model alone, which knows nothing of the
+  guard. Its detection rates say how the detectors do on naive attacks and drifting traffic;
+  they do **not** bound what an attacker who knows the guard achieves, and the risk register
+  ignores them.
+- ``adaptive``: :func:`~bastion.guard.adaptive.adaptive_attack`, which knows every detector
+  and its threshold and searches the same ε-ball for a point that is misclassified and
+  flagged by none (on by default where the model has gradients; ``status: not_measured``
+  with the reason otherwise). The register's detection scores read these figures only
+  (``adaptive.detectors[name].{tpr, fpr, auroc}``).
+
+For both: per detector and for the whole guard (``guard``: any detector fires) the
+detection rate on adversarial examples that flip a correct prediction, at the calibrated
+threshold, and the **guarded robust accuracy**: the share of test points for which the
+attacker finds no point within ε that the model misclassifies and no detector flags (the
+clean point itself counts as a candidate).
+
+The rows that calibrated the guard (``meta["calibration"]``, chosen by
+:func:`~bastion.guard.calibration.choose_calibration`) are left out of the evaluation.
 
 Adversarial examples are made in the attack space of the input spec
 (:class:`~bastion.assess.space.AttackSpace`): ε relative to each feature's range for tabular
@@ -23,6 +44,7 @@ from __future__ import annotations
 
 import logging
 import time
+from typing import Literal
 
 import torch
 from pydantic import BaseModel, Field
@@ -34,6 +56,10 @@ from bastion.attacks.evasion import pgd
 from bastion.data.box import Box
 from bastion.data.dataset import Dataset
 from bastion.data.spec import EpsMode
+from bastion.errors import ConfigError
+from bastion.guard.adaptive import METHODS, Method, adaptive_attack
+from bastion.guard.calibration import evaluation_rows
+from bastion.guard.config import CalibrationRecord
 from bastion.guard.drift import DriftMonitor
 from bastion.guard.guard import Guard
 from bastion.guard.shifts import check_shift, default_ood, default_shifts, shifted_inputs
@@ -76,10 +102,35 @@ class ExtractionEvaluation(BaseModel):
     benign_false_alarms: int
 
 
+class AttackEvaluation(BaseModel):
+    """One attacker's figures (see the module docstring). ``attack`` names the attack and
+    its budget (``name``, ``norm``, ``eps``, ``eps_mode``, ``steps`` or ``queries``, ...);
+    ``detectors`` the rates per detector and ``guard``; ``n_adversarial`` the adversarial
+    examples they are measured on (correct clean prediction, wrong under attack)."""
+
+    kind: Literal["non_adaptive", "adaptive"]
+    status: Literal["measured", "not_measured"] = "measured"
+    reason: str = ""
+    attack: dict[str, float | int | str] = Field(default_factory=dict)
+    gradients: dict[str, str] = Field(
+        default_factory=dict, description="how the attack differentiated each detector"
+    )
+    n_attacked: int = 0
+    n_adversarial: int = 0
+    clean_accuracy: float | None = None
+    robust_accuracy: float | None = Field(None, description="without the guard")
+    guarded_robust_accuracy: float | None = Field(
+        None, description="share of points with no misclassified, unflagged point found"
+    )
+    detectors: dict[str, Rates] = Field(default_factory=dict)
+
+
 class GuardEvaluation(BaseModel):
-    """What ``bastion guard evaluate`` writes. ``detectors`` holds every detector's rates on
-    successful PGD examples, plus ``guard`` (any detector fires = a flag or worse) and, when
-    measured, ``drift`` and ``extraction``."""
+    """What ``bastion guard evaluate`` writes: the ``non_adaptive`` and ``adaptive``
+    attackers' figures (the first also holds ``drift`` and ``extraction`` rates when
+    measured: their simulated attackers do not know the monitors either), the shifts, and
+    the calibration record of the guard. ``detectors`` and ``attack`` (Python only) are the
+    non-adaptive ones."""
 
     model_sha256: str | None = None
     data: str
@@ -87,8 +138,9 @@ class GuardEvaluation(BaseModel):
     target_fpr: float
     n_clean: int
     realised_fpr: dict[str, float]
-    attack: dict[str, float | int | str]
-    detectors: dict[str, Rates]
+    calibration: CalibrationRecord | None = None
+    non_adaptive: AttackEvaluation
+    adaptive: AttackEvaluation
     shifts: dict[str, SetEvaluation] = Field(default_factory=dict)
     drift: DriftEvaluation | None = None
     extraction: ExtractionEvaluation | None = None
@@ -97,6 +149,15 @@ class GuardEvaluation(BaseModel):
     )
     notes: list[str] = Field(default_factory=list)
     seconds: float = 0.0
+
+    @property
+    def detectors(self) -> dict[str, Rates]:
+        """The non-adaptive rates (what earlier versions called ``detectors``)."""
+        return self.non_adaptive.detectors
+
+    @property
+    def attack(self) -> dict[str, float | int | str]:
+        return self.non_adaptive.attack
 
 
 def _auroc(clean: torch.Tensor, other: torch.Tensor) -> float | None:
@@ -242,7 +303,104 @@ def adversarial_examples(
         info.update(name="none", reason="the model answers labels only: no attack is run")
         return None, info
     adv_z = space.finalize(adv_z, z)
-    return space.from_z(adv_z), info
+    return space.to_x(adv_z, x), info
+
+
+def _flags(guard: Guard, scores: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Per sample: does any detector fire (the guard flags it, or worse)?"""
+    return combined_score(scores, guard.thresholds) > 1
+
+
+def _figures(
+    guard: Guard,
+    model: nn.Module | LoadedModel,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    adv: torch.Tensor,
+    clean: dict[str, torch.Tensor],
+    pred_clean: torch.Tensor,
+) -> tuple[dict[str, Rates], dict[str, float | int]]:
+    """Rates on the adversarial examples among ``adv`` and the accuracies over all points."""
+    adv_scores = _scores(guard, adv)
+    pred_adv = _predict(model, adv)
+    correct = pred_clean == y
+    fooled = pred_adv != y
+    examples = correct & fooled
+    flagged = _flags(guard, adv_scores)
+    clean_flagged = _flags(guard, clean)
+    success = (fooled & ~flagged) | (~correct & ~clean_flagged)
+    rates = _rates(guard, clean, {k: v[examples] for k, v in adv_scores.items()})
+    n = max(1, len(x))
+    return rates, {
+        "n_attacked": len(x),
+        "n_adversarial": int(examples.sum()),
+        "clean_accuracy": float(correct.float().mean()),
+        "robust_accuracy": float((correct & ~fooled).float().mean()),
+        "guarded_robust_accuracy": 1.0 - float(success.sum()) / n,
+    }
+
+
+def _adaptive(
+    guard: Guard,
+    model: nn.Module | LoadedModel,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    space: AttackSpace,
+    clean: dict[str, torch.Tensor],
+    pred_clean: torch.Tensor,
+    *,
+    eps: float,
+    steps: int,
+    restarts: int,
+    method: Method,
+    generator: torch.Generator,
+) -> AttackEvaluation:
+    module, loaded = _parts(model)
+    attack: dict[str, float | int | str] = {
+        "name": f"{method}-pgd",
+        "method": method,
+        "norm": "inf",
+        "eps": eps,
+        "eps_mode": space.mode,
+        "eps_description": space.describe(eps),
+        "steps": steps,
+        "restarts": restarts,
+        "step_size": f"10·ε/steps = {10 * eps / steps:g}, cosine decay to a tenth",
+        "objective": "logit margin; hinge on every detector score relative to its threshold",
+    }
+    if module is None:
+        form = loaded.form if loaded is not None else "this"
+        return AttackEvaluation(
+            kind="adaptive",
+            status="not_measured",
+            reason=f"the {form} model has no gradients: the adaptive attacker differentiates "
+            "the model and the detectors (a score-based adaptive attack is not implemented), "
+            "so no detection figure of this evaluation may lower a risk score",
+            attack=attack,
+        )
+    start = time.perf_counter()
+    parts, gradients = [], {}
+    for i in range(0, len(x), 256):
+        res = adaptive_attack(
+            guard,
+            module,
+            x[i : i + 256],
+            y[i : i + 256],
+            space=space,
+            eps=eps,
+            steps=steps,
+            restarts=restarts,
+            method=method,
+            generator=generator,
+        )
+        parts.append(res.x_adv)
+        gradients = res.gradients
+    adv = torch.cat(parts)
+    rates, acc = _figures(guard, model, x, y, adv, clean, pred_clean)
+    attack["seconds"] = round(time.perf_counter() - start, 2)
+    return AttackEvaluation(
+        kind="adaptive", attack=attack, gradients=gradients, detectors=rates, **acc
+    )
 
 
 def evaluate_guard(
@@ -255,6 +413,10 @@ def evaluate_guard(
     steps: int = 20,
     queries: int = 300,
     n: int | None = None,
+    adaptive: bool = True,
+    adaptive_steps: int = 100,
+    adaptive_restarts: int = 2,
+    adaptive_method: Method = "orthogonal",
     shifts: tuple[str, ...] | None = None,
     ood: torch.Tensor | None = None,
     ood_name: str = "",
@@ -265,17 +427,24 @@ def evaluate_guard(
     drift_windows: int = 20,
     seed: int = 0,
 ) -> GuardEvaluation:
-    """Measure ``guard`` on the clean ``test`` data (never seen when fitting): adversarial
-    examples at ``eps`` (``eps_mode``: the input spec's default, relative for tabular data)
-    against ``model`` (an ``nn.Module`` or a :class:`LoadedModel`; only examples that flip a
-    correct prediction count), the ``shifts`` (default: those of the data's modality), the
-    drift test, and optionally the extraction monitor."""
+    """Measure ``guard`` on the clean ``test`` data, less the rows that calibrated it:
+    adversarial examples at ``eps`` (``eps_mode``: the input spec's default, relative for
+    tabular data) against ``model`` (an ``nn.Module`` or a :class:`LoadedModel`) from the
+    non-adaptive attack (PGD with ``steps``, or Square with ``queries``) and, with
+    ``adaptive``, from the adaptive attacker (``adaptive_restarts`` × ``adaptive_steps``
+    steps, ``adaptive_method``); the ``shifts`` (default: those of the data's modality),
+    the drift test, and optionally the extraction monitor."""
     start = time.perf_counter()
+    if adaptive_method not in METHODS:
+        raise ConfigError(f"adaptive method must be one of {', '.join(METHODS)}")
     gen = torch.Generator().manual_seed(seed)
     spec = test.input_spec
     shifts = default_shifts(spec.modality) if shifts is None else tuple(shifts)
     for kind in shifts:
         check_shift(kind, spec.modality)
+    record_doc = guard.meta.get("calibration")
+    record = CalibrationRecord.model_validate(record_doc) if record_doc else None
+    test, held_note = evaluation_rows(test, record)
     x, y = (test.x, test.y) if n is None else (test.x[:n], test.y[:n])
     clean = _scores(guard, x)
     thr = guard.thresholds
@@ -285,22 +454,57 @@ def evaluate_guard(
     adv, attack = adversarial_examples(
         model, x, y, space, eps=eps, steps=steps, queries=queries, generator=gen
     )
-    notes = [f"ε = {eps:g} ({space.describe(eps)})"]
+    notes = [f"ε = {eps:g} ({space.describe(eps)})", held_note]
     pred_clean = _predict(model, x)
+    success = torch.zeros(len(x), dtype=torch.bool)
     if adv is not None:
         success = (pred_clean == y) & (_predict(model, adv) != y)
-        adv_ok = adv[success]
-    else:
-        success = torch.zeros(len(x), dtype=torch.bool)
-        adv_ok = x[:0]
-        notes.append(str(attack["reason"]))
-    empty = {k: torch.zeros(0) for k in clean}
-    detectors = _rates(guard, clean, _scores(guard, adv_ok) if len(adv_ok) else empty)
     attack.update(
         n_attacked=int(len(x)),
         n_successful=int(success.sum()),
         success_rate=float(success.sum() / max(1, int((pred_clean == y).sum()))),
     )
+    if adv is not None:
+        rates, acc = _figures(guard, model, x, y, adv, clean, pred_clean)
+        adv_ok = adv[success]
+        non_adaptive = AttackEvaluation(kind="non_adaptive", attack=attack, detectors=rates, **acc)
+    else:
+        adv_ok = x[:0]
+        notes.append(str(attack["reason"]))
+        empty = {k: torch.zeros(0) for k in clean}
+        non_adaptive = AttackEvaluation(
+            kind="non_adaptive",
+            status="not_measured",
+            reason=str(attack["reason"]),
+            attack=attack,
+            detectors=_rates(guard, clean, empty),
+            n_attacked=len(x),
+        )
+    if adaptive:
+        adaptive_ev = _adaptive(
+            guard,
+            model,
+            x,
+            y,
+            space,
+            clean,
+            pred_clean,
+            eps=eps,
+            steps=adaptive_steps,
+            restarts=adaptive_restarts,
+            method=adaptive_method,
+            generator=gen,
+        )
+    else:
+        adaptive_ev = AttackEvaluation(
+            kind="adaptive",
+            status="not_measured",
+            reason="the adaptive evaluation was turned off (--no-adaptive): no detection "
+            "figure of this evaluation may lower a risk score",
+        )
+    if adaptive_ev.status == "not_measured":
+        notes.append(f"adaptive attacker not measured: {adaptive_ev.reason}")
+    detectors = non_adaptive.detectors
     shifted_sets: dict[str, torch.Tensor] = {"pgd": adv_ok}
     shift_evals = {}
     for kind in shifts:
@@ -364,8 +568,9 @@ def evaluate_guard(
         target_fpr=guard.config.target_fpr,
         n_clean=len(x),
         realised_fpr=realised,
-        attack=attack,
-        detectors=detectors,
+        calibration=record,
+        non_adaptive=non_adaptive,
+        adaptive=adaptive_ev,
         shifts=shift_evals,
         drift=drift,
         extraction=ext,

@@ -24,8 +24,7 @@ within a few percent, Johnson–Lindenstrauss), stored as float16.
 
 from __future__ import annotations
 
-import threading
-from collections import OrderedDict, deque
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -35,6 +34,7 @@ from pydantic import BaseModel
 from scipy import stats
 
 from bastion.errors import ConfigError, NotFittedError
+from bastion.guard.clients import ClientTable
 from bastion.guard.config import ExtractionConfig
 from bastion.guard.policy import ClientSignal
 from bastion.guard.tap import ModelTap, Tap
@@ -52,6 +52,8 @@ class ExtractionStatus(BaseModel):
     extraction_alert: bool = False
     alert_reason: str | None = None
     alert_at_query: int | None = None
+    prada_alert_at: int | None = None
+    anomaly_alert_at: int | None = None
     anomaly_rate: float = 0.0
     volume: int = 0
     volume_alert: bool = False
@@ -87,6 +89,8 @@ class _Client:
     alert: bool = False
     reason: str | None = None
     alert_at: int | None = None
+    prada_at: int | None = None  # first query at which each signal alerted, whichever won
+    anomaly_at: int | None = None
 
     def __post_init__(self) -> None:
         self.dists = deque(maxlen=self.history)
@@ -110,8 +114,8 @@ class ExtractionMonitor:
     def __init__(self, config: ExtractionConfig | None = None, *, seed: int = 0) -> None:
         self.config = config or ExtractionConfig()
         self.seed = seed
-        self._lock = threading.Lock()
-        self._clients: OrderedDict[str, _Client] = OrderedDict()
+        self._clients: ClientTable[_Client] = ClientTable()
+        self._lock = self._clients.lock
 
     # -- fitting ----------------------------------------------------------------------------
     def fit(
@@ -236,14 +240,9 @@ class ExtractionMonitor:
         anomalous = anomalous if anomalous is not None else [False] * len(preds)
         out = []
         with self._lock:
-            client = self._clients.get(client_id)
-            if client is None:
-                client = _Client(cfg.history, cfg.anomaly_window)
-                self._clients[client_id] = client
-                while len(self._clients) > cfg.max_clients:
-                    self._clients.popitem(last=False)
-            else:
-                self._clients.move_to_end(client_id)
+            client = self._clients.touch(
+                client_id, lambda: _Client(cfg.history, cfg.anomaly_window), cfg.max_clients
+            )
             for i, c in enumerate(preds):
                 client.queries += 1
                 client.times.append(now)
@@ -254,6 +253,8 @@ class ExtractionMonitor:
                     if w is not None:
                         client.w = w
                         prada_alert = w < self.delta_
+                        if prada_alert and client.prada_at is None:
+                            client.prada_at = client.queries
                         if prada_alert and not client.alert:
                             client.reason = f"PRADA Shapiro–Wilk W {w:.4f} < δ {self.delta_:.4f}"
                             client.alert_at = client.queries
@@ -266,14 +267,16 @@ class ExtractionMonitor:
                             client.alert, client.reason = False, None
                         client.alert = client.alert or prada_alert
                 n_anom = sum(client.anomalies)
-                if (
-                    cfg.anomaly_rate is not None
-                    and not client.alert
-                    and n_anom >= np.ceil(cfg.anomaly_rate * cfg.anomaly_window)
-                ):
+                anomaly_alert = cfg.anomaly_rate is not None and n_anom >= np.ceil(
+                    cfg.anomaly_rate * cfg.anomaly_window
+                )
+                if anomaly_alert and client.anomaly_at is None:
+                    client.anomaly_at = client.queries
+                if anomaly_alert and not client.alert:
                     client.alert, client.alert_at = True, client.queries
                     client.reason = (
-                        f"{n_anom} of the last {len(client.anomalies)} queries were anomalous"
+                        f"anomaly rate: {n_anom} of the last {len(client.anomalies)} queries "
+                        "were anomalous"
                     )
                 out.append(self._status(client_id, client, now))
         return out
@@ -292,6 +295,8 @@ class ExtractionMonitor:
             extraction_alert=client.alert,
             alert_reason=client.reason,
             alert_at_query=client.alert_at,
+            prada_alert_at=client.prada_at,
+            anomaly_alert_at=client.anomaly_at,
             anomaly_rate=rate,
             volume=volume,
             volume_alert=volume > cfg.max_queries_per_window,
@@ -308,12 +313,10 @@ class ExtractionMonitor:
             return self._status(client_id, client, last if now is None else now)
 
     def reset(self, client_id: str) -> None:
-        with self._lock:
-            self._clients.pop(client_id, None)
+        self._clients.discard(client_id)
 
     def clients(self) -> list[str]:
-        with self._lock:
-            return list(self._clients)
+        return self._clients.ids()
 
     # -- persistence ----------------------------------------------------------------------
     def state(self) -> dict[str, Any]:

@@ -35,11 +35,12 @@ from bastion.data.dataset import Dataset
 from bastion.data.spec import InputSpec, image_spec
 from bastion.errors import DataError, ModelError
 from bastion.guard.base import Detector
-from bastion.guard.config import GuardConfig
+from bastion.guard.config import CalibrationRecord, GuardConfig
 from bastion.guard.detectors import DETECTORS, build_detectors
 from bastion.guard.drift import DriftMonitor
 from bastion.guard.extraction import ExtractionMonitor, ExtractionStatus
 from bastion.guard.policy import ClientSignal, decide
+from bastion.guard.query import QueryMonitors, QueryStatus, fit_query_monitors, merge_signals
 from bastion.guard.tap import InputScale, ModelTap, ScoresTap, Tap, TapOutputs, make_tap
 from bastion.guard.verdict import DriftStatus, GuardVerdict
 from bastion.models.loaded import LoadedModel
@@ -104,6 +105,7 @@ class Guard:
         *,
         drift: DriftMonitor | None = None,
         extraction: ExtractionMonitor | None = None,
+        query: QueryMonitors | None = None,
         meta: dict[str, Any] | None = None,
     ) -> None:
         self.tap = tap
@@ -111,6 +113,7 @@ class Guard:
         self.config = config
         self.drift = drift
         self.extraction = extraction
+        self.query = query
         self.meta = dict(meta or {})
         self._lock = threading.Lock()
         spec = self.meta.get("input_spec")
@@ -157,7 +160,8 @@ class Guard:
     ) -> tuple[torch.Tensor, list[GuardVerdict]]:
         """The model's logits for ``x`` (log-probabilities for a model read through its
         scores) and one verdict per sample, from one model pass. Updates the drift window
-        and the client's extraction state."""
+        and the client's state in the extraction monitor (PRADA) and the query detectors
+        (similarity, coverage); an alert of any of them is the client's extraction alert."""
         self._check_input(x)
         with torch.no_grad():
             outputs = self.tap(x)
@@ -169,15 +173,19 @@ class Guard:
         if self.drift is not None:
             self.drift.update(outputs.features)
         signals: list[ClientSignal | None] = [None] * n
+        scaled = self._scale(x) if self.extraction is not None or self.query is not None else x
         if self.extraction is not None:
             statuses = self.extraction.observe(
                 client_id,
-                self._scale(x),
+                scaled,
                 outputs.predictions,
                 anomalous=fired,
                 now=time.time() if now is None else now,
             )
             signals = [s.signal() for s in statuses]
+        if self.query is not None:
+            extra = self.query.observe(client_id, scaled, outputs)
+            signals = [merge_signals(s, e) for s, e in zip(signals, extra, strict=True)]
         verdicts = [
             decide(r, thresholds, self.config.policy, sig)
             for r, sig in zip(rows, signals, strict=True)
@@ -205,10 +213,17 @@ class Guard:
         """The extraction monitor's current view of one client (None when disabled)."""
         return None if self.extraction is None else self.extraction.status(client_id)
 
+    def query_status(self, client_id: str) -> QueryStatus | None:
+        """The similarity and coverage detectors' view of one client (None when both off)."""
+        return None if self.query is None else self.query.status(client_id)
+
     def reset_client(self, client_id: str) -> None:
-        """Forget a client's extraction state (e.g. after a reviewer cleared it)."""
+        """Forget a client's extraction and query-detector state (e.g. after a reviewer
+        cleared it)."""
         if self.extraction is not None:
             self.extraction.reset(client_id)
+        if self.query is not None:
+            self.query.reset(client_id)
 
     # -- persistence ----------------------------------------------------------------------
     @staticmethod
@@ -237,6 +252,9 @@ class Guard:
             tensors.update({f"drift.{k}": v for k, v in ts.items()})
         if self.extraction is not None:
             doc["extraction"] = self.extraction.state()
+        if self.query is not None:
+            doc["query"], ts = self.query.state()
+            tensors.update({f"query.{k}": v for k, v in ts.items()})
         tmp_t = model_dir / (GUARD_TENSORS + ".tmp")
         save_file(tensors, str(tmp_t))
         tmp_t.replace(model_dir / GUARD_TENSORS)
@@ -302,7 +320,14 @@ class Guard:
         extraction = (
             ExtractionMonitor.from_state(doc["extraction"]) if "extraction" in doc else None
         )
-        return cls(tap, detectors, config, drift=drift, extraction=extraction, meta=meta)
+        query = None
+        if "query" in doc:
+            query = QueryMonitors.from_state(
+                doc["query"], {k[6:]: v for k, v in tensors.items() if k.startswith("query.")}
+            )
+        return cls(
+            tap, detectors, config, drift=drift, extraction=extraction, query=query, meta=meta
+        )
 
 
 def _params(params: dict[str, Any]) -> dict[str, Any]:
@@ -383,14 +408,19 @@ def fit_guard(
     target_fpr: float | None = None,
     config: GuardConfig | None = None,
     calibration: Dataset | None = None,
+    calibration_record: CalibrationRecord | None = None,
     model_sha256: str | None = None,
 ) -> Guard:
     """Fit and calibrate a guard for ``model`` (an ``nn.Module`` or a :class:`LoadedModel`
     of any form) on clean data.
 
-    Detectors are fitted on ``train`` (minus a held-out ``config.calibration_fraction`` when
-    no ``calibration`` set is given) and their thresholds set so that a share
-    ``target_fpr`` (default ``config.target_fpr``) of held-out clean inputs is flagged.
+    Detectors are fitted on ``train``; their thresholds, the drift reference and the query
+    monitors are calibrated on ``calibration``, which must be rows the model never trained
+    on (choose them with :func:`~bastion.guard.calibration.choose_calibration`; pass its
+    ``record``), so that a share ``target_fpr`` (default ``config.target_fpr``) of fresh
+    clean inputs is flagged. Without ``calibration`` a share ``config.calibration_fraction``
+    of ``train`` is held out instead, and ``meta["calibration"]`` says that its
+    disjointness from the model's training rows is unknown.
     Which detectors are built follows the data's modality and what the model exposes
     (:func:`~bastion.guard.detectors.build_detectors`); the reasons for those left out are
     kept in ``meta["detectors_not_built"]``."""
@@ -405,8 +435,21 @@ def fit_guard(
     if calibration is None:
         fit_idx, cal_idx = _split(len(train), config.calibration_fraction, config.seed)
         x_fit, y_fit, x_cal = train.x[fit_idx], train.y[fit_idx], train.x[cal_idx]
+        calibration_record = calibration_record or CalibrationRecord.of(
+            train.subset(cal_idx),
+            source="fit-holdout",
+            description=f"{len(cal_idx)} rows held out of the fit data ({train.name})",
+            how_known="fit_guard was given no calibration set: whether the model trained on "
+            "these rows is unknown",
+        )
     else:
         x_fit, y_fit, x_cal = train.x, train.y, calibration.x
+        calibration_record = calibration_record or CalibrationRecord.of(
+            calibration,
+            source="given",
+            description=f"{len(calibration)} rows of {calibration.name} ({calibration.split})",
+            how_known="given to fit_guard: whether the model trained on them is not recorded",
+        )
     name = f"{loaded.name} ({loaded.form})" if loaded is not None else type(module).__name__
     tap = make_tap(
         module,
@@ -428,20 +471,35 @@ def fit_guard(
             time.perf_counter() - start,
             det.threshold(),
         )
-    with torch.no_grad():
-        outs = _batched(tap, x_fit)
+    with torch.no_grad():  # the drift reference: held-out rows, like the traffic
+        outs = _batched(tap, x_cal)
     feats = torch.cat([o.features for o in outs])
     drift = None
     if config.drift.enabled:
         drift = DriftMonitor(config.drift).fit(feats)
     extraction = None
     if config.extraction.enabled:
-        x_all = torch.cat([x_fit, x_cal])
+        # PRADA's δ from simulated benign clients of the held-out calibration rows only
         with torch.no_grad():
-            preds = torch.cat([o.predictions for o in _batched(tap, x_all)])
+            preds = torch.cat([o.predictions for o in _batched(tap, x_cal)])
         scale = InputScale.from_spec(spec)
         extraction = ExtractionMonitor(config.extraction).fit(
-            scale(x_all), predictions=preds, seed=config.seed
+            scale(x_cal), predictions=preds, seed=config.seed
+        )
+    query = None
+    if config.query.similarity.enabled or config.query.coverage.enabled:
+        # held-out benign inputs only: the calibration part, never the rows fitted on
+        with torch.no_grad():
+            cal_outs = _batched(tap, x_cal)
+        cal = TapOutputs(
+            torch.cat([o.logits for o in cal_outs]), torch.cat([o.features for o in cal_outs])
+        )
+        query = fit_query_monitors(
+            config.query,
+            InputScale.from_spec(spec)(x_cal),
+            cal,
+            num_classes=train.num_classes,
+            seed=config.seed,
         )
     from bastion.models.io import state_sha256
 
@@ -456,6 +514,7 @@ def fit_guard(
         "data": train.name,
         "n_fit": len(x_fit),
         "n_calibration": len(x_cal),
+        "calibration": calibration_record.model_dump(mode="json"),
         "input_shape": list(train.shape),
         "modality": spec.modality,
         "bounds": list(spec.scalar_bounds() or (float(lo.min()), float(hi.max()))),
@@ -466,4 +525,4 @@ def fit_guard(
         "detectors_not_built": not_built,
         "fitted_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
-    return Guard(tap, detectors, config, drift=drift, extraction=extraction, meta=meta)
+    return Guard(tap, detectors, config, drift=drift, extraction=extraction, query=query, meta=meta)

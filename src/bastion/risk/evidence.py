@@ -15,9 +15,13 @@ Occurrence (1–10) per catalogue ``evidence.mapping`` (docs/risk.md):
   classes, then as ``rate``; the best surrogate (highest fidelity, any budget) counts;
 - ``drop``: label-flip clean-accuracy drop, ``r = min(1, drop / 0.3)``, then as ``rate``.
 
-Detection (1–10) from a guard evaluation: among the detectors whose name matches the
-risk's ``detectors`` patterns, the one with the highest TPR at its calibrated FPR sets
-``detection_from_tpr(tpr, fpr)``.
+Detection (1–10) from a guard evaluation's **adaptive** figures only
+(``adaptive.detectors``: detection under an attacker that knows every detector and its
+threshold): among the detectors whose name matches the risk's ``detectors`` patterns, the one
+with the highest TPR at its calibrated FPR sets ``detection_from_tpr(tpr, fpr)``.
+Non-adaptive figures (``non_adaptive``, or the unlabelled ``detectors`` of older files) come
+from attackers that do not know the detectors; they say nothing about one who does, so they
+move no detection score and the risk is listed as unchanged with that reason.
 
 A risk marked *mitigated* whose measured occurrence rises is reopened: the evidence no
 longer supports the mitigation. Accepted risks keep their status (a person decided).
@@ -25,7 +29,6 @@ longer supports the mitigation. Accepted risks keep their status (a person decid
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import math
@@ -33,12 +36,14 @@ import re
 from dataclasses import dataclass, field
 from fnmatch import fnmatch
 from pathlib import Path
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from bastion.assess.schema import Finding, Report
 from bastion.config import describe_validation_error
 from bastion.errors import ConfigError
+from bastion.models.loaded import file_sha256
 from bastion.risk import scoring
 from bastion.risk.register import Change, Evidence, Risk, RiskRegister, UpdateRecord
 
@@ -56,20 +61,59 @@ class DetectorRates(BaseModel):
     auroc: float | None = Field(None, ge=0, le=1)
 
 
-class GuardEvaluation(BaseModel):
-    """The fields of a `bastion guard evaluate` JSON that the register reads."""
+class AttackFigures(BaseModel):
+    """One attacker's figures in a guard evaluation (``adaptive`` or ``non_adaptive``)."""
 
     model_config = ConfigDict(extra="allow")
 
-    detectors: dict[str, DetectorRates]
+    status: Literal["measured", "not_measured"] = "measured"
+    reason: str = ""
+    attack: dict[str, Any] = Field(default_factory=dict)
+    detectors: dict[str, DetectorRates] = Field(default_factory=dict)
+
+    def describe(self) -> str:
+        """The attack and its budget, e.g. ``orthogonal-pgd L∞ ε=0.1, 2×100 steps``."""
+        a = self.attack
+        text = str(a.get("name", "attack"))
+        if "eps" in a:
+            norm = "∞" if str(a.get("norm", "inf")) == "inf" else str(a["norm"])
+            text += f" L{norm} ε={a['eps']}"
+        if "steps" in a:
+            text += f", {a.get('restarts', 1)}×{a['steps']} steps"
+        elif "queries" in a:
+            text += f", {a['queries']} queries"
+        return text
 
 
-def file_sha256(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+class GuardEvaluation(BaseModel):
+    """The fields of a `bastion guard evaluate` JSON that the register reads: the
+    ``adaptive`` attacker's figures (the only ones that move detection) and the
+    ``non_adaptive`` ones; ``detectors`` is the unlabelled, non-adaptive form of older
+    files."""
+
+    model_config = ConfigDict(extra="allow")
+
+    adaptive: AttackFigures | None = None
+    non_adaptive: AttackFigures | None = None
+    detectors: dict[str, DetectorRates] | None = None
+
+    def adaptive_rates(self) -> tuple[dict[str, DetectorRates], str]:
+        """The adaptive detector rates, or ({}, why there are none)."""
+        a = self.adaptive
+        if a is None:
+            return {}, (
+                "the guard evaluation has no adaptive figures (only detection of attacks that "
+                "do not know the detectors, which moves no detection score): rerun "
+                "`bastion guard evaluate` (adaptive by default)"
+            )
+        if a.status != "measured":
+            return {}, f"the adaptive attacker was not measured: {a.reason}"
+        return a.detectors, ""
+
+    def non_adaptive_rates(self) -> dict[str, DetectorRates]:
+        if self.non_adaptive is not None:
+            return self.non_adaptive.detectors
+        return dict(self.detectors or {})
 
 
 def load_report(path: str | Path) -> Report:
@@ -117,10 +161,10 @@ def load_guard_evaluation(path: str | Path) -> GuardEvaluation:
         raise ConfigError(f"guard evaluation not found: {path}") from None
     except json.JSONDecodeError as exc:
         raise ConfigError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
-    if not isinstance(data, dict) or "detectors" not in data:
+    if not isinstance(data, dict) or not {"adaptive", "non_adaptive", "detectors"} & set(data):
         raise ConfigError(
-            f"{path}: expected a guard evaluation with "
-            '{"detectors": {name: {"tpr": ..., "fpr": ..., "auroc": ...}}}'
+            f"{path}: expected a guard evaluation (`bastion guard evaluate --out FILE`) with "
+            '{"adaptive": {"detectors": {name: {"tpr": ..., "fpr": ..., "auroc": ...}}}}'
         )
     try:
         return GuardEvaluation.model_validate(data)
@@ -268,7 +312,9 @@ def update_from_report(
             )
         if guard is not None:
             rec = _update_detection(risk, guard, guard_path, gsha, by)
-            if rec:
+            if isinstance(rec, str):
+                result.unmeasured.append((risk.id, rec))
+            elif rec is not None:
                 result.changes.append((risk.id, rec))
     sources = []
     if report_path:
@@ -313,29 +359,43 @@ def _update_occurrence(
             result.changes.append((risk.id, reopen))
 
 
+def _matching(risk: Risk, rates: dict[str, DetectorRates]) -> list[tuple[str, DetectorRates]]:
+    return [
+        (name, r)
+        for name, r in rates.items()
+        if any(fnmatch(name.lower(), p.lower()) for p in risk.detectors)
+    ]
+
+
 def _update_detection(
     risk: Risk,
     guard: GuardEvaluation,
     path: str | Path | None,
     sha: str | None,
     by: str | None,
-) -> Change | None:
-    matched = [
-        (name, rates)
-        for name, rates in guard.detectors.items()
-        if any(fnmatch(name.lower(), p.lower()) for p in risk.detectors)
-    ]
+) -> Change | str | None:
+    """The detection change the adaptive figures support; a string says why none (a matching
+    detector was measured, but only non-adaptively); None when no detector matches at all."""
+    rates, why = guard.adaptive_rates()
+    matched = _matching(risk, rates)
     if not matched:
-        return None
-    name, rates = max(matched, key=lambda nr: (nr[1].tpr, -nr[1].fpr))
-    d = scoring.detection_from_tpr(rates.tpr, rates.fpr)
-    risk.measured[f"guard.{name}.tpr"] = rates.tpr
+        naive = _matching(risk, guard.non_adaptive_rates())
+        if not naive:
+            return None
+        names = ", ".join(sorted(n for n, _ in naive))
+        if not why:
+            why = "the adaptive attacker did not measure these detectors"
+        return f"detection not moved: {names} measured only non-adaptively; {why}"
+    name, r = max(matched, key=lambda nr: (nr[1].tpr, -nr[1].fpr))
+    d = scoring.detection_from_tpr(r.tpr, r.fpr)
+    risk.measured[f"guard.{name}.tpr"] = r.tpr
+    attack = guard.adaptive.describe() if guard.adaptive is not None else "adaptive"
     ev = Evidence(
         kind="guard_evaluation",
         source=str(path) if path else None,
         sha256=sha,
-        metric=f"{name}.tpr",
-        value=rates.tpr,
-        detail=f"{name}: TPR {rates.tpr:.3g} at FPR {rates.fpr:.3g}",
+        metric=f"adaptive.{name}.tpr",
+        value=r.tpr,
+        detail=f"{name}: TPR {r.tpr:.3g} at FPR {r.fpr:.3g} under the adaptive attacker ({attack})",
     )
     return risk.change("detection", d, reason=f"measured detector {ev.detail}", evidence=ev, by=by)
