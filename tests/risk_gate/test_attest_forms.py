@@ -16,8 +16,8 @@ import pytest
 import torch
 from sklearn.datasets import load_breast_cancer
 
-from bastion.cli import main
 from bastion.models.loaded import Artifact, artifacts_sha256
+from tests.cli_runner import run_main as run_cli
 from tests.tabular_models import entry_point_mlp, export_onnx, split_like_bastion, train, write_csv
 
 from .conftest import EXAMPLE_POLICY
@@ -30,14 +30,6 @@ curve_eps: [0.1]
 probes: [evasion, blackbox]
 budgets: {n_eval: 24, pgd_steps: 3, queries: 20, n_blackbox: 6}
 """
-
-
-def run_cli(monkeypatch, capsys, *args):
-    monkeypatch.setattr(sys, "argv", ["bastion", *map(str, args)])
-    with pytest.raises(SystemExit) as exc:
-        main()
-    out = capsys.readouterr()
-    return exc.value.code or 0, out.out, out.err
 
 
 def flip_byte(path: Path, at: int | None = None) -> None:

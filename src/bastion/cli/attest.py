@@ -1,5 +1,8 @@
 """`bastion attest`: sign what the gate measured; `bastion attest verify`: check it.
-Also adds `bastion keys signing-init` to the shared keys group.
+`bastion attest sign MODEL` / `bastion attest verify-model MODEL`: sign a model (a file or a
+directory) in the OpenSSF model-signing format and verify it (one line OK/FAIL, exit 0/1).
+Also adds `bastion keys signing-init` (Ed25519, attestations) and `bastion keys
+model-signing-init` (ECDSA, model signatures) to the shared keys group.
 
 The model files are the report's recorded artifacts (at their recorded paths; relative ones
 from the current directory, where `bastion assess` ran), or, with the model options of
@@ -25,6 +28,7 @@ from bastion.cli.common import (
 )
 from bastion.cli.gate import BaselineOpt, ComparisonOpt, print_decision
 from bastion.cli.keys_group import ensure_keys_group
+from bastion.cli.validate import choice_check, prepare_file
 from bastion.errors import ConfigError
 from bastion.gate.keys import (
     default_key_path,
@@ -98,6 +102,8 @@ def register(app: typer.Typer) -> None:
             raise ConfigError("--weights and --trust go with --model (or --entry-point)")
         report_file = report / "report.json" if report.is_dir() else report
         target = out or report_file.parent / "attestation.dsse.json"
+        if out is not None:
+            prepare_file(out, "--out")
         source = None
         if model is not None or entry_point is not None:
             source = ModelSource(
@@ -153,6 +159,12 @@ def register(app: typer.Typer) -> None:
         """Check the signature and re-hash every file; exit 1 naming what changed."""
         from bastion.gate.attest import DATASET_SUBJECT, REPORT_SUBJECT, verify_attestation
 
+        if attestation.is_dir():
+            raise ConfigError(
+                f"{attestation} is a directory, not an attestation file: to verify a signed "
+                f"model use `bastion attest verify-model {attestation} --key PUB.pem`"
+            )
+
         overrides: dict[str, Path] = {}
         if model:
             overrides["model/"] = model
@@ -189,6 +201,8 @@ def register(app: typer.Typer) -> None:
             raise typer.Exit(1)
         console.print("[green]attestation verified[/]")
 
+    _register_model_signing(attest)
+
     keys = ensure_keys_group(app)
 
     @keys.command("signing-init")
@@ -199,7 +213,97 @@ def register(app: typer.Typer) -> None:
         force: Annotated[bool, typer.Option(help="replace an existing key")] = False,
     ) -> None:
         """Create an Ed25519 signing key (mode 0600) and its public key beside it."""
+        if out is not None:
+            prepare_file(out, "--out")
         files = generate_signing_key(out, force=force)
         console.print(f"private key: [bold]{files.private}[/] (mode 0600; never share it)")
         console.print(f"public key:  [bold]{files.public}[/]")
         console.print(f"key id: {files.key_id}")
+
+    @keys.command("model-signing-init")
+    def model_signing_init(
+        out: Annotated[
+            Path | None,
+            typer.Option(help="private key file (default: ~/.config/bastion/model-signing.key)"),
+        ] = None,
+        curve: Annotated[
+            str,
+            typer.Option(
+                help="ECDSA curve: P-256 | P-384 | P-521",
+                callback=choice_check(("P-256", "P-384", "P-521"), "curve"),
+            ),
+        ] = "P-256",
+        force: Annotated[bool, typer.Option(help="replace an existing key")] = False,
+    ) -> None:
+        """Create an ECDSA key pair for `bastion attest sign` (model-signing has no Ed25519
+        key signer): the private key (mode 0600) and its public key (.pub) beside it."""
+        from bastion.scan.signing import generate_model_key
+
+        if out is not None:
+            prepare_file(out, "--out")
+        files = generate_model_key(out, curve=curve, force=force)
+        console.print(f"private key: [bold]{files.private}[/] (mode 0600; never share it)")
+        console.print(f"public key:  [bold]{files.public}[/]")
+        console.print(f"key id: {files.key_id}")
+
+
+ModelArg = Annotated[Path, typer.Argument(help="the model: a file or a model directory")]
+SignatureOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--signature", help="signature file (default: DIR/model.sig, or FILE.sig beside a file)"
+    ),
+]
+
+
+def _register_model_signing(attest: typer.Typer) -> None:
+    @attest.command("sign")
+    def sign(
+        model: ModelArg,
+        key: Annotated[
+            Path | None,
+            typer.Option(
+                help="ECDSA private key PEM (default: $BASTION_MODEL_SIGNING_KEY or "
+                "~/.config/bastion/model-signing.key; `bastion keys model-signing-init`)"
+            ),
+        ] = None,
+        signature: SignatureOpt = None,
+    ) -> None:
+        """Sign a model in the OpenSSF model-signing format (a Sigstore bundle, key-based,
+        offline): every file of a directory, except the signature itself, is covered."""
+        from bastion.scan.signing import sign_model
+
+        if signature is not None:
+            prepare_file(signature, "--signature")
+        signed = sign_model(model, key, signature=signature)
+        console.print(
+            f"signed {signed.model}: {len(signed.files)} file(s), model digest "
+            f"sha256:{signed.digest[:16]}…, key {signed.key_id[:16]}…; signature: "
+            f"[bold]{signed.signature}[/]",
+            highlight=False,
+            soft_wrap=True,
+        )
+
+    @attest.command("verify-model")
+    def verify_model_cmd(
+        model: ModelArg,
+        key: Annotated[
+            Path | None,
+            typer.Option(
+                help="ECDSA public key PEM (default: $BASTION_MODEL_SIGNING_PUBLIC_KEY or "
+                "~/.config/bastion/model-signing.pub)"
+            ),
+        ] = None,
+        signature: SignatureOpt = None,
+    ) -> None:
+        """Verify a model against its model-signing signature: one line OK (exit 0) or FAIL
+        with the reason (exit 1): missing signature, another key, an altered signature, a
+        changed, missing or unsigned file."""
+        from bastion.scan.signing import verify_model
+
+        result = verify_model(model, key, signature=signature)
+        if result.ok:
+            console.print(result.line(), highlight=False, soft_wrap=True, markup=False)
+            return
+        err_console.print(result.line(), highlight=False, soft_wrap=True, markup=False)
+        raise typer.Exit(1)

@@ -19,6 +19,7 @@ from pathlib import Path
 from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes, PublicKeyTypes
 
 from bastion.errors import ConfigError
 
@@ -56,9 +57,13 @@ class SigningKey:
         return f"SigningKey(key_id={self.key_id[:16]}…, source={self.source!r})"
 
 
+def config_dir() -> Path:
+    """``$XDG_CONFIG_HOME/bastion`` (default ``~/.config/bastion``): where keys live."""
+    return Path(os.environ.get("XDG_CONFIG_HOME") or Path.home() / ".config") / "bastion"
+
+
 def default_key_path() -> Path:
-    base = Path(os.environ.get("XDG_CONFIG_HOME") or Path.home() / ".config")
-    return base / "bastion" / "signing.key"
+    return config_dir() / "signing.key"
 
 
 def public_path_for(private: Path) -> Path:
@@ -71,7 +76,7 @@ def key_id(public: Ed25519PublicKey) -> str:
     return hashlib.sha256(raw).hexdigest()
 
 
-def public_pem(public: Ed25519PublicKey) -> bytes:
+def public_pem(public: PublicKeyTypes) -> bytes:
     return public.public_bytes(
         serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
     )
@@ -86,13 +91,18 @@ def generate_signing_key(path: str | Path | None = None, *, force: bool = False)
             f"{path} already exists: keep it, or pass --force to replace it (attestations "
             "signed with the old key will no longer verify with the new public key)"
         )
-    if not path.parent.exists():
-        path.parent.mkdir(parents=True, mode=0o700)
     key = Ed25519PrivateKey.generate()
+    write_private_key(path, key)
+    pub.write_bytes(public_pem(key.public_key()))
+    return KeyFiles(path, pub, key_id(key.public_key()))
+
+
+def write_private_key(path: Path, key: PrivateKeyTypes) -> None:
+    """Write ``key`` as unencrypted PKCS#8 PEM to ``path``, mode 0600 from the start (a
+    temporary file made with ``O_EXCL``, then renamed); the folder is made 0700 if missing."""
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     pem = key.private_bytes(
-        serialization.Encoding.PEM,
-        serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption(),
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
     )
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
@@ -103,34 +113,53 @@ def generate_signing_key(path: str | Path | None = None, *, force: bool = False)
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
-    pub.write_bytes(public_pem(key.public_key()))
-    return KeyFiles(path, pub, key_id(key.public_key()))
 
 
-def check_permissions(path: Path) -> None:
+def check_permissions(path: Path, error: type[ConfigError] = SigningKeyError) -> None:
     """Refuse a private key file that group or others may read or write (POSIX)."""
     if os.name != "posix":
         return
     mode = stat.S_IMODE(path.stat().st_mode)
     if mode & 0o077:
-        raise SigningKeyError(
+        raise error(
             f"{path} is accessible by group or others (mode {mode:04o}): a private key must "
             f"be private; run `chmod 600 {path}`"
         )
 
 
-def _parse_private(data: bytes, source: str) -> Ed25519PrivateKey:
+def parse_private_pem(
+    data: bytes, source: str, error: type[ConfigError] = SigningKeyError, hint: str = ""
+) -> PrivateKeyTypes:
+    """A PEM private key of any type from ``data``; an encrypted or unreadable one is
+    ``error`` with one line (never the key material). ``hint`` ends the not-a-key message."""
     try:
-        key = serialization.load_pem_private_key(data, password=None)
+        return serialization.load_pem_private_key(data, password=None)
     except TypeError:
-        raise SigningKeyError(
+        raise error(
             f"{source}: the key is encrypted with a passphrase; Bastion needs an unencrypted "
             "PKCS#8 key protected by file permissions (mode 0600)"
         ) from None
     except (ValueError, UnsupportedAlgorithm):
-        raise SigningKeyError(
-            f"{source}: not a PEM private key (create one with `bastion keys signing-init`)"
-        ) from None
+        public = " (that is a public key: sign with the private key)" if b"PUBLIC" in data else ""
+        raise error(f"{source}: not a PEM private key{public} ({hint})") from None
+
+
+def parse_public_pem(
+    data: bytes, source: str, error: type[ConfigError] = SigningKeyError
+) -> PublicKeyTypes:
+    """A PEM public key of any type from ``data``; a private key or garbage is ``error``."""
+    try:
+        return serialization.load_pem_public_key(data)
+    except (ValueError, UnsupportedAlgorithm):
+        if b"PRIVATE KEY" in data:
+            raise error(
+                f"{source} holds a private key: verify with the public key (.pub) instead"
+            ) from None
+        raise error(f"{source}: not a PEM public key") from None
+
+
+def _parse_private(data: bytes, source: str) -> Ed25519PrivateKey:
+    key = parse_private_pem(data, source, hint="create one with `bastion keys signing-init`")
     if not isinstance(key, Ed25519PrivateKey):
         raise SigningKeyError(f"{source}: the key is {type(key).__name__}, not Ed25519")
     return key
@@ -184,14 +213,7 @@ def load_public_key(path: str | Path | None = None) -> Ed25519PublicKey:
 
 
 def _parse_public(data: bytes, source: str) -> Ed25519PublicKey:
-    try:
-        key = serialization.load_pem_public_key(data)
-    except (ValueError, UnsupportedAlgorithm):
-        if b"PRIVATE KEY" in data:
-            raise SigningKeyError(
-                f"{source} holds a private key: verify with the public key (.pub) instead"
-            ) from None
-        raise SigningKeyError(f"{source}: not a PEM public key") from None
+    key = parse_public_pem(data, source)
     if not isinstance(key, Ed25519PublicKey):
         raise SigningKeyError(f"{source}: the key is {type(key).__name__}, not Ed25519")
     return key
