@@ -30,6 +30,7 @@ COMMAND_MODULES = [
     "risk",
     "gate",
     "attest",
+    "scan",
     "bom",
     "keys",
     "guard",

@@ -44,6 +44,7 @@ from bastion.guard.query import QueryMonitors, QueryStatus, fit_query_monitors, 
 from bastion.guard.tap import InputScale, ModelTap, ScoresTap, Tap, TapOutputs, make_tap
 from bastion.guard.verdict import DriftStatus, GuardVerdict
 from bastion.models.loaded import LoadedModel
+from bastion.scan.engine import require_clean
 
 log = logging.getLogger(__name__)
 GUARD_JSON = "guard.json"
@@ -283,6 +284,7 @@ class Guard:
             raise GuardNotFittedError(f"no guard fitted for {model_dir}: {fix}")
         try:
             doc = json.loads(path.read_text())
+            require_clean(model_dir / GUARD_TENSORS)
             tensors = load_file(str(model_dir / GUARD_TENSORS))
         except (ValueError, OSError) as exc:
             raise GuardNotFittedError(f"{path}: unreadable guard ({exc}): {fix}") from None

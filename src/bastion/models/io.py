@@ -39,6 +39,7 @@ from bastion.models.loaded import (
 )
 from bastion.models.safe_pickle import load_tensors
 from bastion.models.zoo import ModelSpec, build_model
+from bastion.scan.engine import require_clean
 
 WEIGHTS = "model.safetensors"
 SPEC = "spec.json"
@@ -79,6 +80,7 @@ def save_model(
 
 def _load_state(path: Path) -> dict[str, torch.Tensor]:
     if path.suffix == ".safetensors":
+        require_clean(path)  # the header only
         try:
             return load_file(str(path))
         except Exception as exc:  # safetensors raises its own error types
@@ -220,6 +222,7 @@ def load_model(
         raise ModelError(f"model not found: {path}: pass {ACCEPTED}")
     if path.is_dir():
         return _load_model_dir(path, weights, trusted)
+    require_clean(path)  # bastion scan first: refuses code-carrying files before loading
     suffix = path.suffix.lower()
     if suffix in {".pt", ".pth"}:
         if forms_torch.is_torchscript(path):

@@ -57,6 +57,10 @@ def load_tensors(
     """``torch.load(path, weights_only=True)``: a refused pickle is UnsafeModelError; an
     unreadable, truncated or corrupt file is ``error`` ("cannot read the WHAT (...)", then
     ``fix``)."""
+    from bastion.scan.engine import require_clean
+
+    if isinstance(path, (str, Path)) and Path(path).is_file():
+        require_clean(Path(path))  # static scan first: refuses before any unpickling
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as exc:
