@@ -8,14 +8,20 @@ adversarially trained for 2 epochs with FGSM + random start (Wong et al. 2020). 
 - PGD-20 (L∞, ε=0.1, step 0.01, no random start so the three libraries attack the very same
   points): the fixed-step loop of each library, and Bastion's robust-accuracy evaluation
   (``robust_mask``: clean-misclassified points skipped, the active set on);
-- Bastion's standard ensemble (APGD-CE → APGD-T, 100 iterations each) vs torchattacks'
-  ``AutoAttack(version='standard')`` and ART's ``AutoAttack`` (on ``--art-n`` images: it
-  runs at a few images/s);
+- Bastion's two-attack ensemble (APGD-CE → APGD-T, two of AutoAttack's four, 100
+  iterations each, 9 targets) vs the same two attacks of torchattacks at the same budget;
+- Bastion's full ``autoattack`` (AutoAttack's standard version: APGD-CE → APGD-T → FAB-T →
+  Square; 100 iterations, 9 target classes, 5 000 Square queries, p_init 0.8) vs
+  torchattacks' ``AutoAttack(version='standard')`` at its default (the same four attacks at
+  10 iterations) and the same four at 100 iterations, and vs ART's ``AutoAttack`` with its
+  own standard list (APGD-CE and APGD-DLR with 5 restarts each, DeepFool, Square with 5
+  restarts; on ``--art-n`` / ``--art-at-n`` images: it runs at a few images/s);
 - a 10-point ε curve (ε = 0.02 … 0.2) by ``bastion.attacks.curve.pgd_curve`` (PGD with
   ε-continuation: each ε attacks only the survivors of the previous one, warm-started from
   their last iterate), vs 10 independent PGD-20 runs with step ε/10 (torchattacks).
 
-``--tasks`` runs a subset (fgsm, pgd, ensemble, curve; the curve needs pgd for its ratios).
+``--tasks`` runs a subset (fgsm, pgd, ensemble, autoattack, curve; the curve needs pgd for
+its ratios, the ensemble runs after pgd). ``--n`` sets the number of test images.
 
 Each row prints seconds, images/s and robust accuracy. Run with the ``bench`` extra and
 torchattacks installed without its dependencies (``make bench`` does both):
@@ -267,6 +273,8 @@ def bench_model(
     )
     for lib, res in t.items():
         add("FGSM ε=0.1", lib, res)
+    if "autoattack" in tasks:
+        autoattack_rows(name, model, x, y, args, add)
     if "pgd" not in tasks:
         return rows
 
@@ -359,6 +367,39 @@ def bench_model(
     return rows
 
 
+ENSEMBLE = "APGD-CE → APGD-T"
+FULL = "AutoAttack standard"
+
+
+def ta_two(mdl: nn.Module, steps: int = 100) -> object:
+    """torchattacks' APGD-CE then APGD-T (9 targets), the two-attack ensemble's counterpart."""
+    import torchattacks
+
+    return torchattacks.MultiAttack(
+        [
+            torchattacks.APGD(mdl, eps=EPS, steps=steps, loss="ce", n_restarts=1, seed=0),
+            torchattacks.APGDT(mdl, eps=EPS, steps=steps, n_classes=10, n_restarts=1, seed=0),
+        ]
+    )
+
+
+def ta_four(mdl: nn.Module, steps: int) -> object:
+    """torchattacks' AutoAttack standard list (APGD-CE, APGD-T, FAB-T, Square 5 000) with
+    ``steps`` iterations for the three gradient attacks (its AutoAttack class uses 10)."""
+    import torchattacks
+
+    return torchattacks.MultiAttack(
+        [
+            torchattacks.APGD(mdl, eps=EPS, steps=steps, loss="ce", n_restarts=1, seed=0),
+            torchattacks.APGDT(mdl, eps=EPS, steps=steps, n_classes=10, n_restarts=1, seed=0),
+            torchattacks.FAB(
+                mdl, eps=EPS, steps=steps, multi_targeted=True, n_classes=10, n_restarts=1, seed=0
+            ),
+            torchattacks.Square(mdl, eps=EPS, n_queries=5000, p_init=0.8, n_restarts=1, seed=0),
+        ]
+    )
+
+
 def ensemble_rows(
     name: str,
     model: nn.Module,
@@ -367,18 +408,48 @@ def ensemble_rows(
     args: argparse.Namespace,
     add: Callable[..., Row],
 ) -> None:
-    """Bastion's standard ensemble vs torchattacks' and ART's AutoAttack."""
-    import torchattacks
-    from art.attacks.evasion import AutoAttack
-
+    """Bastion's two-attack ensemble vs the same two attacks in torchattacks, same budget."""
     n, B = len(x), args.batch
     gen = torch.Generator().manual_seed(0)
     ens_t = timed(
         lambda: robust_mask(model, x, y, attack="ensemble", eps=EPS, generator=gen, batch_size=B)
     )
     ens = ens_t[2]
-    add("ensemble / AutoAttack", "bastion", ens_t, note="APGD-CE + APGD-T, 100 it.")
+    add(ENSEMBLE, "bastion", ens_t, note="100 it., 9 targets")
     k = min(args.ta_aa_n or n, n)
+    t1 = timed(lambda: ta_run(ta_two, model, x[:k], y[:k], B))
+    add(
+        ENSEMBLE,
+        "torchattacks",
+        t1,
+        note="APGD + APGDT, 100 it., 9 targets" + ("" if k == n else f", first {k}"),
+        bastion_same_points=float(ens[:k].float().mean()),
+    )
+
+
+def autoattack_rows(
+    name: str,
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    args: argparse.Namespace,
+    add: Callable[..., Row],
+) -> None:
+    """Full against full: Bastion's ``autoattack`` vs torchattacks' AutoAttack (standard, at
+    its default and at 100 iterations) and ART's AutoAttack (its standard list)."""
+    import torchattacks
+    from art.attacks.evasion import AutoAttack
+
+    n, B = len(x), args.batch
+    gen = torch.Generator().manual_seed(0)
+    aa_t = timed(
+        lambda: robust_mask(model, x, y, attack="autoattack", eps=EPS, generator=gen, batch_size=B)
+    )
+    aa = aa_t[2]
+    add(FULL, "bastion", aa_t, note="APGD-CE, APGD-T, FAB-T 100 it., 9 targets; Square 5000 q.")
+    k = min(args.ta_aa_n or n, n)
+    first = "" if k == n else f", first {k}"
+    same = float(aa[:k].float().mean())
     t1 = timed(
         lambda: ta_run(
             lambda mdl: torchattacks.AutoAttack(
@@ -390,13 +461,9 @@ def ensemble_rows(
             B,
         )
     )
-    add(
-        "ensemble / AutoAttack",
-        "torchattacks",
-        t1,
-        note="standard (10 it.)" + ("" if k == n else f", first {k}"),
-        bastion_same_points=float(ens[:k].float().mean()),
-    )
+    add(FULL, "torchattacks", t1, note="default (10 it.)" + first, bastion_same_points=same)
+    t1 = timed(lambda: ta_run(lambda mdl: ta_four(mdl, 100), model, x[:k], y[:k], B))
+    add(FULL, "torchattacks-100", t1, note="same four, 100 it." + first, bastion_same_points=same)
     k = min(args.art_at_n if name != "undefended" else args.art_n, n)
     if k > 0:
         t1 = timed(
@@ -408,11 +475,11 @@ def ensemble_rows(
             )
         )
         add(
-            "ensemble / AutoAttack",
+            FULL,
             "art",
             t1,
-            note=f"default attacks, first {k} images",
-            bastion_same_points=float(ens[:k].float().mean()),
+            note=f"ART's list (APGD-CE/DLR ×5, DeepFool, Square ×5), first {k}",
+            bastion_same_points=float(aa[:k].float().mean()),
         )
 
 
@@ -443,6 +510,15 @@ def verdicts(rows: list[Row]) -> list[str]:
     lines = []
     for model in dict.fromkeys(r.model for r in rows):
         get = {(r.task, r.library): r for r in rows if r.model == model}
+        full = {
+            lib: get.get((FULL, lib))
+            for lib in ("bastion", "torchattacks", "torchattacks-100", "art")
+        }
+        if full["bastion"] is not None and full["torchattacks"] is not None:
+            lines += autoattack_verdicts(model, full)
+        two = (get.get((ENSEMBLE, "bastion")), get.get((ENSEMBLE, "torchattacks")))
+        if two[0] is not None and two[1] is not None:
+            lines += ensemble_verdicts(model, *two)
         if ("PGD-20 robust-acc eval", "bastion") not in get:
             continue
         fast = get[("PGD-20 robust-acc eval", "bastion")]
@@ -459,12 +535,6 @@ def verdicts(rows: list[Row]) -> list[str]:
             f"fixed-step accuracy gap {100 * gap:.2f} points (target <= 0.2: {_ok(gap <= 0.002 + 1e-9)}); "
             f"active set {100 * fast.robust_accuracy:.1f}% vs fixed-step {100 * fixed['bastion'].robust_accuracy:.1f}%"
         )
-        ens, ta = (
-            get.get(("ensemble / AutoAttack", "bastion")),
-            get.get(("ensemble / AutoAttack", "torchattacks")),
-        )
-        if ens is not None and ta is not None:
-            lines += ensemble_verdicts(model, ens, ta, get.get(("ensemble / AutoAttack", "art")))
         cur, ind = (
             get.get(("10-point ε curve", "bastion")),
             get.get(("10-point ε curve", "torchattacks")),
@@ -483,21 +553,44 @@ def verdicts(rows: list[Row]) -> list[str]:
     return lines
 
 
-def ensemble_verdicts(model: str, ens: Row, ta: Row, art: Row | None) -> list[str]:
-    lines = []
+def ensemble_verdicts(model: str, ens: Row, ta: Row) -> list[str]:
     same = ta.extra.get("bastion_same_points", ens.robust_accuracy)
     ta_secs = ta.seconds * ens.n / ta.n
-    lines.append(
-        f"{model}: ensemble {100 * same:.1f}% vs torchattacks AutoAttack {100 * ta.robust_accuracy:.1f}% "
-        f"(no higher: {_ok(same <= ta.robust_accuracy)}), {ens.seconds:.1f} s vs {ta_secs:.1f} s "
-        f"for {ens.n} images, {ta_secs / ens.seconds:.1f}x (no more time: {_ok(ens.seconds <= ta_secs)})"
-    )
-    if art:
-        sp = ens.rate / art.rate
+    return [
+        f"{model}: {ENSEMBLE} {100 * same:.1f}% vs torchattacks' same two "
+        f"{100 * ta.robust_accuracy:.1f}% (no higher: {_ok(same <= ta.robust_accuracy)}), "
+        f"{ens.seconds:.1f} s vs {ta_secs:.1f} s for {ens.n} images"
+    ]
+
+
+def autoattack_verdicts(model: str, full: dict[str, Row | None]) -> list[str]:
+    """The issue's targets for the full AutoAttack: robust accuracy no higher than
+    torchattacks' (default and 100 iterations), less time than torchattacks' default,
+    >= 10x ART's images/s."""
+    aa, ta = full["bastion"], full["torchattacks"]
+    assert aa is not None and ta is not None
+    same = ta.extra.get("bastion_same_points", aa.robust_accuracy)
+    ta_secs = ta.seconds * aa.n / ta.n
+    lines = [
+        f"{model}: autoattack {100 * same:.1f}% vs torchattacks AutoAttack (default, 10 it.) "
+        f"{100 * ta.robust_accuracy:.1f}% (no higher: {_ok(same <= ta.robust_accuracy)}), "
+        f"{aa.seconds:.1f} s vs {ta_secs:.1f} s for {aa.n} images "
+        f"(less time: {_ok(aa.seconds < ta_secs)})"
+    ]
+    t100 = full["torchattacks-100"]
+    if t100 is not None:
         lines.append(
-            f"{model}: ensemble {ens.rate:.1f} img/s vs ART AutoAttack {art.rate:.2f} img/s = {sp:.0f}x "
-            f"(target >= 10x: {_ok(sp >= 10)}); on ART's {art.n} images the ensemble leaves "
-            f"{100 * art.extra['bastion_same_points']:.1f}%, ART {100 * art.robust_accuracy:.1f}%"
+            f"{model}: autoattack {100 * same:.1f}% vs torchattacks at 100 it. "
+            f"{100 * t100.robust_accuracy:.1f}% (no higher: {_ok(same <= t100.robust_accuracy)}), "
+            f"{aa.seconds:.1f} s vs {t100.seconds * aa.n / t100.n:.1f} s"
+        )
+    art = full["art"]
+    if art is not None:
+        sp = aa.rate / art.rate
+        lines.append(
+            f"{model}: autoattack {aa.rate:.1f} img/s vs ART AutoAttack {art.rate:.2f} img/s = "
+            f"{sp:.0f}x (target >= 10x: {_ok(sp >= 10)}); on ART's {art.n} images autoattack "
+            f"leaves {100 * art.extra['bastion_same_points']:.1f}%, ART {100 * art.robust_accuracy:.1f}%"
         )
     return lines
 
@@ -517,7 +610,10 @@ def main() -> None:
         "--art-at-n", type=int, default=20, help="images for ART's AutoAttack on the AT model"
     )
     p.add_argument(
-        "--ta-aa-n", type=int, default=0, help="images for torchattacks' AutoAttack (0: all)"
+        "--ta-aa-n",
+        type=int,
+        default=0,
+        help="images for torchattacks' ensemble and AutoAttack rows (0: all)",
     )
     p.add_argument("--epochs", type=int, default=3, help="epochs for the undefended model")
     p.add_argument(
@@ -532,7 +628,9 @@ def main() -> None:
     )
     p.add_argument("--models", default="undefended,fgsm-at", help="comma list: undefended, fgsm-at")
     p.add_argument("--out", type=Path, default=Path("bench-out"))
-    p.add_argument("--tasks", default="fgsm,pgd,ensemble,curve", help="comma list of rows to run")
+    p.add_argument(
+        "--tasks", default="fgsm,pgd,ensemble,autoattack,curve", help="comma list of rows to run"
+    )
     p.add_argument(
         "--train-only", action="store_true", help="train and cache the models, then stop"
     )
@@ -577,7 +675,9 @@ def main() -> None:
     text = "\n".join(report)
     print(text)
     stem = "bench_evasion" + (
-        "" if args.tasks == "fgsm,pgd,ensemble,curve" else "-" + args.tasks.replace(",", "-")
+        ""
+        if args.tasks == "fgsm,pgd,ensemble,autoattack,curve"
+        else "-" + args.tasks.replace(",", "-")
     )
     (args.out / f"{stem}.md").write_text(text + "\n")
     (args.out / f"{stem}.json").write_text(json.dumps([asdict(r) for r in rows], indent=1))

@@ -26,6 +26,8 @@ FAST = {  # small budgets so the whole file stays quick on 2 cores
     "apgd-ce": {"steps": 10},
     "apgd-t": {"steps": 10, "n_target_classes": 2},
     "ensemble": {"steps": 10, "n_target_classes": 2},
+    "fab-t": {"steps": 10, "n_target_classes": 2},
+    "autoattack": {"steps": 10, "n_target_classes": 2, "square_queries": 50},
 }
 
 

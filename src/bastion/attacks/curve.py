@@ -23,7 +23,8 @@ import torch
 from torch import nn
 
 from bastion.attacks._ball import Bounds
-from bastion.attacks.evasion import _pgd_run, check_args, eval_mode, fast_layout
+from bastion.attacks.evasion import check_args, eval_mode, fast_layout
+from bastion.attacks.pgd import _pgd_run
 from bastion.errors import AttackError
 
 

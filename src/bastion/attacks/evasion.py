@@ -10,7 +10,10 @@ device.
 - :func:`fgsm` — FGSM / fast gradient method (Goodfellow et al. 2015).
 - :func:`pgd` — PGD with random start and restarts, L∞ or L2 (Madry et al. 2018).
 - :func:`apgd`, :func:`apgd_targeted`, :func:`standard_ensemble` — APGD-CE, APGD-T and the
-  APGD-CE → APGD-T ensemble (Croce & Hein 2020), in :mod:`bastion.attacks._apgd`.
+  APGD-CE → APGD-T ensemble (two of AutoAttack's four; Croce & Hein 2020), in
+  :mod:`bastion.attacks._apgd`.
+- FAB-T (:mod:`bastion.attacks.fab`) and the full AutoAttack standard version, APGD-CE →
+  APGD-T → FAB-T → Square (:mod:`bastion.attacks.autoattack`), registered as ``autoattack``.
 
 ``ATTACKS`` maps the names a threat model uses to callables with one keyword signature,
 and :func:`robust_mask` turns any of them into per-point robustness for robust-accuracy
@@ -27,7 +30,6 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.nn import functional as F
 
 from bastion.attacks._apgd import (
     apgd,
@@ -52,6 +54,8 @@ from bastion.attacks._ball import (
     span,
     steepest_step,
 )
+from bastion.attacks.fab import fab_targeted
+from bastion.attacks.pgd import fgsm, pgd
 from bastion.errors import AttackError
 
 log = logging.getLogger(__name__)
@@ -68,6 +72,7 @@ __all__ = [
     "clip",
     "dlr_loss",
     "eval_mode",
+    "fab_targeted",
     "fgsm",
     "limits",
     "mask_frozen",
@@ -104,158 +109,6 @@ def width(bounds: Bounds) -> float:
         if not isinstance(lo, torch.Tensor) and not isinstance(hi, torch.Tensor):
             return float(hi) - float(lo)
     return span(bounds)
-
-
-def fgsm(
-    model: nn.Module,
-    x: torch.Tensor,
-    y: torch.Tensor,
-    *,
-    eps: float,
-    bounds: Bounds = (0.0, 1.0),
-    targeted: bool = False,
-    norm: str = "inf",
-) -> torch.Tensor:
-    """Fast Gradient Sign Method (Goodfellow et al. 2015, "Explaining and Harnessing
-    Adversarial Examples"): one step of size ε along the sign of the loss gradient (L∞), or
-    along the L2-normalised gradient with ``norm='2'`` (the fast gradient method).
-    ``targeted`` descends the loss towards the labels ``y`` instead."""
-    norm = check_args(x, y, eps, norm, bounds)
-    with eval_mode(model):
-        x0 = x.detach().clone().requires_grad_(True)
-        with torch.enable_grad():
-            loss = F.cross_entropy(model(x0), y, reduction="sum")
-            (grad,) = torch.autograd.grad(loss, x0)
-    step = steepest_step(mask_frozen(grad, bounds), norm) * (-eps if targeted else eps)
-    return clip(x.detach() + project(step, eps, norm), bounds, ref=x.detach())
-
-
-def _success(logits: torch.Tensor, y: torch.Tensor, targeted: bool) -> torch.Tensor:
-    pred = logits.argmax(1)
-    return pred == y if targeted else pred != y
-
-
-def _pgd_run(
-    model: nn.Module,
-    x: torch.Tensor,
-    y: torch.Tensor,
-    *,
-    eps: float,
-    steps: int,
-    alpha: float,
-    norm: str,
-    random_init: bool,
-    targeted: bool,
-    bounds: Bounds,
-    early_stop: bool,
-    generator: torch.Generator | None,
-    x_init: torch.Tensor | None = None,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """One PGD run; returns (x_adv, success). Without ``early_stop`` success is judged on the
-    last iterate; with it, on the first successful iterate (which is what is returned)."""
-    if x_init is not None:
-        delta = project(x_init.detach() - x, eps, norm)
-    else:
-        delta = random_start(x, eps, norm, generator) if random_init else torch.zeros_like(x)
-    adv = clip(x + delta, bounds, ref=x)
-    success = torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
-    active = torch.arange(x.shape[0], device=x.device)
-    cur, xa, ya = adv.clone(), x, y
-    sign = -alpha if targeted else alpha
-    for _ in range(steps):
-        cur = cur.detach().requires_grad_(True)
-        with torch.enable_grad():
-            logits = model(cur)
-            loss = F.cross_entropy(logits, ya, reduction="sum")
-            (grad,) = torch.autograd.grad(loss, cur)
-        with torch.no_grad():
-            cur = cur.detach()
-            if early_stop:
-                hit = _success(logits, ya, targeted)
-                if hit.any():
-                    adv[active[hit]], success[active[hit]] = cur[hit], True
-                    keep = ~hit
-                    active, cur, grad, xa, ya = (
-                        active[keep],
-                        cur[keep],
-                        grad[keep],
-                        xa[keep],
-                        ya[keep],
-                    )
-                    if active.numel() == 0:
-                        break
-            step = sign * steepest_step(mask_frozen(grad, bounds), norm)
-            cur = clip(xa + project(cur + step - xa, eps, norm), bounds, ref=xa)
-    if active.numel():
-        with torch.no_grad():
-            adv[active] = cur
-            success[active] = _success(model(cur), ya, targeted)
-    return adv, success
-
-
-def pgd(
-    model: nn.Module,
-    x: torch.Tensor,
-    y: torch.Tensor,
-    *,
-    eps: float,
-    steps: int = 10,
-    step_size: float | None = None,
-    norm: str = "inf",
-    restarts: int = 1,
-    random_init: bool = True,
-    targeted: bool = False,
-    bounds: Bounds = (0.0, 1.0),
-    early_stop: bool = False,
-    generator: torch.Generator | None = None,
-    x_init: torch.Tensor | None = None,
-) -> torch.Tensor:
-    """Projected Gradient Descent (Madry et al. 2018, "Towards Deep Learning Models Resistant
-    to Adversarial Attacks") under L∞ or L2 with a uniform random start and restarts (each
-    restart only on the points not yet fooled). ``step_size`` defaults to 2.5·ε/steps.
-    ``x_init`` (same shape as ``x``) warm-starts the first run from those points, projected
-    into the ε-ball: e.g. the iterates of a smaller ε, when tracing a robustness curve.
-
-    Returns the last iterate for every point (a fixed-step loop). With ``early_stop``
-    (robust-accuracy evaluation) a point leaves the active set as soon as an iterate fools the
-    model and that iterate is returned; the rest cost nothing more.
-
-    Example::
-
-        x_adv = pgd(model, x, y, eps=0.1, steps=20, step_size=0.01, norm="inf")
-    """
-    norm = check_args(x, y, eps, norm, bounds)
-    check_budget(steps=steps, restarts=restarts)
-    if step_size is not None and not step_size >= 0:
-        raise AttackError(f"step_size must be a non-negative number, got {step_size}")
-    if x_init is not None and x_init.shape != x.shape:
-        raise AttackError(f"x_init has shape {tuple(x_init.shape)}, x has {tuple(x.shape)}")
-    alpha = float(step_size) if step_size is not None else 2.5 * float(eps) / steps
-    x = x.detach()
-    out = x.clone()
-    with eval_mode(model):
-        todo = torch.arange(x.shape[0], device=x.device)
-        for r in range(restarts):
-            if todo.numel() == 0:
-                break
-            adv, hit = _pgd_run(
-                model,
-                x[todo],
-                y[todo],
-                eps=float(eps),
-                steps=steps,
-                alpha=alpha,
-                norm=norm,
-                random_init=random_init,
-                targeted=targeted,
-                bounds=bounds,
-                early_stop=early_stop,
-                generator=generator,
-                x_init=x_init[todo] if x_init is not None and r == 0 else None,
-            )
-            out[todo] = adv
-            todo = todo[~hit]
-    return out
 
 
 # ---------------------------------------------------------------------------- registry
@@ -389,6 +242,7 @@ def _ensemble_entry(
     early_stop: bool = False,
     n_target_classes: int = 9,
 ) -> torch.Tensor:
+    """APGD-CE → APGD-T (two of AutoAttack's four)."""
     return standard_ensemble(
         model,
         x,
@@ -404,16 +258,59 @@ def _ensemble_entry(
     )
 
 
+def _autoattack_entry(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    eps: float,
+    norm: str = "inf",
+    bounds: Bounds = (0.0, 1.0),
+    steps: int = 100,
+    restarts: int = 1,
+    generator: Gen = None,
+    early_stop: bool = False,
+    n_target_classes: int = 9,
+    square_queries: int = 5000,
+    square_p_init: float = 0.8,
+) -> torch.Tensor:
+    """AutoAttack's standard version: APGD-CE → APGD-T → FAB-T → Square."""
+    # Imported here: the Square attack imports this module.
+    from bastion.attacks.autoattack import autoattack
+
+    return autoattack(
+        model,
+        x,
+        y,
+        eps=eps,
+        norm=norm,
+        bounds=bounds,
+        steps=steps,
+        restarts=restarts,
+        generator=generator,
+        early_stop=early_stop,
+        n_target_classes=n_target_classes,
+        square_queries=square_queries,
+        square_p_init=square_p_init,
+    )
+
+
 #: Attack name → callable ``(model, x, y, *, eps, norm, bounds, steps, restarts, generator,
 #: early_stop, **attack_specific)``; keywords that do not apply (``steps`` for FGSM) are
 #: ignored. Attack-specific extras: pgd ``step_size``, ``random_init``; apgd-ce ``loss``,
-#: ``rho``; apgd-t ``n_target_classes``, ``rho``; ensemble ``n_target_classes``.
+#: ``rho``; apgd-t ``n_target_classes``, ``rho``; ensemble (APGD-CE → APGD-T, two of
+#: AutoAttack's four) ``n_target_classes``; fab-t ``n_target_classes``; autoattack (the full
+#: standard version, APGD-CE → APGD-T → FAB-T → Square) ``n_target_classes``,
+#: ``square_queries``, ``square_p_init``. ``steps`` is the iteration budget of every
+#: gradient member (AutoAttack: 100).
 ATTACKS: dict[str, AttackFn] = {
     "fgsm": _fgsm_entry,
     "pgd": _pgd_entry,
     "apgd-ce": _apgd_ce_entry,
     "apgd-t": _apgd_t_entry,
     "ensemble": _ensemble_entry,
+    "fab-t": fab_targeted,
+    "autoattack": _autoattack_entry,
 }
 
 
@@ -444,9 +341,9 @@ def robust_mask(
     Points misclassified when clean are False and never attacked. The rest are attacked in
     batches of ``batch_size`` with the active set on (``early_stop=True``): a point stops
     costing passes once an iterate fools the model. The result equals that of the full loop
-    checking every iterate (for APGD and the ensemble, exactly AutoAttack's; for PGD it can
-    only be lower than the last-iterate accuracy of a fixed-step loop). Every adversarial
-    point is checked with one more forward pass. On CPU the convolution weights are held
+    checking every iterate (for APGD, the ensemble, FAB-T and autoattack, exactly AutoAttack's
+    decision; for PGD it can only be lower than the last-iterate accuracy of a fixed-step
+    loop). Every adversarial point is checked with one more forward pass. On CPU the convolution weights are held
     channels-last for the duration (:func:`fast_layout`). ``kw`` goes to the attack
     (``steps``, ``restarts``, ``generator`` and the attack-specific extras of ``ATTACKS``).
 
@@ -470,7 +367,7 @@ def robust_mask(
         )
     if "steps" in kw or "restarts" in kw:
         check_budget(steps=kw.get("steps", 1), restarts=kw.get("restarts", 1))
-    if attack.startswith("apgd") or attack == "ensemble":
+    if attack.startswith("apgd") or attack in ("ensemble", "autoattack"):
         check_apgd(
             steps=kw.get("steps", 100),
             restarts=kw.get("restarts", 1),

@@ -148,7 +148,8 @@ def register(app: typer.Typer) -> None:
         attack: Annotated[
             list[str] | None,
             typer.Option(
-                help="evasion attack (repeat): fgsm, pgd, apgd-ce, apgd-t, ensemble",
+                help="evasion attack (repeat): fgsm, pgd, apgd-ce, apgd-t, fab-t, ensemble "
+                "(APGD-CE → APGD-T), autoattack (APGD-CE → APGD-T → FAB-T → Square)",
                 callback=choice_check(attack_names, "attack"),
             ),
         ] = None,
