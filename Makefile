@@ -3,7 +3,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 PIP := $(BIN)/pip install -c constraints.txt
 
-.PHONY: install test test-fast demo bench lint format clean
+.PHONY: install test test-fast reliability demo bench lint format clean
 
 # Creates .venv, installs Bastion with the dev/onnx/scale/models/scan/supply extras (torch pinned by
 # constraints.txt) and onnx2torch with --no-deps (its torchvision dependency is only for the
@@ -23,12 +23,19 @@ test:
 test-fast:
 	$(BIN)/pytest -q -m "not slow" --timeout=600
 
+# Bastion's own reliability and security suite, thoroughly (issue 14): schemathesis over the
+# gateway, hypothesis over every parser (1000 examples), CLI bad input, kill -9 crash tests,
+# audit durability, the malicious-model corpus; prints one table (docs/security.md).
+reliability:
+	$(BIN)/python scripts/reliability.py
+
 demo:
 	$(BIN)/bastion demo
 
 bench:
 	$(PIP) -q -e ".[bench]"
 	$(PIP) -q --no-deps torchattacks==3.5.1
+	$(PIP) -q --no-deps modelscan==0.8.8 modelaudit==0.2.54 modelaudit-picklescan==0.1.12  # their declared deps pin rich<15 and pull cloud SDKs
 	$(BIN)/python benchmarks/bench_evasion.py
 
 lint:

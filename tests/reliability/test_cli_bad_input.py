@@ -82,7 +82,7 @@ CASES: list[tuple[str, int, str]] = [
     ("assess --model {model} --out {tmp}/o --data {ragged}", 2, "row 3 has 2 values"),
     ("assess --model {model} --out {tmp}/o --data {nul_csv}", 2, "not a numeric CSV"),
     ("assess --model {model} --out " + NOPE, 2, "cannot create the folder"),
-    ("assess --model {evil} --out {tmp}/o", 2, "refused: the pickle holds objects outside"),
+    ("assess --model {evil} --out {tmp}/o", 2, "refused"),
     ("assess --model {bad_spec} --out {tmp}/o", 2, "about 1e+12 weights"),
     ("assess --model {bad_prov} --out {tmp}/o", 2, "provenance.json: not readable JSON"),
     ("assess --profile {profile_seed} --out {tmp}/o", 2, "seed: Input should be less"),
@@ -92,16 +92,25 @@ CASES: list[tuple[str, int, str]] = [
     ("harden --model {model} --recipe nosuch --out {tmp}/h", 2, "unknown recipe 'nosuch'"),
     ("harden --model {model} --recipe {recipe_inf} --out {tmp}/h", 2, "finite number"),
     ("harden --model {model} --recipe {recipe_steps} --out {tmp}/h", 2, "less than or equal"),
-    ("harden --model {model} --recipe standard --out {tmp}/h --allow-accuracy-drop nan", 2,
-     "'--allow-accuracy-drop': must be a finite"),
-    ("harden --model {model} --recipe standard --out {tmp}/h --allow-accuracy-drop 2", 2,
-     "must be <= 1"),
+    (
+        "harden --model {model} --recipe standard --out {tmp}/h --allow-accuracy-drop nan",
+        2,
+        "'--allow-accuracy-drop': must be a finite",
+    ),
+    (
+        "harden --model {model} --recipe standard --out {tmp}/h --allow-accuracy-drop 2",
+        2,
+        "must be <= 1",
+    ),
     ("harden --model {model} --recipe standard --out {tmp}/h --n-eval 0", 2, "'--n-eval'"),
     ("harden --model {model} --recipe standard --out {tmp}/h --eps nan", 2, "finite"),
     ("harden --model {model} --recipe standard --out {tmp}/h --seed -4", 2, "'--seed'"),
     ("harden --model {model} --recipe standard --out " + NOPE, 2, "cannot create the folder"),
-    ("harden --model {model} --recipe standard --out {tmp}/h --data {biglab} --no-assess", 2,
-     "labels up to 29"),
+    (
+        "harden --model {model} --recipe standard --out {tmp}/h --data {biglab} --no-assess",
+        2,
+        "labels up to 29",
+    ),
     # risk
     ("risk show --sort x --register {register}", 2, "unknown sort 'x'"),
     ("risk init --system /nope.yaml --out {tmp}/r.json", 2, "file not found: /nope.yaml"),
@@ -114,8 +123,11 @@ CASES: list[tuple[str, int, str]] = [
     # gate and attest
     ("gate --report /nope --policy {policy_big}", 2, "too large to be a threshold"),
     ("gate --report /nope --policy {policy_metric}", 2, "unknown metric"),
-    ("gate --report /nope --policy {policy_big} --junit " + NOPE + "/j.xml", 2,
-     "cannot create the folder"),
+    (
+        "gate --report /nope --policy {policy_big} --junit " + NOPE + "/j.xml",
+        2,
+        "cannot create the folder",
+    ),
     ("attest --report /nope", 2, "needs --report and --policy"),
     ("attest verify /nope.json --public-key /nope.pub", 2, "/nope.pub"),
     ("attest sign /nope --key /nope.key", 2, "model not found: /nope"),
@@ -177,6 +189,12 @@ CASES: list[tuple[str, int, str]] = [
     ("audit sign --out " + NOPE + "/h.json", 2, "cannot create the folder"),
     ("audit keygen --key-file " + NOPE + "/k.pem", 2, "cannot create the folder"),
     ("audit pubkey --key-file /nope.pem", 2, "/nope.pem"),
+    # scan
+    ("scan /nope", 2, "path not found: /nope"),
+    ("scan {model} --fail-on extreme", 2, "unknown severity 'extreme'"),
+    ("scan {model} --profile nope", 2, "unknown allowlist profile 'nope'"),
+    ("scan {model} --format xml", 2, "unknown format 'xml'"),
+    ("scan {model} --output " + NOPE + "/s.json", 2, "cannot create the folder"),
     # runs and demo
     ("runs list --limit 0", 2, "'--limit'"),
     ("runs list --limit " + BIG, 2, "'--limit'"),
@@ -184,7 +202,7 @@ CASES: list[tuple[str, int, str]] = [
     ("runs show 999", 2, "no run with id 999"),
     ("demo --seed -1", 2, "'--seed'"),
     ("demo --out " + NOPE, 2, "cannot create the folder"),
-]  # fmt: skip
+]
 
 SUBPROCESS_CASES = [
     ("assess --model {model} --out {tmp}/o --eps nan", "finite"),

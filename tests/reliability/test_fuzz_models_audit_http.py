@@ -117,7 +117,7 @@ def model_dirs(draw: st.DrawFn) -> Path:
     )
     if prov is not None:
         (folder / "provenance.json").write_text(prov)
-    return folder  # fmt: skip
+    return folder
 
 
 @FUZZ
@@ -202,7 +202,7 @@ def test_audit_rows(n: int, edits: list, tail: int) -> None:
         outcome(log.tail, tail)
         outcome(log.heads)
         outcome(log.entry, 0)
-        outcome(log.inclusion_proof, 0)  # fmt: skip
+        outcome(log.inclusion_proof, 0)
 
 
 # --------------------------------------------------------------------------- HTTP bodies
@@ -221,16 +221,33 @@ SAMPLE = st.recursive(
 BODIES = st.one_of(
     st.fixed_dictionaries({"inputs": st.lists(SAMPLE, max_size=4)}),
     st.fixed_dictionaries(
-        {"inputs": st.lists(hnp.arrays(np.float64, (2, 2), elements=st.floats(-1, 2)).map(lambda a: a.tolist()), max_size=3)}
+        {
+            "inputs": st.lists(
+                hnp.arrays(np.float64, (2, 2), elements=st.floats(-1, 2)).map(lambda a: a.tolist()),
+                max_size=3,
+            )
+        }
     ),
     st.fixed_dictionaries(
-        {"inputs": st.lists(st.dictionaries(st.sampled_from(["a", "b", "c", "d", "e"]), SAMPLE), max_size=3)}
+        {
+            "inputs": st.lists(
+                st.dictionaries(st.sampled_from(["a", "b", "c", "d", "e"]), SAMPLE), max_size=3
+            )
+        }
     ),
     st.fixed_dictionaries(
-        {"b64": st.one_of(st.text(max_size=30), st.binary(max_size=64).map(lambda b: __import__("base64").b64encode(b).decode())), "shape": st.lists(st.one_of(st.integers(-2, 10**12), st.booleans(), st.text(max_size=2)), max_size=4)}
+        {
+            "b64": st.one_of(
+                st.text(max_size=30),
+                st.binary(max_size=64).map(lambda b: __import__("base64").b64encode(b).decode()),
+            ),
+            "shape": st.lists(
+                st.one_of(st.integers(-2, 10**12), st.booleans(), st.text(max_size=2)), max_size=4
+            ),
+        }
     ),
     DOCS,
-)  # fmt: skip
+)
 
 
 @FUZZ

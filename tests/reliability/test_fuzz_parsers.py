@@ -74,11 +74,45 @@ def test_threat_models_through_the_api(doc: object) -> None:
 
 
 RULE_TOKENS = [
-    "robust_accuracy", "score", "sanity_warnings", "count", "risks", "membership",
-    "tpr_at_fpr", "evasion", "dp", "epsilon", "attack", "eps", "priority", "high", ".", "(",
-    ")", ",", "=", ">=", "<=", "==", "!=", ">", "<", "0.1", "8/255", "1e999", "-3", "0/0",
-    "1e400/1e400", "'x'", '"y"', "apgd-ce", "if", "@", "status", "open",
-]  # fmt: skip
+    "robust_accuracy",
+    "score",
+    "sanity_warnings",
+    "count",
+    "risks",
+    "membership",
+    "tpr_at_fpr",
+    "evasion",
+    "dp",
+    "epsilon",
+    "attack",
+    "eps",
+    "priority",
+    "high",
+    ".",
+    "(",
+    ")",
+    ",",
+    "=",
+    ">=",
+    "<=",
+    "==",
+    "!=",
+    ">",
+    "<",
+    "0.1",
+    "8/255",
+    "1e999",
+    "-3",
+    "0/0",
+    "1e400/1e400",
+    "'x'",
+    '"y"',
+    "apgd-ce",
+    "if",
+    "@",
+    "status",
+    "open",
+]
 RULES = st.one_of(
     st.lists(st.sampled_from(RULE_TOKENS), max_size=10).map(" ".join),
     st.lists(st.sampled_from(RULE_TOKENS), max_size=10).map("".join),
@@ -215,10 +249,14 @@ DTYPES = st.sampled_from(
 SHAPES = hnp.array_shapes(min_dims=0, max_dims=4, min_side=0, max_side=4)
 ARRAYS = st.one_of(
     hnp.arrays(DTYPES, SHAPES),
-    hnp.arrays(np.float32, st.tuples(st.integers(2, 12), st.integers(1, 4)), elements=st.floats(0, 1, width=32)),
+    hnp.arrays(
+        np.float32,
+        st.tuples(st.integers(2, 12), st.integers(1, 4)),
+        elements=st.floats(0, 1, width=32),
+    ),
     hnp.arrays(np.int64, st.integers(2, 12), elements=st.integers(0, 3)),
     hnp.arrays(np.dtype("<U3"), st.integers(0, 4)),
-)  # fmt: skip
+)
 NPZ_KEYS = st.sampled_from(["x", "y", "x_train", "y_train", "x_test", "y_test", "class_names"])
 OPTIONS = st.fixed_dictionaries(
     {},
@@ -302,7 +340,7 @@ def datasets(draw: st.DrawFn) -> dict[str, np.ndarray]:
         arrays = {"x": x[:1], "y": y[:1]}
     elif mutation == "big":
         arrays[key_x] = arrays[key_x].astype(np.float64) * 1e300
-    return arrays  # fmt: skip
+    return arrays
 
 
 @st.composite
