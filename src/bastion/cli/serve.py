@@ -239,6 +239,11 @@ def register(app: typer.Typer) -> None:
         )
         try:
             server.run(sockets=[sock])
+        except KeyboardInterrupt:
+            # uvicorn re-raises the Ctrl-C it shut down on gracefully: that stop is a clean
+            # exit (0); an interrupt before the server ran stays exit 130.
+            if not server.should_exit:
+                raise
         finally:
             sock.close()
 
