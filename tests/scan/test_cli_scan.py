@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import pickle
+from pathlib import Path
 
 import pytest
 import torch
@@ -116,3 +117,28 @@ def test_sarif_names_archive_members(tmp_path):
     logical = located[0]["locations"][0]["logicalLocations"][0]
     assert logical["name"] == "inner/model.pkl"
     assert logical["fullyQualifiedName"] == f"{path}!inner/model.pkl"
+
+
+def test_demo_stage_finds_the_planted_pickle_and_passes_the_model(tmp_path) -> None:
+    """`bastion demo`'s scan stage: the demo model folder is clean, the planted pickle that
+    calls a global outside the allowlist is a critical finding, and nothing is loaded."""
+    import json
+
+    import torch
+    from safetensors.torch import save_file
+
+    from bastion.cli.demo import DemoContext
+    from bastion.cli.scan import demo_stage
+
+    model = tmp_path / "model"
+    model.mkdir()
+    save_file({"w": torch.zeros(2, 2)}, str(model / "model.safetensors"))
+    (model / "spec.json").write_text('{"name": "mlp"}')
+    ctx = DemoContext(out=tmp_path / "demo", model_dir=model)
+    demo_stage(ctx)
+    stage, outcome, path = ctx.summary[-1]
+    assert stage == "scan" and "pickle.global" in outcome and "print" in outcome
+    report = json.loads(Path(path).read_text())
+    by_file = {Path(f["path"]).name: f["findings"] for f in report["files"]}
+    assert by_file["model.safetensors"] == [] and by_file["spec.json"] == []
+    assert by_file["downloaded.pt"][0]["severity"] == "critical"

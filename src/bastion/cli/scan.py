@@ -11,6 +11,7 @@ read, 2 on a usage error.
 from __future__ import annotations
 
 import json
+import pickle
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -138,3 +139,37 @@ def register(app: typer.Typer) -> None:
         err_console.print(summary, highlight=False, markup=False, soft_wrap=True)
         if failing or errors:
             raise typer.Exit(1)
+
+
+class _CallsPrint:
+    """Pickles as a call of ``builtins.print`` when a naive loader opens it: harmless, but
+    exactly the construct (a global outside the allowlist, called by REDUCE) that carries
+    real payloads."""
+
+    def __reduce__(self):
+        return (print, ("a naive loader ran this call",))
+
+
+def demo_stage(ctx) -> None:
+    """Scan the demo's model folder (clean) and a planted code-carrying pickle (refused),
+    the same check every Bastion loading path runs first."""
+    from bastion.scan.engine import scan_paths
+
+    out = ctx.out / "scan"
+    out.mkdir(parents=True, exist_ok=True)
+    planted = out / "downloaded.pt"
+    planted.write_bytes(pickle.dumps(_CallsPrint(), protocol=2))
+    targets = [p for p in (ctx.model_dir, planted) if p is not None]
+    report = scan_paths(targets)
+    console.print(_table(report))
+    (out / "scan.json").write_text(report.model_dump_json(indent=2) + "\n", encoding="utf-8")
+    worst = [f for f in report.findings if f.severity.value in ("high", "critical")]
+    clean = [r for r in report.files if not r.findings]
+    ctx.add(
+        "scan",
+        f"{len(clean)}/{len(report.files)} files clean; planted pickle: "
+        f"{worst[0].rule} {worst[0].symbol}"
+        if worst
+        else "no finding (unexpected)",
+        out / "scan.json",
+    )
