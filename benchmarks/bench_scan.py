@@ -13,7 +13,8 @@ through its own Python API. A file counts as flagged when the tool would fail it
 A tool error or timeout on a file is not a detection. Per tool: detection rate on malicious
 files, false-positive rate on benign files (plain tensors / state dicts / safetensors /
 numeric numpy; scikit-learn; full nn.Module pickles; other formats), files/s and MB/s over the
-whole corpus (median of ``--runs``; ModelAudit, far slower, runs once). Peers are
+whole corpus (after one untimed warm-up pass, the median of ``--runs`` rounds with the tools
+interleaved; ModelAudit, far slower, runs once). Peers are
 benchmark-only: ``pip install modelscan picklescan fickling modelaudit`` (see the report).
 
 Run: ``.venv/bin/python benchmarks/bench_scan.py [--runs 3] [--skip modelaudit]``.
@@ -133,18 +134,39 @@ TOOLS: dict[str, Callable[[], Callable[[Path], Verdict]]] = {
 }
 
 
-def run_tool(name: str, items: list[CorpusItem], runs: int) -> ToolResult:
-    scan = TOOLS[name]()
-    result = ToolResult(name)
-    for _ in range(runs):
+def _scan_all(scan: Callable[[Path], Verdict], items: list[CorpusItem]) -> dict[str, Verdict]:
+    verdicts = {}
+    for item in items:
+        try:
+            verdicts[str(item.path)] = scan(item.path)
+        except Exception as exc:  # a peer crashing on a file is its result
+            verdicts[str(item.path)] = Verdict(False, f"crash {type(exc).__name__}")
+    return verdicts
+
+
+def run_tools(names: list[str], items: list[CorpusItem], runs: int) -> dict[str, ToolResult]:
+    """One untimed warm-up pass per tool (its verdicts: imports and caches settle), then
+    ``runs`` timed rounds over the corpus with the tools interleaved, the order rotated each
+    round, so that a noisy machine slows every tool alike (ModelAudit, far slower: its
+    warm-up pass is its one timed run)."""
+    scans, results = {}, {}
+    for name in names:
+        try:
+            scans[name] = TOOLS[name]()
+        except ImportError as exc:
+            print(f"{name}: not installed ({exc})", file=sys.stderr)
+            continue
         start = time.perf_counter()
-        for item in items:
-            try:
-                result.verdicts[str(item.path)] = scan(item.path)
-            except Exception as exc:  # a peer crashing on a file is its result
-                result.verdicts[str(item.path)] = Verdict(False, f"crash {type(exc).__name__}")
-        result.seconds.append(time.perf_counter() - start)
-    return result
+        results[name] = ToolResult(name, _scan_all(scans[name], items))
+        if name == "modelaudit":
+            results[name].seconds.append(time.perf_counter() - start)
+    timed = [n for n in scans if n != "modelaudit"]
+    for r in range(runs):
+        for name in timed[r % len(timed) :] + timed[: r % len(timed)]:
+            start = time.perf_counter()
+            _scan_all(scans[name], items)
+            results[name].seconds.append(time.perf_counter() - start)
+    return results
 
 
 def bastion_cli_seconds(folder: Path) -> float:
@@ -197,15 +219,17 @@ def summarise(res: ToolResult, items: list[CorpusItem], total_bytes: int) -> dic
 def table(rows: list[dict]) -> str:
     head = (
         "| tool | detection | FP tensors/state dicts/safetensors | FP sklearn/joblib | "
-        "FP full modules | FP other | FP rate (all benign) | files/s | MB/s | errors |"
+        "FP full modules | FP other | FP rate (all benign) | files/s | × Bastion's | MB/s | "
+        "errors |"
     )
-    lines = [head, "|" + "---|" * 10]
+    lines = [head, "|" + "---|" * 11]
     for r in rows:
         lines.append(
             f"| {r['tool']} | {r['detected']}/{r['malicious']} ({r['detection_rate']:.0%}) | "
             f"{r['fp_tensors']}/{r['n_tensors']} | {r['fp_sklearn']}/{r['n_sklearn']} | "
             f"{r['fp_full-module']}/{r['n_full-module']} | {r['fp_other']}/{r['n_other']} | "
-            f"{r['fp_rate']:.0%} | {r['files_per_s']} | {r['mb_per_s']} | {r['errors']} |"
+            f"{r['fp_rate']:.0%} | {r['files_per_s']} | {r['files_per_s_vs_bastion']} | "
+            f"{r['mb_per_s']} | {r['errors']} |"
         )
     return "\n".join(lines)
 
@@ -222,18 +246,12 @@ def main() -> None:
         items = build_corpus(Path(tmp) / "corpus", Path(tmp) / "MARKER", verify=True)
         build_s = time.perf_counter() - start
         total_bytes = sum(i.path.stat().st_size for i in items)
-        rows, by_tool = [], {}
-        for name in TOOLS:
-            if name in args.skip:
-                continue
-            runs = 1 if name == "modelaudit" else args.runs
-            try:
-                res = run_tool(name, items, runs)
-            except ImportError as exc:
-                print(f"{name}: not installed ({exc})", file=sys.stderr)
-                continue
-            by_tool[name] = res
-            rows.append(summarise(res, items, total_bytes))
+        names = [n for n in TOOLS if n not in args.skip]
+        by_tool = run_tools(names, items, args.runs)
+        rows = [summarise(res, items, total_bytes) for res in by_tool.values()]
+        base = next((r["files_per_s"] for r in rows if r["tool"] == "bastion"), None)
+        for r in rows:
+            r["files_per_s_vs_bastion"] = round(r["files_per_s"] / base, 2) if base else None
         cli_s = bastion_cli_seconds(Path(tmp) / "corpus")
     techniques = sorted({i.technique for i in items if i.malicious})
     doc = {

@@ -200,6 +200,10 @@ CASES: list[tuple[str, int, str]] = [
     ("runs list --limit " + BIG, 2, "'--limit'"),
     ("runs show 0", 2, "'run_id'"),
     ("runs show 999", 2, "no run with id 999"),
+    ("runs diff nonsense 999", 2, "not a run directory, a report.json or a run id"),
+    ("runs diff 998 999", 2, "no run with id 998"),
+    ("runs diff 1 2 --tolerance nan", 2, "'--tolerance'"),
+    ("runs report nonsense", 2, "not a run directory, a report.json or a run id"),
     ("demo --seed -1", 2, "'--seed'"),
     ("demo --out " + NOPE, 2, "cannot create the folder"),
 ]

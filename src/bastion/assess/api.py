@@ -33,6 +33,7 @@ class AssessmentOutput:
     json_path: Path
     html_path: Path
     run_id: int | None
+    sarif_path: Path | None = None
 
 
 def recipe_from_provenance(model: LoadedModel) -> TrainingRecipe:
@@ -139,8 +140,9 @@ def assess(
     members: str | Path | list[int] | None = None,
     query_target: Any = None,
 ) -> AssessmentOutput:
-    """Run every applicable probe, write ``report.json`` + ``report.html`` under ``out_dir``
-    (resuming from a checkpoint there) and record the run in the store.
+    """Run every applicable probe, write ``report.json``, ``report.html`` and
+    ``findings.sarif`` under ``out_dir`` (resuming from a checkpoint there) and record the
+    run in the store (the HTML then compares it with the model's previous recorded run).
 
     Example::
 
@@ -150,6 +152,8 @@ def assess(
         print(out.report.score, [f.attack for f in out.report.findings])
     """
     from bastion.report.html import write_report_html
+    from bastion.report.previous import since_previous
+    from bastion.report.sarif import write_sarif
     from bastion.store.runs import record_run
 
     bundle = as_bundle(data, seed=seed)
@@ -174,9 +178,12 @@ def assess(
     )
     report = run_assessment(ctx)
     json_path = finish(report, out)
-    html_path = write_report_html(report, out)
+    html_path = write_report_html(
+        report, out, comparison=since_previous(report) if record else None
+    )
+    sarif_path = write_sarif(report, out)
     run_id = record_run(report, str(out.resolve())) if record else None
-    return AssessmentOutput(report, json_path, html_path, run_id)
+    return AssessmentOutput(report, json_path, html_path, run_id, sarif_path)
 
 
 def assess_model_dir(

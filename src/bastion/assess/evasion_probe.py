@@ -9,6 +9,9 @@ the share of correctly classified points the attack fools. The curve finding (at
 The curve shares work across ε: a point fooled at ε stays fooled at every larger ε (the
 larger ball contains the smaller one), so each ε only attacks the survivors of the previous
 one, and points misclassified when clean are never attacked.
+
+The strongest attack's finding at the largest ε also keeps a few of the adversarial examples
+it made (:mod:`bastion.assess.examples`, ``artifacts["examples"]``) for the report's gallery.
 """
 
 from __future__ import annotations
@@ -19,6 +22,8 @@ from collections.abc import Iterator
 import torch
 
 from bastion.assess.checks import chance_rate
+from bastion.assess.examples import ARTIFACT as EXAMPLES
+from bastion.assess.examples import keep_examples, save_examples
 from bastion.assess.probe import ProbeContext
 from bastion.assess.schema import Finding, SanityWarning, ThreatModel
 from bastion.assess.scoring import evasion_severity
@@ -136,8 +141,14 @@ class EvasionProbe:
             if finding.key in ctx.done:
                 continue
             robust_acc = float(mask.float().mean())
+            kept = {}
+            if attack == strongest and eps == max(threat.eps):
+                kept = self._examples(
+                    ctx, model, x_raw, y, clean & ~mask.to(clean.device), attack, eps, kw_attack
+                )
             yield finding.model_copy(
                 update={
+                    "artifacts": kept,
                     "metrics": {
                         "clean_accuracy": clean_acc,
                         "robust_accuracy": robust_acc,
@@ -152,6 +163,11 @@ class EvasionProbe:
         curve_attack = fit_attacks([threat.curve_attack], ctx.num_classes)[0][0]
         yield from self._curve(ctx, model, x, y, clean, curve_attack)
         yield from self._sanity(ctx, model, x, y, clean, masks, strongest)
+
+    def _examples(self, ctx, model, x_raw, y, fooled, attack, eps, kw) -> dict[str, str]:
+        """A few adversarial examples for the report's gallery (see assess.examples)."""
+        found = keep_examples(ctx, model, x_raw, y, fooled, attack, eps, kw)
+        return {EXAMPLES: save_examples(found, ctx.out_dir)} if found else {}
 
     def _curve(self, ctx, model, x, y, clean, attack) -> Iterator[Finding]:
         threat = ctx.threat

@@ -84,6 +84,8 @@ def print_outcome(out: AssessmentOutput) -> None:
         console.print(f"[dim]{s.probe}: {label}: {s.reason}[/]")
     run = f" (run {out.run_id})" if out.run_id is not None else ""
     console.print(f"report: [bold]{out.json_path}[/] and [bold]{out.html_path}[/]{run}")
+    if out.sarif_path is not None:
+        console.print(f"SARIF: [bold]{out.sarif_path}[/]")
 
 
 def register(app: typer.Typer) -> None:
