@@ -4,6 +4,7 @@ no detector internals."""
 
 from __future__ import annotations
 
+import re
 import sys
 import uuid
 from datetime import UTC, datetime, timedelta
@@ -386,11 +387,20 @@ def test_block_store_postgres():
 
 
 def test_dashboard_lists_blocked_clients_for_admins(gw):
-    html = gw.client.get("/").text
-    assert "Blocked clients" in html and "blocks lapse after 3600 s" in html
-    script = html.split("<script", 1)[1]
-    assert '"/v1/clients/blocked"' in script and '"DELETE", "/v1/clients/"' in script
-    assert "an admin key shows the blocked clients" in script
+    """The clients page lists blocks (tests/dashboard covers unblocking and the roles)."""
+    cid = gw.ids["client"]
+    r = gw.client.put(
+        f"/v1/clients/{cid}/block",
+        json={"reason": "by hand"},
+        headers=gw.auth("admin"),
+    )
+    assert r.status_code == 200
+    form = gw.client.get("/login").text
+    csrf = re.search(r'name="csrf_token" value="([^"]+)"', form).group(1)
+    gw.client.post("/login", data={"key": gw.keys["admin"], "csrf_token": csrf})
+    html = gw.client.get("/clients").text
+    assert "Blocked clients" in html and "lapse after 3600 s" in html
+    assert "by hand" in html and f'action="/clients/{cid}/unblock"' in html
 
 
 def test_blocks_made_here_apply_at_once_despite_the_cache(settings, gateway_factory, sample):

@@ -1,9 +1,24 @@
-"""Web pages served by the gateway at ``/``: the review queue with approve/reject buttons,
-the blocked clients with their reasons and expiry (and an unblock button for admins),
-recent decisions and the drift status. Self-contained (inline CSS and JS, no CDN); the page
-calls the JSON API with a reviewer or admin key that the user pastes in (kept in
-sessionStorage)."""
+"""The web dashboard served by the gateway at ``/``: server-rendered pages (Jinja2, one local
+CSS file and one small local script, a strict CSP with a nonce) behind a login with an API
+key into a server-side session (:mod:`bastion.dashboard.session`).
 
-from bastion.dashboard.pages import router
+Pages: overview, review queue, clients (admin), audit, monitor. The JSON API (``/v1``)
+keeps its own API-key authentication; the dashboard never hands the key to the browser.
+"""
 
-__all__ = ["router"]
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from fastapi import FastAPI
+
+
+def install(app: FastAPI) -> None:
+    """Add the dashboard's routes and its login / 403 handlers to the gateway ``app``."""
+    from bastion.dashboard.app import install as _install
+
+    _install(app)
+
+
+__all__ = ["install"]

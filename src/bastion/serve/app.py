@@ -131,13 +131,14 @@ def _operation_id(route: APIRoute) -> str:
 
 def create_app(settings: ServeSettings) -> FastAPI:
     """Build the gateway for ``settings`` (nothing is loaded until the app starts)."""
-    from bastion.dashboard import router as dashboard_router
+    from bastion.dashboard import install as install_dashboard
     from bastion.serve import (
         routes_admin,
         routes_audit,
         routes_clients,
         routes_predict,
         routes_reviews,
+        routes_risks,
     )
 
     app = FastAPI(
@@ -161,7 +162,9 @@ def create_app(settings: ServeSettings) -> FastAPI:
     app.include_router(routes_audit.router)
     app.include_router(routes_admin.router)
     app.include_router(routes_clients.router)
-    app.include_router(dashboard_router())
+    app.include_router(routes_risks.router)
+    if settings.dashboard.enabled:
+        install_dashboard(app)
     # Outermost last: metrics see every answer, including the body-limit's 413.
     app.add_middleware(BodySizeLimitMiddleware, limit=settings.limits.max_body_bytes)
     app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)

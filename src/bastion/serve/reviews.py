@@ -10,6 +10,7 @@ from datetime import datetime
 from typing import Any, Literal
 
 import anyio.to_thread
+import numpy as np
 from pydantic import BaseModel, Field
 from sqlalchemy import Engine
 
@@ -20,6 +21,7 @@ from bastion.serve.metrics import ServeMetrics
 from bastion.serve.output import LabelScore
 from bastion.store import reviews as store
 from bastion.store.keys import KeyInfo
+from bastion.store.review_inputs import save_inputs
 from bastion.store.reviews import Ticket
 
 log = logging.getLogger(__name__)
@@ -43,10 +45,18 @@ class ReviewQueue:
         self.escalate_after_s = escalate_after_s
 
     async def hold(
-        self, *, key: KeyInfo, request_id: str, verdicts: list[GuardVerdict], result: HeldResult
+        self,
+        *,
+        key: KeyInfo,
+        request_id: str,
+        verdicts: list[GuardVerdict],
+        result: HeldResult,
+        inputs: np.ndarray | None = None,
     ) -> Ticket:
+        """Store the ticket (and ``inputs``, the held batch, for the dashboard)."""
+
         def create() -> Ticket:
-            return store.create_ticket(
+            ticket = store.create_ticket(
                 self.engine,
                 client_key_id=key.id,
                 request_id=request_id,
@@ -54,6 +64,9 @@ class ReviewQueue:
                 verdicts=[v.model_dump() for v in verdicts],
                 result=result.model_dump(),
             )
+            if inputs is not None:
+                save_inputs(self.engine, ticket.id, inputs)
+            return ticket
 
         ticket = await anyio.to_thread.run_sync(create)
         self.metrics.held.inc()

@@ -147,7 +147,7 @@ async def predict(request: Request, key: LimitedClient) -> Response:
             verdicts=labels,
         )
         ticket = await state.reviews.hold(
-            key=key, request_id=request_id, verdicts=verdicts, result=result
+            key=key, request_id=request_id, verdicts=verdicts, result=result, inputs=x.numpy()
         )
         entry["ticket"] = ticket.id
         _remember(state, entry, await _audit(state, entry))

@@ -100,6 +100,14 @@ class AuthSettings(_Section):
     cache_ttl_s: float = Field(2.0, ge=0)  # how long a looked-up key is trusted in memory
 
 
+class DashboardSettings(_Section):
+    """The web dashboard's login sessions (server-side; the browser holds a random token)."""
+
+    enabled: bool = True
+    session_idle_s: float = Field(8 * 3600.0, gt=0, allow_inf_nan=False)  # idle expiry
+    session_max_s: float = Field(24 * 3600.0, gt=0, allow_inf_nan=False)  # since login
+
+
 class ServeSettings(_Section):
     """Everything ``bastion serve`` needs; the YAML mirrors these sections."""
 
@@ -131,6 +139,8 @@ class ServeSettings(_Section):
     audit: AuditSettings = Field(default_factory=AuditSettings)
     blocks: BlockSettings = Field(default_factory=BlockSettings)
     output: OutputPolicy = Field(default_factory=OutputPolicy)
+    dashboard: DashboardSettings = Field(default_factory=DashboardSettings)
+    risk_register: Path | None = None  # register JSON (`bastion risk init`) for /v1/risks
 
     @model_validator(mode="after")
     def _tls_pair(self) -> ServeSettings:

@@ -75,8 +75,10 @@ def _import_tables() -> None:
     """Import every module that declares tables so create_all sees them."""
     import bastion.store.blocks
     import bastion.store.keys
+    import bastion.store.review_inputs
     import bastion.store.reviews
-    import bastion.store.runs  # noqa: F401
+    import bastion.store.runs
+    import bastion.store.sessions  # noqa: F401
 
 
 def session_factory(engine: Engine) -> sessionmaker:
