@@ -24,6 +24,7 @@ from bastion.risk.register import build_register, save_register
 from bastion.risk.system import load_system
 from bastion.store.db import make_engine
 from bastion.store.keys import create_key
+from tests.dashboard.runs import record_pair
 from tests.ports import free_port
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -44,6 +45,7 @@ class Server:
     ids: dict[str, int]
     model: str
     odd: list  # a sample the guard holds
+    run_ids: tuple[int, int] = (0, 0)  # two recorded assessments of one model (B regressed)
 
     def api(self, role: str) -> httpx.Client:
         return httpx.Client(
@@ -91,6 +93,7 @@ def server(digits, digits_model_dir, tmp_path_factory) -> Iterator[Server]:
         info, secret = create_key(engine, role.removesuffix("2"), name)
         keys[role], ids[role] = secret, info.id
     engine.dispose()
+    run_ids = record_pair(db, tmp / "runs")
     port = free_port()
     cmd = [sys.executable, "-m", "bastion.cli", "serve", "--model", str(model), "--db", db]
     cmd += ["--config", str(config), "--port", str(port), "--log-level", "warning"]
@@ -111,7 +114,7 @@ def server(digits, digits_model_dir, tmp_path_factory) -> Iterator[Server]:
                 time.sleep(0.2)
         assert health["guard"] is True
         odd = (torch.arange(64).reshape(1, 8, 8) % 2).float().tolist()  # a checkerboard
-        yield Server(base, keys, ids, health["model"], odd)
+        yield Server(base, keys, ids, health["model"], odd, run_ids)
     finally:
         proc.send_signal(signal.SIGINT)
         try:
@@ -280,3 +283,17 @@ def test_a_reviewer_cannot_edit_a_risk_but_an_admin_can(page, server):
     sync_api.expect(page.locator("#history")).to_contain_text("ada admin")
     with server.api("reviewer") as reviewer:
         assert reviewer.get("/v1/risks/EVA-01").json()["owner"] == "model risk office"
+
+
+def test_the_report_page_renders_its_plots(page, server):
+    _login(page, server, "reviewer")
+    page.get_by_role("link", name="Assessments").click()
+    page.get_by_role("link", name=str(server.run_ids[1]), exact=True).click()
+    assert page.get_by_role("heading", name="Summary").is_visible()
+    plots = page.locator("#evidence img")
+    assert plots.count() >= 2
+    for i in range(plots.count()):
+        img = plots.nth(i)
+        img.scroll_into_view_if_needed()
+        assert img.evaluate("el => el.complete && el.naturalWidth > 0"), i
+    assert page.locator("#since-previous tr.cmp-worse").count() >= 1

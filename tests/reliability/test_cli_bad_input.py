@@ -171,6 +171,11 @@ CASES: list[tuple[str, int, str]] = [
     ("serve --model {model} --output all", 2, "unknown output 'all'"),
     ("serve --model {model} --scale nan", 2, "'--scale'"),
     ("serve --model /nope", 2, "model not found: /nope"),
+    ("dashboard --runs /nope", 2, "--runs /nope: no such folder"),
+    ("dashboard --runs {tmp} --port 0", 2, "'--port': must be a whole number from 1 to 65535"),
+    ("dashboard --runs {tmp} --db notaurl://x", 2, "cannot use database URL 'notaurl://x'"),
+    ("dashboard --runs {tmp} --register /nope.json", 2, "--register /nope.json: no such file"),
+    ("dashboard --runs {tmp} --log-level loud", 2, "unknown log level 'loud'"),
     # audit
     ("audit verify --workers 0", 2, "'--workers': must be a whole number from 1 to 256"),
     ("audit verify --workers -1", 2, "'--workers'"),

@@ -139,7 +139,7 @@ def autoattack_run(
             else:
                 gen = _cpu_generator(generator)
                 adv = square_attack(
-                    ModuleTarget(model),
+                    ModuleTarget(model, assume_eval=True),
                     xs,
                     ys,
                     eps=eps,

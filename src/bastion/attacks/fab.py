@@ -85,15 +85,15 @@ def _size(d: torch.Tensor, norm: str) -> torch.Tensor:
 
 def _diff_grad(
     model: nn.Module, z: torch.Tensor, shape: tuple[int, ...], y: torch.Tensor, t: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """``f = z_t − z_y`` (negative while the point is not adversarial for ``t``) and its
-    input gradient, flattened (one forward + backward)."""
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``f = z_t − z_y`` (negative while the point is not adversarial for ``t``), its input
+    gradient, flattened, and the predicted class (one forward + backward)."""
     zin = z.detach().view(-1, *shape).requires_grad_(True)
     with torch.enable_grad():
         logits = model(zin)
         f = logits.gather(1, t[:, None])[:, 0] - logits.gather(1, y[:, None])[:, 0]
         (g,) = torch.autograd.grad(f.sum(), zin)
-    return f.detach(), g.flatten(1)
+    return f.detach(), g.flatten(1), logits.detach().argmax(1)
 
 
 def _flat_box(
@@ -143,11 +143,41 @@ def _fab_run(
             r = r.masked_fill(frozen, 0)
         x1 = torch.minimum(torch.maximum(x0 + r, lo), hi)
     pos = torch.arange(n, device=x.device)
-    for _ in range(steps):
+    xa0, ya, ta = x0, y, target
+    f = g = pred = None
+    for it in range(steps + 1):
         if pos.numel() == 0:
             break
-        xa0, ya, ta = x0[pos], y[pos], target[pos]
-        f, g = _diff_grad(model, x1, shape, ya, ta)
+        # The pass that gives the gradient at x1 also tells whether the previous step's x1
+        # is adversarial: one model pass per iteration, not a gradient and a check.
+        if it < steps:
+            f, g, pred = _diff_grad(model, x1, shape, ya, ta)
+        else:
+            with torch.no_grad():
+                pred = model(x1.view(-1, *shape)).argmax(1)
+        if it > 0:
+            with torch.no_grad():
+                hit = pred != ya
+                if hit.any():
+                    dist = _size(x1 - xa0, norm)
+                    closer = hit & (dist < best[pos])
+                    adv[pos[closer]] = x1[closer]
+                    best[pos[closer]] = dist[closer]
+                    x1 = torch.where(hit[:, None], xa0 + (x1 - xa0) * BETA, x1)
+                    if it < steps:  # the moved rows need their gradient again
+                        idx = hit.nonzero().flatten()
+                        f_h, g_h, _ = _diff_grad(model, x1[idx], shape, ya[idx], ta[idx])
+                        f, g = f.clone(), g.clone()
+                        f[idx], g[idx] = f_h, g_h
+                if early_stop:
+                    keep = best[pos] > eps
+                    if not bool(keep.all()):
+                        pos, x1, f, g = pos[keep], x1[keep], f[keep], g[keep]
+                        xa0, ya, ta = x0[pos], y[pos], target[pos]
+                        if pos.numel() == 0:
+                            break
+        if it == steps:
+            break
         with torch.no_grad():
             m = pos.numel()
             b = (g * x1).sum(1) - f
@@ -162,17 +192,6 @@ def _fab_run(
             x1 = torch.minimum(torch.maximum(x1, lo), hi)
             if frozen is not None:
                 x1 = torch.where(frozen, xa0, x1)
-            hit = model(x1.view(-1, *shape)).argmax(1) != ya
-            if hit.any():
-                dist = _size(x1 - xa0, norm)
-                closer = hit & (dist < best[pos])
-                adv[pos[closer]] = x1[closer]
-                best[pos[closer]] = dist[closer]
-                x1 = torch.where(hit[:, None], xa0 + (x1 - xa0) * BETA, x1)
-            if early_stop:
-                keep = best[pos] > eps
-                if not bool(keep.all()):
-                    pos, x1 = pos[keep], x1[keep]
     return adv.view_as(x), best
 
 

@@ -35,6 +35,7 @@ COMMAND_MODULES = [
     "keys",
     "guard",
     "serve",
+    "dashboard",
     "audit",
     "demo",
     "clients",

@@ -2,7 +2,9 @@
 CSS file and one small local script, a strict CSP with a nonce) behind a login with an API
 key into a server-side session (:mod:`bastion.dashboard.session`).
 
-Pages: overview, review queue, clients (admin), audit, monitor. The JSON API (``/v1``)
+Pages: overview, assessments (runs, a report, two runs compared), review queue, risk
+register, clients (admin), audit, monitor. ``bastion dashboard`` serves the same pages
+read-only without a model (:mod:`bastion.dashboard.readonly`). The JSON API (``/v1``)
 keeps its own API-key authentication; the dashboard never hands the key to the browser.
 """
 

@@ -7,10 +7,11 @@ from __future__ import annotations
 from importlib import resources
 from urllib.parse import quote
 
-from fastapi import APIRouter, FastAPI, HTTPException, Request, Response, status
+from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request, Response, status
 from fastapi.responses import RedirectResponse
 
 from bastion.dashboard import (
+    routes_assessments,
     routes_audit,
     routes_clients,
     routes_login,
@@ -19,9 +20,17 @@ from bastion.dashboard import (
     routes_risks,
 )
 from bastion.dashboard.render import page
-from bastion.dashboard.session import COOKIE, BadForm, LoginRequired, PageForbidden, clear_cookie
+from bastion.dashboard.session import (
+    COOKIE,
+    BadForm,
+    LoginRequired,
+    PageForbidden,
+    clear_cookie,
+    session_user,
+)
 from bastion.dashboard.stats import RateTracker
 
+READ_ONLY_POSTS = ("/login", "/logout", "/audit/verify")  # sessions, and a check that reads
 STATIC = {"dashboard.css": "text/css; charset=utf-8", "dashboard.js": "text/javascript"}
 
 
@@ -74,8 +83,23 @@ async def _bad_form(request: Request, exc: Exception) -> Response:
     )
 
 
-def install(app: FastAPI) -> None:
+async def refuse_writes(request: Request) -> None:
+    """Read-only dashboards (``bastion dashboard``) answer every edit with the 403 page:
+    only logging in and out (and the audit check, which reads) are posted."""
+    if request.method in ("GET", "HEAD") or request.url.path in READ_ONLY_POSTS:
+        return
+    raise PageForbidden(
+        await session_user(request),
+        "this dashboard is read-only (bastion dashboard): make changes through "
+        "`bastion serve`'s dashboard or the CLI",
+    )
+
+
+def install(app: FastAPI, *, read_only: bool = False) -> None:
+    """Mount the dashboard; ``read_only`` refuses every edit, whatever the role."""
     app.state.dashboard_rates = RateTracker()  # the request rate counts from here
+    app.state.dashboard_read_only = read_only
+    guards = [Depends(refuse_writes)] if read_only else []
     app.add_exception_handler(LoginRequired, _login_required)
     app.add_exception_handler(PageForbidden, _forbidden)
     app.add_exception_handler(BadForm, _bad_form)
@@ -83,9 +107,10 @@ def install(app: FastAPI) -> None:
     for module in (
         routes_login,
         routes_overview,
+        routes_assessments,
         routes_reviews,
         routes_risks,
         routes_clients,
         routes_audit,
     ):
-        app.include_router(module.router)
+        app.include_router(module.router, dependencies=guards)

@@ -15,6 +15,7 @@ from bastion.dashboard.session import DashboardUser
 
 NAV: tuple[tuple[str, str, tuple[str, ...]], ...] = (
     ("/", "Overview", ("reviewer", "admin")),
+    ("/assessments", "Assessments", ("reviewer", "admin")),
     ("/reviews", "Review queue", ("reviewer", "admin")),
     ("/risks", "Risk register", ("reviewer", "admin")),
     ("/clients", "Clients", ("admin",)),
@@ -60,14 +61,22 @@ def security_headers(nonce: str) -> dict[str, str]:
     }
 
 
-def nav(user: DashboardUser | None, path: str) -> list[NavItem]:
+LIVE_ONLY = ("/monitor",)  # pages of a serving gateway (not of `bastion dashboard`)
+
+
+def nav(user: DashboardUser | None, path: str, *, live: bool = True) -> list[NavItem]:
     if user is None:
         return []
     return [
         NavItem(href, label, path == href or (href != "/" and path.startswith(href)))
         for href, label, roles in NAV
-        if user.role in roles
+        if user.role in roles and (live or href not in LIVE_ONLY)
     ]
+
+
+def is_read_only(request: Request) -> bool:
+    """True in ``bastion dashboard`` (no model, no edits)."""
+    return bool(getattr(request.app.state, "dashboard_read_only", False))
 
 
 def page(
@@ -78,16 +87,19 @@ def page(
     status_code: int = 200,
     **context: Any,
 ) -> HTMLResponse:
-    """Render ``template`` with the common context (user, CSRF token, nav, model, nonce)."""
+    """Render ``template`` with the common context (user, CSRF token, nav, model, nonce,
+    read-only)."""
     nonce = secrets.token_urlsafe(16)
     runtime = getattr(request.app.state, "runtime", None)
+    read_only = is_read_only(request)
     html = (
         env()
         .get_template(template)
         .render(
             user=user,
             csrf=user.csrf if user is not None else "",
-            nav=nav(user, request.url.path),
+            nav=nav(user, request.url.path, live=runtime is not None),
+            read_only=read_only,
             model=runtime.loaded.name if runtime is not None else "",
             nonce=nonce,
             **context,

@@ -1,5 +1,9 @@
 """The overview (``/``) and monitor (``/monitor``, and its live fragment ``/monitor/live``
-that the page's script reloads every few seconds) pages: reviewer or admin."""
+that the page's script reloads every few seconds) pages: reviewer or admin.
+
+The overview lists each assessed model's latest run (score, gate verdict). Without a
+served model (``bastion dashboard``) it shows what the store holds (reviews, blocks,
+risks, assessments) and no live numbers; the monitor pages are then 404."""
 
 from __future__ import annotations
 
@@ -9,8 +13,10 @@ import anyio.to_thread
 from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse
 
+from bastion.dashboard import assessments as runs
 from bastion.dashboard.render import page
-from bastion.dashboard.session import Viewer
+from bastion.dashboard.routes_assessments import runs_dir
+from bastion.dashboard.session import DashboardUser, Viewer
 from bastion.dashboard.stats import snapshot, tracker_of
 from bastion.serve.risks import NoRegister
 from bastion.serve.routes_admin import refresh_drift
@@ -35,6 +41,8 @@ async def overview(request: Request, user: Viewer) -> HTMLResponse:
     state = request.app.state
     held = await anyio.to_thread.run_sync(reviewstore.count_held, state.engine)
     blocked = len(await state.blocks.list())
+    rows = await anyio.to_thread.run_sync(runs.list_runs, state.engine, runs_dir(request))
+    runtime = getattr(state, "runtime", None)
     try:
         register = await registry(request).read()
         high_risks: int | None = sum(
@@ -46,19 +54,36 @@ async def overview(request: Request, user: Viewer) -> HTMLResponse:
         request,
         "overview.html.j2",
         user=user,
-        guard=state.runtime.guard is not None,
+        live=runtime is not None,
+        guard=runtime is not None and runtime.guard is not None,
         open_reviews=held,
         blocked_clients=blocked,
         high_risks=high_risks,
-        **_live_context(request),
+        latest=runs.latest_per_model(rows),
+        **(_live_context(request) if runtime is not None else {}),
+    )
+
+
+def _no_live(request: Request, user: DashboardUser) -> HTMLResponse:
+    return page(
+        request,
+        "error.html.j2",
+        user=user,
+        status_code=404,
+        title="Monitor",
+        detail="no model is served here (bastion dashboard): the monitor is `bastion serve`'s",
     )
 
 
 @router.get("/monitor", response_class=HTMLResponse)
 async def monitor(request: Request, user: Viewer) -> HTMLResponse:
+    if getattr(request.app.state, "runtime", None) is None:
+        return _no_live(request, user)
     return page(request, "monitor.html.j2", user=user, **_live_context(request))
 
 
 @router.get("/monitor/live", response_class=HTMLResponse)
 async def monitor_live(request: Request, user: Viewer) -> HTMLResponse:
+    if getattr(request.app.state, "runtime", None) is None:
+        return _no_live(request, user)
     return page(request, "monitor_live.html.j2", user=user, **_live_context(request))

@@ -64,12 +64,13 @@ def _name(names: dict[int, str], key_id: int | None) -> str:
 
 
 def _card(
-    ticket: Ticket, names: dict[int, str], x: np.ndarray | None, spec: RequestSpec
+    ticket: Ticket, names: dict[int, str], x: np.ndarray | None, spec: RequestSpec | None
 ) -> TicketCard:
     predictions = (ticket.result or {}).get("predictions") or []
     samples = []
     for i, v in enumerate(ticket.verdicts[:MAX_SAMPLES_SHOWN]):
-        rendered = render_sample(x[i], spec) if x is not None and i < len(x) else None
+        shown = x is not None and spec is not None and i < len(x)
+        rendered = render_sample(x[i], spec) if shown else None  # no spec: no model served
         samples.append(
             SampleView(
                 index=i,
@@ -112,7 +113,7 @@ async def reviews(request: Request, user: Viewer, done: str = "") -> HTMLRespons
         return names, {t.id: get_inputs(state.engine, t.id) for t in held}
 
     names, inputs = await anyio.to_thread.run_sync(load)
-    spec = state.input_spec
+    spec = getattr(state, "input_spec", None)
     return page(
         request,
         "reviews.html.j2",
