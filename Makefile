@@ -16,8 +16,10 @@ install:
 	@./scripts/link-cli.sh $(BIN)/bastion
 	@./scripts/install-system-deps.sh || echo "note: system packages not installed (not root?); Fashion-MNIST/chromium tests will skip"
 
-# The whole suite, slow tests included (`make test-fast` skips those marked slow).
+# The whole suite, slow tests included (`make test-fast` skips those marked slow); starts the
+# local PostgreSQL and Redis first when they are not running (their tests use the real servers).
 test:
+	@./scripts/start-services.sh
 	$(BIN)/pytest -q --timeout=900
 
 test-fast:

@@ -108,7 +108,9 @@ def register(app: typer.Typer) -> None:
         db: Annotated[
             str | None, typer.Option(help="database URL for keys, reviews, audit")
         ] = None,
-        redis_url: Annotated[str | None, typer.Option(help="share rate limits via Redis")] = None,
+        redis_url: Annotated[
+            str | None, typer.Option(help="share rate limits and guard state via Redis")
+        ] = None,
         ssl_certfile: Annotated[Path | None, typer.Option(help="TLS certificate (PEM)")] = None,
         ssl_keyfile: Annotated[Path | None, typer.Option(help="TLS private key (PEM)")] = None,
         log_level: Annotated[

@@ -27,6 +27,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
@@ -41,6 +42,7 @@ from bastion.guard.drift import DriftMonitor
 from bastion.guard.extraction import ExtractionMonitor, ExtractionStatus
 from bastion.guard.policy import ClientSignal, decide
 from bastion.guard.query import QueryMonitors, QueryStatus, fit_query_monitors, merge_signals
+from bastion.guard.shared import ClientStateStore, Observation
 from bastion.guard.tap import InputScale, ModelTap, ScoresTap, Tap, TapOutputs, make_tap
 from bastion.guard.verdict import DriftStatus, GuardVerdict
 from bastion.models.loaded import LoadedModel
@@ -116,7 +118,8 @@ class Guard:
         self.extraction = extraction
         self.query = query
         self.meta = dict(meta or {})
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()  # held while the stateful monitors apply a shared log
+        self.shared: ClientStateStore | None = None  # None: state of this process only
         spec = self.meta.get("input_spec")
         self.input_spec: InputSpec | None = (
             InputSpec.model_validate(spec) if spec else _legacy_spec(self.meta)
@@ -171,27 +174,93 @@ class Guard:
         n = x.shape[0]
         rows = [{name: float(s[i]) for name, s in raw.items()} for i in range(n)]
         fired = [any(r[k] > thresholds[k] for k in r) for r in rows]
-        if self.drift is not None:
-            self.drift.update(outputs.features)
-        signals: list[ClientSignal | None] = [None] * n
+        now = time.time() if now is None else now
         scaled = self._scale(x) if self.extraction is not None or self.query is not None else x
-        if self.extraction is not None:
-            statuses = self.extraction.observe(
-                client_id,
-                scaled,
-                outputs.predictions,
-                anomalous=fired,
-                now=time.time() if now is None else now,
+        if self.shared is None:
+            signals = self._observe(client_id, scaled, outputs, fired, now)
+        else:
+            signals = self._observe_shared(
+                Observation(
+                    client_id,
+                    scaled.detach().float().numpy(),
+                    outputs.features.detach().float().numpy(),
+                    outputs.predictions.numpy().astype("int64"),
+                    np.array(fired, dtype=bool),
+                    now,
+                )
             )
-            signals = [s.signal() for s in statuses]
-        if self.query is not None:
-            extra = self.query.observe(client_id, scaled, outputs)
-            signals = [merge_signals(s, e) for s, e in zip(signals, extra, strict=True)]
         verdicts = [
             decide(r, thresholds, self.config.policy, sig)
             for r, sig in zip(rows, signals, strict=True)
         ]
         return outputs.logits, verdicts
+
+    def _observe(
+        self,
+        client_id: str,
+        scaled: torch.Tensor,
+        outputs: TapOutputs,
+        fired: list[bool],
+        now: float,
+    ) -> list[ClientSignal | None]:
+        """Update the drift window and the client's state in the stateful monitors; one
+        client signal per sample (None without extraction and query monitors)."""
+        if self.drift is not None:
+            self.drift.update(outputs.features)
+        signals: list[ClientSignal | None] = [None] * len(fired)
+        if self.extraction is not None:
+            statuses = self.extraction.observe(
+                client_id, scaled, outputs.predictions, anomalous=fired, now=now
+            )
+            signals = [s.signal() for s in statuses]
+        if self.query is not None:
+            extra = self.query.observe(client_id, scaled, outputs)
+            signals = [merge_signals(s, e) for s, e in zip(signals, extra, strict=True)]
+        return signals
+
+    # -- state shared by replicas (bastion.guard.shared) ------------------------------------
+    def share_state(self, store: ClientStateStore | None) -> None:
+        """Feed the stateful monitors from ``store``, the log of every replica's
+        observations, replaying what it holds now; None: this process only (the default).
+        A guard without stateful monitors has nothing to share and ignores ``store``."""
+        if self.drift is None and self.extraction is None and self.query is None:
+            store = None
+        with self._lock:
+            self.shared = store
+        if store is not None:
+            self.sync()
+
+    def _apply(self, obs: Observation) -> list[ClientSignal | None]:
+        if obs.kind == "reset":
+            self._reset_local(obs.client_id)
+            return []
+        preds = torch.from_numpy(obs.predictions)
+        k = int(preds.max()) + 1 if preds.numel() else 1
+        # the monitors read only the predicted classes of the logits: one-hot ones give them
+        logits = torch.nn.functional.one_hot(preds, k).float()
+        outputs = TapOutputs(logits=logits, features=torch.from_numpy(obs.features))
+        fired = obs.anomalous.tolist()
+        return self._observe(obs.client_id, torch.from_numpy(obs.scaled), outputs, fired, obs.now)
+
+    def _observe_shared(self, obs: Observation) -> list[ClientSignal | None]:
+        """Append ``obs`` to the shared log and apply, in log order, everything before it
+        (other replicas' batches) and then ``obs``; the signals are ``obs``'s."""
+        assert self.shared is not None
+        own: list[ClientSignal | None] = [None] * len(obs.anomalous)
+        with self._lock:
+            for entry, mine in self.shared.exchange(obs):
+                signals = self._apply(entry)
+                if mine:
+                    own = signals
+        return own
+
+    def sync(self) -> None:
+        """Apply the other replicas' observations not applied yet (no-op when unshared)."""
+        if self.shared is None:
+            return
+        with self._lock:
+            for entry in self.shared.catch_up():
+                self._apply(entry)
 
     def inspect(self, x: torch.Tensor, client_id: str) -> list[GuardVerdict]:
         """One verdict per sample of the batch ``x`` sent by ``client_id``."""
@@ -208,19 +277,30 @@ class Guard:
                 alpha=self.config.drift.alpha,
                 method="disabled",
             )
+        self.sync()
         return self.drift.status()
 
     def client_status(self, client_id: str) -> ExtractionStatus | None:
         """The extraction monitor's current view of one client (None when disabled)."""
+        self.sync()
         return None if self.extraction is None else self.extraction.status(client_id)
 
     def query_status(self, client_id: str) -> QueryStatus | None:
         """The similarity and coverage detectors' view of one client (None when both off)."""
+        self.sync()
         return None if self.query is None else self.query.status(client_id)
 
     def reset_client(self, client_id: str) -> None:
         """Forget a client's extraction and query-detector state (e.g. after a reviewer
-        cleared it)."""
+        cleared it), on every replica when the state is shared."""
+        if self.shared is None:
+            self._reset_local(client_id)
+            return
+        with self._lock:
+            for entry, _mine in self.shared.exchange(Observation.reset(client_id)):
+                self._apply(entry)
+
+    def _reset_local(self, client_id: str) -> None:
         if self.extraction is not None:
             self.extraction.reset(client_id)
         if self.query is not None:

@@ -33,6 +33,8 @@ from bastion.serve.ratelimit import RedisRateLimiter, make_rate_limiter
 from bastion.serve.reviews import ReviewQueue
 from bastion.serve.runtime import Runtime
 from bastion.serve.settings import ServeSettings
+from bastion.serve.shared_state import install as install_shared_state
+from bastion.serve.shared_state import open_shared_state
 from bastion.serve.validation import BodySizeLimitMiddleware, InputError, RequestSpec
 from bastion.store.db import default_url, make_engine
 
@@ -67,6 +69,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
             samples_per_s=rl.samples_per_s,
             samples_burst=rl.samples_burst,
             on_redis_error=rl.on_redis_error,
+            prefix=f"{settings.redis_prefix}:rl",
         )
         if isinstance(state.limiter, RedisRateLimiter):
             await state.limiter.ping()
@@ -90,11 +93,13 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         expire_after_s=settings.blocks.expire_after_s,
         cache_ttl_s=settings.auth.cache_ttl_s,
     )
+    state.shared_state = await open_shared_state(settings, state.runtime)
     state.recent = deque(maxlen=settings.recent_decisions) if settings.recent_decisions else None
     state.batcher = MicroBatcher(
         state.runtime,
         max_samples=settings.batch_max_samples,
-        inline_max_samples=settings.inline_max_samples,
+        # shared state: the guard calls Redis, so passes leave the event loop
+        inline_max_samples=0 if state.shared_state else settings.inline_max_samples,
     )
     await state.batcher.start()
     escalation = asyncio.create_task(state.reviews.run_escalation(settings.reviews.check_every_s))
@@ -116,6 +121,8 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await state.audit.aclose()
         if state.limiter is not None:
             await state.limiter.aclose()
+        if state.shared_state is not None:
+            state.shared_state.close()
         state.engine.dispose()
 
 
@@ -156,6 +163,7 @@ def create_app(settings: ServeSettings) -> FastAPI:
     install_error_handlers(app)
     app.add_exception_handler(InputError, _input_error)
     app.add_exception_handler(ClientBlocked, client_blocked_handler)
+    install_shared_state(app)
     install_openapi(app)
     app.include_router(routes_predict.router)
     app.include_router(routes_reviews.router)

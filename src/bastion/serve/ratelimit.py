@@ -173,11 +173,12 @@ def make_rate_limiter(
     samples_per_s: float,
     samples_burst: float,
     on_redis_error: str = "deny",
+    prefix: str = "bastion:rl",
 ) -> LocalRateLimiter | RedisRateLimiter:
     buckets = {
         "requests": BucketSpec(requests_per_s, requests_burst),
         "samples": BucketSpec(samples_per_s, samples_burst),
     }
     if redis_url:
-        return RedisRateLimiter(redis_url, buckets, on_error=on_redis_error)
+        return RedisRateLimiter(redis_url, buckets, prefix=prefix, on_error=on_redis_error)
     return LocalRateLimiter(buckets)

@@ -112,7 +112,7 @@ async def drift(request: Request, _key: ReviewerKey) -> DriftView:
 
 class KeyRequest(BaseModel):
     role: Literal["client", "reviewer", "admin"]
-    name: str = Field("", max_length=128)
+    name: str = Field("", max_length=128, pattern=r"^[^\x00]*$")  # no NUL: PostgreSQL
 
 
 class KeyView(BaseModel):

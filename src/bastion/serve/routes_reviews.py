@@ -32,7 +32,7 @@ router = APIRouter(prefix="/v1", tags=["reviews"])
 
 
 class Decision(BaseModel):
-    note: str = Field("", max_length=2000)
+    note: str = Field("", max_length=2000, pattern=r"^[^\x00]*$")  # no NUL: PostgreSQL
 
 
 def _not_found(ticket: str) -> HTTPException:

@@ -108,6 +108,15 @@ class DashboardSettings(_Section):
     session_max_s: float = Field(24 * 3600.0, gt=0, allow_inf_nan=False)  # since login
 
 
+class SharedStateSettings(_Section):
+    """The guard's stateful monitors shared by replicas through Redis (with ``redis_url``;
+    see bastion.guard.shared): the stream's length and how long a Redis call may take."""
+
+    enabled: bool = True
+    max_entries: int = Field(50_000, ge=100)  # observations (batches) the stream keeps
+    timeout_s: float = Field(2.0, gt=0, le=60, allow_inf_nan=False)
+
+
 class ServeSettings(_Section):
     """Everything ``bastion serve`` needs; the YAML mirrors these sections."""
 
@@ -123,6 +132,9 @@ class ServeSettings(_Section):
     data: DataSettings | None = None  # where the input spec comes from, failing the others
     db_url: str | None = None
     redis_url: str | None = None
+    # the namespace of this deployment's Redis keys (rate limits, shared guard state)
+    redis_prefix: str = Field("bastion", pattern=r"^[A-Za-z0-9_.:-]{1,64}$")
+    shared_state: SharedStateSettings = Field(default_factory=SharedStateSettings)
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=0, le=65535)
     ssl_certfile: Path | None = None

@@ -14,13 +14,14 @@ import json
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
-from sqlalchemy import DateTime, Engine, Integer, Select, String, Text, or_, select
-from sqlalchemy.orm import Mapped, mapped_column
+from sqlalchemy import Engine, Integer, Select, String, Text, or_, select, text
+from sqlalchemy.orm import Mapped, Session, mapped_column
 
 from bastion.errors import StoreError
-from bastion.store.db import Base, session_factory
+from bastion.store.db import Base, session_factory, sqlite_write_lock
 from bastion.store.ids import storable
 from bastion.store.keys import ApiKey, KeyInfo
+from bastion.store.types import UTCDateTime
 
 
 class NotBlocked(StoreError):
@@ -38,10 +39,10 @@ class ClientBlock(Base):
     client_key_id: Mapped[int] = mapped_column(Integer, index=True)
     reasons_json: Mapped[str] = mapped_column(Text)
     request_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
-    created: Mapped[datetime] = mapped_column(DateTime(timezone=True))
-    expires: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    created: Mapped[datetime] = mapped_column(UTCDateTime())
+    expires: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
     created_by: Mapped[str] = mapped_column(String(64))
-    removed: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    removed: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
     removed_by: Mapped[str | None] = mapped_column(String(64), nullable=True)
 
 
@@ -141,6 +142,23 @@ def list_blocks(engine: Engine, *, now: datetime | None = None) -> list[Block]:
     return out
 
 
+_BLOCK_LOCK_SPACE = 0x62737462  # "bstb": the advisory-lock namespace of client blocks
+
+
+def _lock_blocks(session: Session, client_id: int) -> None:
+    """Serialise block changes of one client until the transaction ends, so that concurrent
+    verdicts (threads, processes, replicas) make one block: an advisory lock on PostgreSQL
+    (per client), the database's write lock on SQLite (a write that changes nothing takes
+    it at once, before the read of the blocks in force)."""
+    if session.get_bind().dialect.name == "postgresql":
+        session.execute(
+            text("SELECT pg_advisory_xact_lock(:space, :cid)"),
+            {"space": _BLOCK_LOCK_SPACE, "cid": client_id},
+        )
+    else:
+        sqlite_write_lock(session, "client_blocks")
+
+
 def block_client(
     engine: Engine,
     client_id: int,
@@ -164,6 +182,7 @@ def block_client(
     if expires is not None and expires <= now:
         raise StoreError(f"a block must expire after it is made (expires {expires.isoformat()})")
     with session_factory(engine)() as session, session.begin():
+        _lock_blocks(session, client_id)
         current = list(session.scalars(_active(client_id, now)))
         if current and not replace:
             return _block(current[0]), False

@@ -6,9 +6,9 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from sqlalchemy import Engine, create_engine, event, make_url
+from sqlalchemy import Engine, create_engine, event, make_url, text
 from sqlalchemy.exc import ArgumentError, DBAPIError
-from sqlalchemy.orm import DeclarativeBase, sessionmaker
+from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 
 from bastion.errors import StoreError
 
@@ -54,8 +54,10 @@ def make_engine(url: str | None = None, *, create: bool = True) -> Engine:
             raise StoreError(
                 f"cannot create the folder of database {shown_url(url)!r}: {exc}"
             ) from None
+    pg = url.startswith("postgresql")
     try:
-        engine = create_engine(url, future=True)
+        # pre-ping: a replica outlives a PostgreSQL restart or fail-over without 500s
+        engine = create_engine(url, future=True, pool_pre_ping=pg)
     except (ArgumentError, ImportError, ValueError, TypeError) as exc:
         raise StoreError(f"cannot use database URL {shown_url(url)!r}: {exc}") from None
     if engine.dialect.name == "sqlite":
@@ -63,12 +65,32 @@ def make_engine(url: str | None = None, *, create: bool = True) -> Engine:
     if create:
         _import_tables()
         try:
-            Base.metadata.create_all(engine)
+            _create_tables(engine)
         except DBAPIError as exc:
             engine.dispose()
             first = str(exc.orig).strip().splitlines()[0] if str(exc.orig).strip() else exc
             raise StoreError(f"cannot open database {shown_url(url)!r}: {first}") from None
     return engine
+
+
+_DDL_LOCK = 0x62737464  # "bstd": the advisory lock under which replicas create the tables
+
+
+def _create_tables(engine: Engine) -> None:
+    """Create the missing tables; processes opening a fresh store at once would race on
+    ``CREATE TABLE``: on PostgreSQL they take turns under an advisory lock, on SQLite the
+    loser of a race checks again."""
+    if engine.dialect.name != "postgresql":
+        for attempt in range(5):  # SQLite: another process made a table between check and create
+            try:
+                Base.metadata.create_all(engine)
+                return
+            except DBAPIError as exc:
+                if "already exists" not in str(exc.orig) or attempt == 4:
+                    raise
+    with engine.begin() as conn:
+        conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _DDL_LOCK})
+        Base.metadata.create_all(conn)
 
 
 def _import_tables() -> None:
@@ -79,6 +101,14 @@ def _import_tables() -> None:
     import bastion.store.reviews
     import bastion.store.runs
     import bastion.store.sessions  # noqa: F401
+
+
+def sqlite_write_lock(session: Session, table: str) -> None:
+    """On SQLite, take the database's write lock now, at the start of the transaction: a
+    read-then-write transaction of two processes (or threads) would otherwise both read
+    before either writes. A write that changes nothing takes it. No-op elsewhere."""
+    if session.get_bind().dialect.name == "sqlite":
+        session.execute(text(f"DELETE FROM {table} WHERE 1 = 0"))
 
 
 def session_factory(engine: Engine) -> sessionmaker:

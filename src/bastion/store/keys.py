@@ -14,12 +14,13 @@ import secrets
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from sqlalchemy import DateTime, Engine, Integer, String, select
+from sqlalchemy import Engine, Integer, String, select
 from sqlalchemy.orm import Mapped, mapped_column
 
 from bastion.errors import ConfigError, StoreError
 from bastion.store.db import Base, session_factory
 from bastion.store.ids import storable
+from bastion.store.types import UTCDateTime, check_text
 
 ROLES = ("client", "reviewer", "admin")
 KEY_PREFIX = "bst_"
@@ -33,10 +34,8 @@ class ApiKey(Base):
     role: Mapped[str] = mapped_column(String(16))
     key_sha256: Mapped[str] = mapped_column(String(64), unique=True, index=True)
     prefix: Mapped[str] = mapped_column(String(16))
-    created: Mapped[datetime] = mapped_column(
-        DateTime(timezone=True), default=lambda: datetime.now(UTC)
-    )
-    revoked: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    created: Mapped[datetime] = mapped_column(UTCDateTime(), default=lambda: datetime.now(UTC))
+    revoked: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
 
 
 @dataclass(frozen=True)
@@ -77,6 +76,7 @@ def check_role(role: str) -> str:
 def create_key(engine: Engine, role: str, name: str = "") -> tuple[KeyInfo, str]:
     """Create a key; returns its record and the plaintext (the only time it exists)."""
     check_role(role)
+    check_text(name, "key name", max_len=128)
     secret = KEY_PREFIX + secrets.token_urlsafe(32)
     with session_factory(engine)() as session, session.begin():
         row = ApiKey(name=name, role=role, key_sha256=hash_key(secret), prefix=secret[:10])

@@ -13,11 +13,12 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import DateTime, Engine, Integer, String, Text, func, select, update
+from sqlalchemy import Engine, Integer, String, Text, func, select, update
 from sqlalchemy.orm import Mapped, mapped_column
 
 from bastion.errors import StoreError
-from bastion.store.db import Base, session_factory
+from bastion.store.db import Base, session_factory, sqlite_write_lock
+from bastion.store.types import UTCDateTime, check_text
 
 STATUSES = ("held", "approved", "rejected")
 
@@ -26,15 +27,15 @@ class Review(Base):
     __tablename__ = "reviews"
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True)
-    created: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
+    created: Mapped[datetime] = mapped_column(UTCDateTime(), index=True)
     status: Mapped[str] = mapped_column(String(16), index=True, default="held")
     client_key_id: Mapped[int] = mapped_column(Integer)
     request_id: Mapped[str] = mapped_column(String(64))
     n_samples: Mapped[int] = mapped_column(Integer)
     verdicts_json: Mapped[str] = mapped_column(Text)
     result_json: Mapped[str | None] = mapped_column(Text, nullable=True)
-    escalated: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
-    decided: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    escalated: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    decided: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
     reviewer_key_id: Mapped[int | None] = mapped_column(Integer, nullable=True)
     note: Mapped[str] = mapped_column(Text, default="")
 
@@ -128,6 +129,7 @@ def decide_ticket(
     """Approve or reject a held ticket. Deciding twice raises StoreError (409 at the API);
     a rejection drops the withheld answer."""
     status = "approved" if approve else "rejected"
+    check_text(note, "review note")
     with session_factory(engine)() as session, session.begin():
         values: dict[str, Any] = {
             "status": status,
@@ -157,11 +159,16 @@ def escalate_overdue(engine: Engine, *, older_than_s: float) -> list[Ticket]:
     now = datetime.now(UTC)
     cutoff = now - timedelta(seconds=older_than_s)
     with session_factory(engine)() as session, session.begin():
+        sqlite_write_lock(session, "reviews")
         rows = list(
             session.scalars(
-                select(Review).where(
+                select(Review)
+                .where(
                     Review.status == "held", Review.escalated.is_(None), Review.created <= cutoff
                 )
+                # replicas checking at once: each overdue ticket is escalated by one of them
+                # (PostgreSQL row locks; SQLite's write lock serialises the whole check)
+                .with_for_update(skip_locked=True)
             )
         )
         for row in rows:

@@ -4,22 +4,21 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from sqlalchemy import DateTime, Float, Integer, String, Text, select
+from sqlalchemy import Float, Integer, String, Text, select
 from sqlalchemy.orm import Mapped, mapped_column
 
 from bastion.assess.schema import Report
 from bastion.errors import StoreError
 from bastion.store.db import Base, make_engine, session_factory
 from bastion.store.ids import storable
+from bastion.store.types import UTCDateTime
 
 
 class Run(Base):
     __tablename__ = "runs"
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
-    created: Mapped[datetime] = mapped_column(
-        DateTime(timezone=True), default=lambda: datetime.now(UTC)
-    )
+    created: Mapped[datetime] = mapped_column(UTCDateTime(), default=lambda: datetime.now(UTC))
     kind: Mapped[str] = mapped_column(String(32), default="assess")
     model_name: Mapped[str] = mapped_column(String(256))
     model_sha256: Mapped[str] = mapped_column(String(64))

@@ -15,11 +15,12 @@ import secrets
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import DateTime, Engine, Integer, String, delete, or_
+from sqlalchemy import Engine, Integer, String, delete, or_
 from sqlalchemy.orm import Mapped, mapped_column
 
 from bastion.store.db import Base, session_factory
 from bastion.store.keys import KeyInfo
+from bastion.store.types import UTCDateTime
 
 
 class DashboardSession(Base):
@@ -30,9 +31,9 @@ class DashboardSession(Base):
     key_name: Mapped[str] = mapped_column(String(128), default="")
     role: Mapped[str] = mapped_column(String(16))
     csrf: Mapped[str] = mapped_column(String(64))
-    created: Mapped[datetime] = mapped_column(DateTime(timezone=True))
-    last_seen: Mapped[datetime] = mapped_column(DateTime(timezone=True))
-    expires: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
+    created: Mapped[datetime] = mapped_column(UTCDateTime())
+    last_seen: Mapped[datetime] = mapped_column(UTCDateTime())
+    expires: Mapped[datetime] = mapped_column(UTCDateTime(), index=True)
 
 
 @dataclass(frozen=True)
