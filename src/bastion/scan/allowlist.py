@@ -24,7 +24,7 @@ from __future__ import annotations
 import _compat_pickle
 import functools
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from bastion.errors import ConfigError
 
@@ -483,6 +483,9 @@ PROFILES: dict[str, frozenset[str]] = {
 }
 
 
+_MEMO_SIZE = 4096  # decisions kept per allowlist (and for is_dangerous)
+
+
 def normalise(module: str, name: str) -> tuple[str, str]:
     """Map Python 2 names to the Python 3 ones the unpickler imports (``fix_imports``)."""
     if (module, name) in _compat_pickle.NAME_MAPPING:
@@ -498,10 +501,23 @@ class Allowlist:
     names: frozenset[str]
     modules: frozenset[str] = frozenset()
     profiles: tuple[str, ...] = (CORE,)
+    # decisions so far (the same few globals recur in every file); bounded
+    _decided: dict[tuple[str, str], bool] = field(
+        default_factory=dict, init=False, repr=False, compare=False, hash=False
+    )
 
     def allowed(self, module: str, name: str) -> bool:
         """Whether ``GLOBAL module name`` is accepted. Dotted names (attribute traversal)
         and names that are not identifiers are never accepted."""
+        key = (module, name)
+        hit = self._decided.get(key)
+        if hit is None:
+            hit = self._allowed(module, name)
+            if len(self._decided) < _MEMO_SIZE:
+                self._decided[key] = hit
+        return hit
+
+    def _allowed(self, module: str, name: str) -> bool:
         module, name = normalise(module, name)
         if not name.isidentifier() or not all(p.isidentifier() for p in module.split(".")):
             return False
@@ -512,6 +528,7 @@ class Allowlist:
         return f"{module}.{name}" in self.names or module in self.modules
 
 
+@functools.lru_cache(maxsize=_MEMO_SIZE)
 def is_dangerous(module: str, name: str) -> bool:
     """Whether a global is known to execute code, reach the OS or load more pickles."""
     module, name = normalise(module, name)

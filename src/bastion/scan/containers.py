@@ -23,6 +23,7 @@ import zlib
 from collections.abc import Callable
 from typing import Any
 
+from bastion.scan.pickle_scan import scan_pickle
 from bastion.scan.source import CHUNK, Member, Overflow, Scan
 
 PICKLE_FORMATS = ("torch-zip", "torchscript", "torch-tar", "torch-legacy")
@@ -33,13 +34,12 @@ TORCHSCRIPT_GLOBALS = ("__torch__.", "torch.jit._pickle.")
 _WALKER_FORMAT = {"torchscript": "torch-zip", "torch-tar": "torch-zip"}
 TORCH_LEGACY_MAGIC = b"\x80\x02\x8a\x0a\x6c\xfc\x9c\x46\xf9\x20\x6a\xa8\x50\x19"
 _STORAGE = re.compile(r"(^|/)(\.?data)/[^/]+$")  # torch zip raw tensor storages
+_CODE_DIR = re.compile(r"(^|/)code/")  # TorchScript's compiled code
 
 
 def run_pickle(scan: Scan, data: bytes, location: str, fmt: str, depth: int, base: int = 0) -> None:
     """Hand one pickle to the opcode walker (never unpickled); ``base`` is where it starts
     in its member, so offsets are the member's."""
-    from bastion.scan.pickle_scan import scan_pickle
-
     scan.note(fmt)
     found = scan_pickle(
         data,
@@ -95,8 +95,12 @@ def torch_legacy(scan: Scan, m: Member, data: bytes, depth: int) -> None:
 
 
 def _unsafe_name(name: str) -> bool:
+    if name.startswith(("/", "\\")) or ":" in name[:3]:
+        return True
+    if ".." not in name:
+        return False  # normalising cannot climb without a ".." component
     norm = posixpath.normpath(name.replace("\\", "/"))
-    return name.startswith(("/", "\\")) or norm == ".." or norm.startswith("../") or ":" in name[:3]
+    return norm == ".." or norm.startswith("../")
 
 
 def _check_name(scan: Scan, name: str, location: str, fmt: str) -> None:
@@ -129,7 +133,7 @@ def _too_many(scan: Scan, count: int, location: str, fmt: str) -> bool:
 def classify_zip(names: list[str]) -> str:
     """What a zip is, from its member names."""
     if any(n.endswith(".pkl") for n in names):
-        if any(re.search(r"(^|/)code/", n) for n in names) and any(
+        if any(_CODE_DIR.search(n) for n in names) and any(
             n.endswith("constants.pkl") for n in names
         ):
             return "torchscript"

@@ -22,6 +22,7 @@ from pathlib import Path
 
 from bastion.errors import UnsafeModelError
 from bastion.scan import containers, gguf, graphs, tensors
+from bastion.scan.allowlist import allowlist
 from bastion.scan.findings import FileResult, ScanFinding, ScanReport, Severity
 from bastion.scan.source import Member, Scan, ScanLimits
 
@@ -203,35 +204,35 @@ def _incomplete(scan: Scan, m: Member, kind: str, exc: BaseException) -> None:
 
 
 def _allowlist(profiles: Sequence[str]) -> object:
-    from bastion.scan.allowlist import allowlist
-
     return allowlist(tuple(profiles))
 
 
 def _scan_one(path: Path, allow: object, limits: ScanLimits) -> FileResult:
-    result = FileResult(path=str(path))
     try:
         size = path.stat().st_size
     except OSError as exc:
-        result.error = f"cannot read: {exc.strerror or exc}"
-        return result
+        return FileResult(path=str(path), error=f"cannot read: {exc.strerror or exc}")
     scan = Scan(limits=limits, allow=allow, dispatch=dispatch)
+    error = None
     try:
-        dispatch(scan, Member(location=str(path), name=path.name, path=path), 0)
+        dispatch(scan, Member.from_file(path, size, SNIFF_WINDOW), 0)
     except OSError as exc:
-        result.error = f"cannot read: {exc.strerror or exc}"
-    result.formats = [f for f in scan.formats if f != "unknown"] or ["unknown"]
-    result.members = scan.members
-    result.bytes = size
-    result.findings = scan.findings
-    return result
+        error = f"cannot read: {exc.strerror or exc}"
+    return FileResult(
+        path=str(path),
+        formats=[f for f in scan.formats if f != "unknown"] or ["unknown"],
+        members=scan.members,
+        bytes=size,
+        findings=scan.findings,
+        error=error,
+    )
 
 
 def scan_file(
     path: Path, *, profiles: Sequence[str] = (), limits: ScanLimits = ScanLimits()
 ) -> FileResult:
     """Scan one file (its archive members included)."""
-    return _scan_one(Path(path), _allowlist(profiles), limits)
+    return _scan_one(path if isinstance(path, Path) else Path(path), _allowlist(profiles), limits)
 
 
 def walk(path: Path) -> Iterator[Path]:

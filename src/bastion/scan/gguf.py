@@ -12,6 +12,7 @@ template injection, e.g. CVE-2024-34359 (llama-cpp-python).
 
 from __future__ import annotations
 
+import functools
 import struct
 from typing import Any, BinaryIO
 
@@ -153,11 +154,20 @@ def scan_gguf(scan: Scan, m: Member, depth: int) -> None:
         check_template(scan, text, f"{m.location}", key, pos)
 
 
+@functools.cache
+def _jinja() -> Any:
+    """One sandboxed environment, reused: it only parses (its lexer is cached per
+    environment), never renders."""
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+    return ImmutableSandboxedEnvironment()
+
+
 def check_template(scan: Scan, text: str, location: str, key: str, offset: int | None) -> None:
     """Findings for one Jinja2 chat template (parsed, never rendered)."""
     from jinja2 import TemplateSyntaxError, nodes
-    from jinja2.sandbox import ImmutableSandboxedEnvironment
 
+    tag_types = (nodes.Import, nodes.FromImport, nodes.Include, nodes.Extends)
     why = (
         "the template runs when a chat is formatted; reaching object internals escapes "
         "the Jinja sandbox to run code on the server"
@@ -166,14 +176,16 @@ def check_template(scan: Scan, text: str, location: str, key: str, offset: int |
         scan.add("gguf.template-size", "medium", location, "gguf", f"{key}: {len(text)} chars")
         return
     try:
-        tree = ImmutableSandboxedEnvironment().parse(text)
+        tree = _jinja().parse(text)
     except (TemplateSyntaxError, RecursionError) as exc:
         scan.add(
             "gguf.template-syntax", "medium", location, "gguf", f"{key}: not valid Jinja ({exc})"
         )
         return
     hits: list[tuple[str, str]] = []
-    for node in tree.find_all((nodes.Getattr, nodes.Getitem, nodes.Name, nodes.Filter)):
+    tags: dict[type, list[tuple[str, str]]] = {tag: [] for tag in tag_types}
+    # one walk of the tree; tag hits are reported after the others, tag by tag
+    for node in tree.find_all((nodes.Getattr, nodes.Getitem, nodes.Name, nodes.Filter, *tag_types)):
         if isinstance(node, nodes.Getattr):
             if node.attr.startswith("__") or node.attr in BAD_ATTRS:
                 hits.append((f".{node.attr}", "attribute"))
@@ -188,11 +200,13 @@ def check_template(scan: Scan, text: str, location: str, key: str, offset: int |
         elif isinstance(node, nodes.Name):
             if node.name in BAD_NAMES or node.name.startswith("__"):
                 hits.append((node.name, "global"))
-        elif isinstance(node, nodes.Filter) and node.name == "attr":
-            hits.append(("|attr", "filter"))
-    for tag in (nodes.Import, nodes.FromImport, nodes.Include, nodes.Extends):
-        for _node in tree.find_all(tag):
-            hits.append((tag.__name__.lower(), "tag"))
+        elif isinstance(node, nodes.Filter):
+            if node.name == "attr":
+                hits.append(("|attr", "filter"))
+        else:
+            tags[type(node)].append((type(node).__name__.lower(), "tag"))
+    for tag_hits in tags.values():
+        hits.extend(tag_hits)
     seen: set[str] = set()
     for symbol, what in hits:
         if symbol in seen:

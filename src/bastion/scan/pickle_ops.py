@@ -30,7 +30,7 @@ if TYPE_CHECKING:
     from bastion.scan.pickle_scan import Walker
 
 Handler = Callable[["Walker", int, int], int]
-_TORCH_FORMATS = frozenset({"torch-zip", "torch-legacy"})
+TORCH_FORMATS = frozenset({"torch-zip", "torch-legacy"})
 
 
 # ---- opcode handlers: (walker, offset of the opcode, offset of its argument) -> next -----
@@ -166,8 +166,7 @@ def _list_mark(w: Walker, at: int, p: int) -> int:
 def _dict_mark(w: Walker, at: int, p: int) -> int:
     items = w.pop_mark(at)
     d = Dict()
-    for i in range(0, len(items) - 1, 2):
-        d.set(items[i], items[i + 1])
+    d.set_pairs(items)
     w.push(d)
     return p
 
@@ -201,8 +200,7 @@ def _setitems(w: Walker, at: int, p: int) -> int:
     items = w.pop_mark(at)
     d = w.top(at)
     if isinstance(d, Dict):
-        for i in range(0, len(items) - 1, 2):
-            d.set(items[i], items[i + 1])
+        d.set_pairs(items)
     return p
 
 
@@ -387,7 +385,7 @@ def _binpersid(w: Walker, at: int, p: int) -> int:
 
 
 def _note_persid(w: Walker, at: int) -> None:
-    if w.fmt in _TORCH_FORMATS or w.persid_seen:
+    if w.fmt in TORCH_FORMATS or w.persid_seen:
         return
     w.persid_seen = True
     w.emit(

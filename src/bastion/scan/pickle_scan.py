@@ -22,8 +22,9 @@ PEP 574 protocol 5); Trail of Bits, "Never a dill moment: Exploiting machine lea
 pickle files" (2021); Zhu et al., "My Model is Malware to You" (2025, exception-oriented
 and gadget payloads that evade denylist scanners).
 
-Layout: this module holds the walker and :func:`scan_pickle`; the opcode handlers are in
-:mod:`bastion.scan.pickle_ops`, the symbolic values and limits in
+Layout: this module holds the walker and :func:`scan_pickle`; the opcode loop (with an
+inline fast path for the common opcodes) is in :mod:`bastion.scan.pickle_walk`, the opcode
+handlers in :mod:`bastion.scan.pickle_ops`, the symbolic values and limits in
 :mod:`bastion.scan.pickle_values`, the joblib array skip in :mod:`bastion.scan.pickle_joblib`.
 """
 
@@ -47,6 +48,7 @@ from bastion.scan.pickle_values import (
     Malformed,
     Stop,
 )
+from bastion.scan.pickle_walk import may_nest, walk_one
 
 __all__ = ["MAX_FINDINGS", "MAX_MEMO", "MAX_OPCODES", "MAX_STACK", "scan_pickle"]
 
@@ -67,6 +69,27 @@ class Walker:
     argument-reader, value and finding methods; :meth:`run` walks every pickle in the
     stream and turns malformed input or a reached limit into a finding.
     """
+
+    __slots__ = (
+        "allow",
+        "buf",
+        "data",
+        "depth",
+        "findings",
+        "fmt",
+        "frame",
+        "globals",
+        "location",
+        "max_depth",
+        "memo",
+        "memo_capped",
+        "more",
+        "more_sev",
+        "n",
+        "nested_globals",
+        "ops",
+        "persid_seen",
+    )
 
     def __init__(
         self, data: bytes, location: str, fmt: str, allow: Allowlist, depth: int, max_depth: int
@@ -273,7 +296,7 @@ class Walker:
 
     def nested(self, start: int, ln: int, at: int, *, is_text: bool) -> None:
         """Scan a byte/str argument that itself looks like a pickle (``!bytes@OFFSET``)."""
-        if ln < 4:
+        if ln < 4 or not may_nest(self.buf, start, start + ln):
             return
         head = bytes(self.data[start : start + min(ln, 256)])
         payload: bytes | None = None
@@ -347,23 +370,9 @@ class Walker:
             )
 
     def walk_one(self, pos: int) -> int:
-        """Walk one pickle from ``pos`` to just after its STOP; return that position."""
-        self.frame = Frame()
-        data, n = self.data, self.n
-        while True:
-            if pos >= n:
-                raise Malformed(pos, "truncated: stream ends without STOP")
-            self.ops += 1
-            if self.ops > MAX_OPCODES:
-                raise Stop(f"more than {MAX_OPCODES} opcodes")
-            code = data[pos]
-            handler = _HANDLERS.get(code)
-            if handler is None:
-                raise Malformed(pos, f"unknown opcode 0x{code:02x}")
-            nxt = handler(self, pos, pos + 1)
-            if nxt < 0:
-                return -nxt
-            pos = nxt
+        """Walk one pickle from ``pos`` to just after its STOP; return that position
+        (the loop is :func:`bastion.scan.pickle_walk.walk_one`)."""
+        return walk_one(self, pos)
 
 
 def scan_pickle(

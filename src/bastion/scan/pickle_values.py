@@ -76,6 +76,17 @@ class Dict:
         else:
             self.items[key] = value
 
+    def set_pairs(self, flat: list[object]) -> None:
+        """``set`` for each (key, value) of ``[k0, v0, k1, v1, ...]`` (an odd last item is
+        ignored, as DICT/SETITEMS do)."""
+        items = self.items
+        for i in range(0, len(flat) - 1, 2):
+            key = flat[i]
+            if len(items) >= MAX_ITEMS or not isinstance(key, (str, int)):
+                self.full = True
+            else:
+                items[key] = flat[i + 1]
+
 
 @dataclass
 class Frame:

@@ -13,6 +13,7 @@ stops with an ``archive.bomb`` finding instead of filling memory (zip bombs: D. 
 from __future__ import annotations
 
 import io
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -45,18 +46,48 @@ class Overflow(Exception):
 
 @dataclass
 class Member:
-    """One thing to analyse: the file itself (``path``) or bytes read out of a container."""
+    """One thing to analyse: the file itself (``path``) or bytes read out of a container.
+
+    A file is read through :meth:`from_file`: whole when it is small (one read serves the
+    sniff and the analyser), otherwise its size and first bytes are kept so that neither
+    is read twice.
+    """
 
     location: str  # the file, then container members joined by '!'
     name: str  # its own name (suffix hints only: formats are sniffed from content)
     data: bytes | None = None
     path: Path | None = None
+    file_size: int | None = field(default=None, repr=False)  # of ``path``, once known
+    file_head: bytes = field(default=b"", repr=False)  # first bytes of ``path``, once read
+
+    @classmethod
+    def from_file(cls, path: Path, size: int, whole: int) -> Member:
+        """The file at ``path`` (``size`` bytes by its stat); its bytes are read at once
+        when it has at most ``whole`` of them, else its first ``whole`` bytes are kept."""
+        fd = os.open(path, os.O_RDONLY)  # plain syscalls: most files are small
+        try:
+            parts: list[bytes] = []
+            got = 0
+            while got <= whole:
+                part = os.read(fd, whole + 1 - got)
+                if not part:
+                    break
+                parts.append(part)
+                got += len(part)
+        finally:
+            os.close(fd)
+        head = b"".join(parts)
+        if len(head) <= whole:
+            return cls(location=str(path), name=path.name, data=head)
+        return cls(location=str(path), name=path.name, path=path, file_size=size, file_head=head)
 
     @property
     def size(self) -> int:
         if self.data is not None:
             return len(self.data)
-        return self.path.stat().st_size if self.path is not None else 0
+        if self.file_size is None:
+            self.file_size = self.path.stat().st_size if self.path is not None else 0
+        return self.file_size
 
     def open(self) -> BinaryIO:
         if self.data is not None:
@@ -68,6 +99,8 @@ class Member:
     def head(self, n: int) -> bytes:
         if self.data is not None:
             return self.data[:n]
+        if n <= len(self.file_head):
+            return self.file_head[:n]
         with self.open() as fh:
             return fh.read(n)
 
@@ -136,19 +169,21 @@ class Scan:
         """Read ``stream`` in chunks under the byte budget; ``None`` (and an
         ``archive.bomb`` finding) when it inflates past a limit."""
         cap = self.remaining()
-        out = bytearray()
+        chunks: list[bytes] = []
+        total = 0
         while True:
             chunk = stream.read(CHUNK)
             if not chunk:
                 break
-            out += chunk
-            problem = self.inflation_problem(len(out), compressed, cap)
+            chunks.append(chunk)
+            total += len(chunk)
+            problem = self.inflation_problem(total, compressed, cap)
             if problem:
-                self.inflated += len(out)
+                self.inflated += total
                 self.bomb(location, fmt, problem)
                 return None
-        self.inflated += len(out)
-        return bytes(out)
+        self.inflated += total
+        return b"".join(chunks)
 
     def inflation_problem(self, produced: int, compressed: int | None, cap: int) -> str | None:
         """Why ``produced`` bytes out of ``compressed`` are too many, or None."""
