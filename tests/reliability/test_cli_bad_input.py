@@ -25,6 +25,7 @@ from bastion.cli import build_app, main
 
 BIG = str(10**20)  # past every count, id and seed bound
 NOPE = "/proc/bastion-nope/out"  # a folder that cannot be created, even by root
+LLM = "llm assess --llm-model m --profile {llm_profile} --out {tmp}/l"
 
 # (argv, exit code, substring of stderr)
 CASES: list[tuple[str, int, str]] = [
@@ -59,6 +60,18 @@ CASES: list[tuple[str, int, str]] = [
     ("assess --model {model} --out {tmp}/o --target-body x", 2, "unknown request body form"),
     ("assess --model {model} --out {tmp}/o --device foo", 2, "unknown device 'foo'"),
     ("assess --target ftp://x --out {tmp}/o", 2, "--target must be an http(s):// URL"),
+    ("assess --target openai+http://x/v1 --out {tmp}/o", 2, "give --llm-model NAME"),
+    (
+        "assess --target openai+ftp://x --llm-model m --profile {llm_profile} --out {tmp}/o",
+        2,
+        "--target must be openai+https://HOST/v1",
+    ),
+    (
+        "assess --target openai+http://127.0.0.1:1/v1 --llm-model m --profile {llm_profile} "
+        "--out {tmp}/o",
+        2,
+        "cannot reach",
+    ),
     # assess: numbers
     ("assess --model {model} --out {tmp}/o --eps nan", 2, "ε values must be a finite number"),
     ("assess --model {model} --out {tmp}/o --eps inf", 2, "ε values must be a finite number"),
@@ -211,6 +224,33 @@ CASES: list[tuple[str, int, str]] = [
     ("runs report nonsense", 2, "not a run directory, a report.json or a run id"),
     ("demo --seed -1", 2, "'--seed'"),
     ("demo --out " + NOPE, 2, "cannot create the folder"),
+    # llm (the chat-endpoint assessment)
+    (LLM + " --target https://x/v1", 2, "--target must be openai+https://HOST/v1"),
+    (LLM + " --target openai+http://127.0.0.1:1/v1", 2, "cannot reach http://127.0.0.1:1/v1"),
+    (LLM + " --target openai+http://x/v1 --probe nosuch", 2, "unknown LLM probe(s) nosuch"),
+    (
+        LLM + " --target openai+http://x/v1 --api-key-env BASTION_NO_SUCH_KEY",
+        2,
+        "environment variable BASTION_NO_SUCH_KEY",
+    ),
+    (
+        "llm assess --target openai+http://x/v1 --llm-model m --profile /nope.yaml --out {tmp}/l",
+        2,
+        "file not found: /nope.yaml",
+    ),
+    (
+        "llm assess --target openai+http://x/v1 --llm-model m --profile {llm_bad_yaml} "
+        "--out {tmp}/l",
+        2,
+        "malformed YAML",
+    ),
+    (
+        "llm assess --target openai+http://x/v1 --llm-model m --profile {llm_no_prompt} "
+        "--out {tmp}/l",
+        2,
+        "system_prompt: Field required",
+    ),
+    (LLM + " --target openai+http://x/v1 --out " + NOPE, 2, "cannot create the folder"),
 ]
 
 SUBPROCESS_CASES = [
@@ -298,6 +338,9 @@ def files(tmp_path_factory, digits_model_dir) -> dict[str, str]:
         "recipe_steps": f"- pgd_at: {{steps: {10**12}}}\n",
         "policy_big": "rules:\n  - score <= 1e999\n",
         "policy_metric": "rules:\n  - nosuch_metric >= 1\n",
+        "llm_profile": "system_prompt: You are a helpful assistant.\nattempts: 1\n",
+        "llm_bad_yaml": "system_prompt: [unclosed\n",
+        "llm_no_prompt": "tools: []\n",
     }
     for name, text in texts.items():
         (d / f"{name}.yaml").write_text(text)

@@ -39,6 +39,7 @@ COMMAND_MODULES = [
     "audit",
     "demo",
     "clients",
+    "llm",
 ]
 
 

@@ -127,6 +127,10 @@ def register(app: typer.Typer) -> None:
         api_key_env: Annotated[
             str | None, typer.Option(help="environment variable holding the endpoint's API key")
         ] = None,
+        llm_model: Annotated[
+            str | None,
+            typer.Option(help="with --target openai+http(s)://HOST/v1: the chat model's name"),
+        ] = None,
         data: DataOpt = None,
         data_root: DataRootOpt = None,
         modality: ModalityOpt = None,
@@ -170,11 +174,20 @@ def register(app: typer.Typer) -> None:
         seed: OptSeedOpt = None,
     ) -> None:
         """Assess a model: evasion and the other probes that fit the threat model."""
+        if target is not None and target.startswith("openai+"):
+            from bastion.cli.llm import llm_assess  # an LLM application (docs/llm.md)
+
+            if model is not None:
+                raise ConfigError("give --model or --target, not both")
+            return llm_assess(target, llm_model, profile, out, api_key_env=api_key_env)
         if target is not None:
             if model is not None:
                 raise ConfigError("give --model or --target, not both")
             if not target.startswith(("http://", "https://")):
-                raise ConfigError(f"--target must be an http(s):// URL, got {target!r}")
+                raise ConfigError(
+                    f"--target must be an http(s):// URL (openai+http(s):// for a chat "
+                    f"endpoint), got {target!r}"
+                )
             model = target
         if profile is not None:
             prof = load_profile(profile)

@@ -1,0 +1,104 @@
+"""`bastion llm assess`: probe an LLM application's OpenAI-compatible chat endpoint."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from bastion.cli.common import console
+
+
+def register(app: typer.Typer) -> None:
+    group = typer.Typer(
+        name="llm", help="LLM applications: assess a chat endpoint.", no_args_is_help=True
+    )
+    app.add_typer(group, name="llm")
+
+    @group.command("assess")
+    def assess_cmd(
+        target: Annotated[
+            str, typer.Option(help="the endpoint: openai+https://HOST/v1 or openai+http://HOST/v1")
+        ],
+        llm_model: Annotated[str, typer.Option(help="the model name the endpoint serves")],
+        profile: Annotated[
+            Path, typer.Option(help="application profile YAML (system prompt, tools, documents)")
+        ],
+        out: Annotated[Path, typer.Option(help="output directory for report.json")],
+        api_key_env: Annotated[
+            str | None, typer.Option(help="environment variable holding the endpoint's API key")
+        ] = None,
+        probe: Annotated[
+            list[str] | None, typer.Option(help="run only this probe (repeat; default: all)")
+        ] = None,
+        timeout: Annotated[
+            float, typer.Option(help="seconds per request", min=0.1, max=3600)
+        ] = 60.0,
+        retries: Annotated[
+            int, typer.Option(help="retries on 429/5xx/timeouts", min=0, max=20)
+        ] = 3,
+    ) -> None:
+        """Run the LLM probes (leakage, injection, disclosure, output, agency, consumption)."""
+        llm_assess(
+            target,
+            llm_model,
+            profile,
+            out,
+            api_key_env=api_key_env,
+            probes=probe,
+            timeout=timeout,
+            retries=retries,
+        )
+
+
+def llm_assess(
+    target: str,
+    llm_model: str | None,
+    profile: Path | None,
+    out: Path | None,
+    *,
+    api_key_env: str | None = None,
+    probes: list[str] | None = None,
+    timeout: float = 60.0,
+    retries: int = 3,
+) -> None:
+    """Assess the chat endpoint ``target`` (also `bastion assess --target openai+…`)."""
+    from bastion.cli.validate import prepare_dir
+    from bastion.errors import ConfigError
+    from bastion.llm.probes import PROBES
+    from bastion.llm.profile import load_app_profile
+    from bastion.llm.runner import run_llm_assessment
+    from bastion.llm.target import ChatTarget, api_key_from_env, parse_target
+
+    parse_target(target)
+    if not llm_model:
+        raise ConfigError("give --llm-model NAME: the model the chat endpoint serves")
+    if profile is None:
+        raise ConfigError("give --profile app.yaml: the application profile (see docs/llm.md)")
+    if out is None:
+        raise ConfigError("give --out DIR")
+    unknown = [p for p in probes or [] if p not in PROBES]
+    if unknown:
+        raise ConfigError(
+            f"unknown LLM probe(s) {', '.join(unknown)}: choose from {', '.join(PROBES)}"
+        )
+    key = api_key_from_env(api_key_env)
+    app_profile = load_app_profile(profile)
+    prepare_dir(out, "--out")
+    with ChatTarget(target, llm_model, api_key=key, timeout=timeout, retries=retries) as t:
+        result = run_llm_assessment(app_profile, t, out, probes=probes)
+    report = result.report
+    table = Table(title=f"score {report.score}/100 · {t.requests} request(s)")
+    for col in ("probe", "attack", "OWASP", "oracle", "success", "severity"):
+        table.add_column(col)
+    for f in report.findings:
+        rate = f"{int(f.metrics['successes'])}/{int(f.metrics['attempts'])}"
+        table.add_row(
+            f.probe, f.attack, f.params["owasp"], f.params["oracle"], rate, f"{f.severity:.1f}"
+        )
+    console.print(table)
+    for s in report.skipped:
+        console.print(f"[dim]{s.probe}: not applicable: {s.reason}[/]")
+    console.print(f"report: [bold]{result.json_path}[/]")

@@ -1,0 +1,169 @@
+"""Run the LLM probes against a chat target and write report.json (the assess Report).
+
+Each attack family of each probe becomes one Finding: ``metrics`` holds ``success_rate``,
+``successes``, ``attempts`` and ``requests`` (HTTP requests, retries included);
+``params`` names the ``oracle``, the OWASP LLM Top 10 2025 id and the ATLAS techniques;
+``artifacts["examples"]`` a JSON file with up to three successful attempts (or one failed
+one). Severity: 0 when no attempt succeeded, else ``impact · (0.5 + 0.5 · rate)`` (the
+probe's impact is its severity when every attempt succeeds; docs/llm.md lists them).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+
+from pydantic import BaseModel
+
+from bastion.assess.runner import finish
+from bastion.assess.schema import DatasetRef, Finding, ModelRef, Report, Skipped, ThreatModel
+from bastion.assess.scoring import clamp_severity, overall_score
+from bastion.errors import ConfigError
+from bastion.llm.probes import PROBES, Attempt, LLMProbe
+from bastion.llm.profile import AppProfile
+from bastion.llm.target import ChatReply, ChatTarget
+
+MAX_EXAMPLES = 3
+EXCERPT = 400
+
+
+class Example(BaseModel):
+    attack: str
+    prompt: str
+    output: str
+    tool_calls: list[str]
+    evidence: str | None
+
+
+@dataclass
+class LLMAssessment:
+    report: Report
+    json_path: Path
+
+
+def severity(impact: float, successes: int, attempts: int) -> float:
+    if successes == 0 or attempts == 0:
+        return 0.0
+    return clamp_severity(impact * (0.5 + 0.5 * successes / attempts))
+
+
+def _example(a: Attempt, reply: ChatReply, evidence: str | None) -> Example:
+    return Example(
+        attack=a.attack,
+        prompt=a.prompt[:EXCERPT],
+        output=reply.content[:EXCERPT],
+        tool_calls=[c.name for c in reply.tool_calls],
+        evidence=evidence,
+    )
+
+
+def run_probe(
+    probe: LLMProbe, attempts: list[Attempt], target: ChatTarget, profile: AppProfile, out: Path
+) -> tuple[list[Finding], str | None]:
+    """Send ``attempts``; one Finding per attack family. Also the model the endpoint named."""
+    tools = [t.openai() for t in profile.tools] or None
+    groups: dict[str, list[tuple[Attempt, ChatReply, str | None, int, float]]] = defaultdict(list)
+    reported = None
+    for a in attempts:
+        start, sent = time.perf_counter(), target.requests
+        reply = target.chat(
+            a.messages,
+            tools=tools,
+            max_tokens=a.max_tokens,
+            temperature=profile.limits.temperature,
+        )
+        reported = reported or reply.model
+        elapsed = time.perf_counter() - start
+        groups[a.attack].append((a, reply, a.oracle(reply), target.requests - sent, elapsed))
+    findings = []
+    (out / "llm").mkdir(parents=True, exist_ok=True)
+    for attack, rows in groups.items():
+        hits = [r for r in rows if r[2]]
+        examples = [_example(a, rep, ev) for a, rep, ev, _, _ in (hits or rows[:1])[:MAX_EXAMPLES]]
+        rel = f"llm/{probe.name}-{attack}.json"
+        (out / rel).write_text(json.dumps([e.model_dump() for e in examples], indent=2))
+        oracle = attack if "|" in probe.oracle else probe.oracle
+        evidence = sorted({str(r[2]) for r in hits})
+        findings.append(
+            Finding(
+                probe=probe.name,
+                attack=attack,
+                params={
+                    "oracle": oracle,
+                    "owasp": probe.owasp,
+                    "atlas": ",".join(probe.atlas),
+                    "seed": profile.seed,
+                },
+                metrics={
+                    "success_rate": round(len(hits) / len(rows), 4),
+                    "successes": float(len(hits)),
+                    "attempts": float(len(rows)),
+                    "requests": float(sum(r[3] for r in rows)),
+                    "max_output_tokens": float(max(r[1].output_tokens for r in rows)),
+                },
+                severity=severity(probe.impact, len(hits), len(rows)),
+                seconds=round(sum(r[4] for r in rows), 3),
+                artifacts={"examples": rel},
+                notes=[
+                    f"oracle: {oracle}"
+                    + (f" (matched: {', '.join(evidence)})" if evidence else " (never matched)")
+                ],
+            )
+        )
+    return findings, reported
+
+
+def run_llm_assessment(
+    profile: AppProfile,
+    target: ChatTarget,
+    out_dir: Path,
+    *,
+    probes: list[str] | None = None,
+) -> LLMAssessment:
+    """Run ``probes`` (default: all) and write ``out_dir/report.json``."""
+    unknown = [p for p in probes or [] if p not in PROBES]
+    if unknown:
+        raise ConfigError(
+            f"unknown LLM probe(s) {', '.join(unknown)}: choose from {', '.join(PROBES)}"
+        )
+    start = time.perf_counter()
+    findings: list[Finding] = []
+    skipped: list[Skipped] = []
+    reported = None
+    n = 0
+    for name in probes or list(PROBES):
+        probe = PROBES[name]
+        attempts = probe.attempts(profile, profile.seed)
+        if isinstance(attempts, str):
+            skipped.append(Skipped(probe=name, reason=attempts))
+            continue
+        got, model = run_probe(probe, attempts, target, profile, out_dir)
+        findings.extend(got)
+        reported = reported or model
+        n += len(attempts)
+    report = Report(
+        model=ModelRef(
+            name=target.model,
+            sha256=hashlib.sha256(f"{target.base}|{target.model}".encode()).hexdigest(),
+            path=target.base,
+            form="openai-chat",
+            capabilities={"reported_model": reported, "requests": target.requests},
+            notes=[f"OpenAI-compatible chat endpoint {target.base}, model {target.model}"],
+        ),
+        dataset=DatasetRef(
+            name=f"llm-profile:{profile.name}",
+            sha256=profile.sha256 or hashlib.sha256(profile.model_dump_json().encode()).hexdigest(),
+            n=n,
+            split="probes",
+        ),
+        threat_model=ThreatModel(access="labels"),
+        findings=findings,
+        skipped=skipped,
+        score=overall_score(findings),
+        seconds=round(time.perf_counter() - start, 3),
+    )
+    return LLMAssessment(report, finish(report, out_dir))
