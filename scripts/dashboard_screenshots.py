@@ -4,7 +4,7 @@
 Builds a tiny digits CNN and a z-score guard that holds odd inputs, starts a real
 `bastion serve` on a free loopback port with keys of every role, sends some traffic (allowed
 requests, a held one, a blocked client), then drives Debian's chromium with Playwright
-through the pages as an admin (and the 403 page as a reviewer). Needs /usr/bin/chromium and
+through the pages as an admin (two real assessments of the model recorded first) (and the 403 page as a reviewer). Needs /usr/bin/chromium and
 the playwright package (``pip install -e .[dev]``; never ``playwright install``).
 
     .venv/bin/python scripts/dashboard_screenshots.py [--out docs/img]
@@ -77,6 +77,16 @@ def _register_config(tmp: Path) -> Path:
     return config
 
 
+def _assessments(model: Path, tmp: Path) -> None:
+    """Two real assessments of the model, recorded in the store (``$BASTION_DB``): the
+    second at a larger ε, so that the comparison page has something to show."""
+    from bastion.assess.api import assess_model_dir
+    from bastion.assess.schema import ThreatModel
+
+    for i, eps in enumerate((0.05, 0.1)):
+        assess_model_dir(model, tmp / f"assess-{i}", threat=ThreatModel(eps=[eps]), seed=i)
+
+
 def _traffic(base: str, keys: dict[str, str], ids: dict[str, int]) -> None:
     import httpx
 
@@ -133,6 +143,9 @@ def _shoot(base: str, keys: dict[str, str], out: Path) -> list[Path]:
             ("audit", "/audit"),
             ("audit-entry", "/audit/entries/0"),
             ("monitor", "/monitor"),
+            ("assessments", "/assessments"),
+            ("assessment", "/assessments/2"),
+            ("assessment-compare", "/assessments/compare?a=1&b=2"),
         ):
             page.goto(path)
             shot(name)
@@ -178,6 +191,8 @@ def main() -> int:
             info, secret = create_key(engine, role.removesuffix("2"), name)
             keys[role], ids[role] = secret, info.id
         engine.dispose()
+        os.environ["BASTION_DB"] = db
+        _assessments(model, Path(tmp))
         port = _free_port()
         cmd = [sys.executable, "-m", "bastion.cli", "serve", "--model", str(model), "--db", db]
         cmd += ["--config", str(config), "--port", str(port), "--log-level", "warning"]
