@@ -20,6 +20,7 @@ AttackerAccess = Literal["none", "labels", "scores", "white_box"]
 Sensitivity = Literal["none", "low", "personal", "sensitive"]
 Value = Literal["low", "medium", "high"]
 Layer = Literal["data", "training", "model", "deployment", "monitoring"]
+Kind = Literal["classifier", "llm_application"]
 
 
 class SystemProfile(BaseModel):
@@ -30,6 +31,11 @@ class SystemProfile(BaseModel):
     name: str = Field(description="system name, e.g. 'cheque-digit-reader'")
     description: str = ""
     decision: str = Field(description="what the model decides, in one sentence")
+    kind: Kind = Field(
+        "classifier",
+        description="classifier (a model that labels inputs) or llm_application (a chat "
+        "endpoint with a system prompt, tools and retrieval; adds the OWASP LLM threats)",
+    )
     exposure: Exposure = Field(
         description="who can reach the model: public_api, partner_api, internal, on_device"
     )
@@ -55,6 +61,7 @@ class SystemProfile(BaseModel):
     def factors(self) -> dict[str, list[str]]:
         """The profile as factor → values, the vocabulary of the catalogue's rules."""
         return {
+            "kind": [self.kind],
             "exposure": [self.exposure],
             "data_sources": list(self.data_sources),
             "wrong_answer_cost": [self.wrong_answer_cost],
@@ -78,6 +85,7 @@ FACTOR_VALUES: dict[str, list[str]] = {
     "training_data_sensitivity": list(Sensitivity.__args__),
     "model_value": list(Value.__args__),
     "third_party_artifacts": ["true", "false"],
+    "kind": list(Kind.__args__),
 }
 
 
