@@ -8,10 +8,8 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +24,7 @@ from bastion.store.db import make_engine
 from bastion.store.keys import create_key
 from tests.dashboard.runs import record_pair
 from tests.ports import free_port
+from tests.processes import stop, wait_healthy
 
 CHROMIUM = Path("/usr/bin/chromium")
 if not CHROMIUM.exists():
@@ -101,27 +100,12 @@ def server(digits, digits_model_dir, tmp_path_factory) -> Iterator[Server]:
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
     base = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"server exited: {proc.stdout.read().decode()[-2000:]}")
-            try:
-                health = httpx.get(f"{base}/healthz", timeout=5).json()
-                break
-            except httpx.TransportError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.2)
+        health = wait_healthy(proc, base, lambda: proc.stdout.read().decode(), timeout_s=60)
         assert health["guard"] is True
         odd = (torch.arange(64).reshape(1, 8, 8) % 2).float().tolist()  # a checkerboard
         yield Server(base, keys, ids, health["model"], odd, run_ids)
     finally:
-        proc.send_signal(signal.SIGINT)
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop(proc, timeout_s=20)
 
 
 @pytest.fixture(scope="module")

@@ -24,25 +24,12 @@ from bastion.guard.shared import (
 )
 from tests.guard.test_similarity import _square_like
 from tests.ports import free_port
-
-REDIS_URL = "redis://127.0.0.1:6379/0"
-
-
-def _redis_unreachable() -> str | None:
-    try:
-        import redis
-    except ImportError:
-        return "the redis package is not installed (pip install 'bastion-ml[scale]')"
-    try:
-        redis.Redis.from_url(REDIS_URL, socket_connect_timeout=2).ping()
-    except (redis.RedisError, OSError) as exc:
-        return f"Redis at {REDIS_URL} is unreachable: {exc}"
-    return None
+from tests.services import REDIS_URL, redis_unreachable
 
 
 @pytest.fixture()
 def stream() -> Iterator[str]:
-    reason = _redis_unreachable()
+    reason = redis_unreachable()
     if reason:
         pytest.skip(reason)
     import redis

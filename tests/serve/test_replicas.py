@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import threading
@@ -31,24 +30,13 @@ from bastion.store.db import make_engine
 from bastion.store.keys import create_key
 from tests.guard.test_similarity import _square_like
 from tests.ports import free_port
+from tests.processes import stop, wait_healthy
+from tests.services import REDIS_URL, redis_unreachable
 from tests.store.conftest import PG_ADMIN_URL, pg_unreachable
 
 pytestmark = [pytest.mark.slow, pytest.mark.postgres, pytest.mark.redis]
-REDIS_URL = "redis://127.0.0.1:6379/0"
 BURST, RATE = 20, 0.5
 CACHE_TTL_S = 0.5
-
-
-def _redis_unreachable() -> str | None:
-    try:
-        import redis
-    except ImportError:
-        return "the redis package is not installed (pip install 'bastion-ml[scale]')"
-    try:
-        redis.Redis.from_url(REDIS_URL, socket_connect_timeout=2).ping()
-    except (redis.RedisError, OSError) as exc:
-        return f"Redis at {REDIS_URL} is unreachable: {exc}"
-    return None
 
 
 @dataclass
@@ -96,34 +84,9 @@ def _start(cmd: list[str], env: dict[str, str], log: Path) -> subprocess.Popen:
     return subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env)
 
 
-def _wait_healthy(proc: subprocess.Popen, base: str, log: Path) -> None:
-    deadline = time.monotonic() + 90
-    while True:
-        if proc.poll() is not None:
-            pytest.fail(f"replica exited: {log.read_text()[-3000:]}")
-        try:
-            if httpx.get(f"{base}/healthz", timeout=5).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        if time.monotonic() > deadline:
-            pytest.fail(f"replica did not start: {log.read_text()[-3000:]}")
-        time.sleep(0.3)
-
-
-def _stop(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGINT)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-
-
 @pytest.fixture(scope="module")
 def deployment(digits, digits_model_dir, tmp_path_factory) -> Iterator[Deployment]:
-    for reason in (pg_unreachable(), _redis_unreachable()):
+    for reason in (pg_unreachable(), redis_unreachable()):
         if reason:
             pytest.skip(reason)
     import psycopg
@@ -173,11 +136,11 @@ def deployment(digits, digits_model_dir, tmp_path_factory) -> Iterator[Deploymen
             procs.append(_start(cmd, env, logs[-1]))
             bases.append(f"http://127.0.0.1:{port}")
         for proc, base, log in zip(procs, bases, logs, strict=True):
-            _wait_healthy(proc, base, log)
+            wait_healthy(proc, base, log.read_text)
         yield Deployment(bases, procs, keys, ids, db, key_file, model, logs)
     finally:
         for proc in procs:
-            _stop(proc)
+            stop(proc)
         client = redis.Redis.from_url(REDIS_URL)
         for k in client.scan_iter(f"{prefix}:*"):
             client.delete(k)
