@@ -10,26 +10,12 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from bastion.audit import AuditLog
-
-PG_URL = "postgresql://postgres@127.0.0.1:5432/test"
-
-
-def _pg_reachable() -> str | None:
-    try:
-        import psycopg
-    except ImportError:
-        return "psycopg is not installed (pip install 'bastion-ml[scale]')"
-    try:
-        with psycopg.connect(PG_URL, connect_timeout=3) as conn:
-            conn.execute("SELECT 1")
-    except psycopg.Error as exc:
-        return f"PostgreSQL at {PG_URL} is unreachable: {str(exc).strip()}"
-    return None
+from tests.services import PG_URL, pg_unreachable
 
 
 @pytest.fixture(scope="session")
 def pg_skip_reason() -> str | None:
-    return _pg_reachable()
+    return pg_unreachable()
 
 
 @pytest.fixture()

@@ -13,7 +13,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from bastion.audit import AuditLog
-from tests.audit.conftest import PG_URL
+from tests.services import PG_URL
 
 WRITER = Path(__file__).with_name("_kill_writer.py")
 ROOT = Path(__file__).resolve().parents[2]

@@ -249,7 +249,7 @@ def test_private_key_is_never_printed(sqlite_url, key, tmp_path, caplog):
 def test_postgres_connection_dropped_by_the_server_is_reopened(pg_schema, key):
     import psycopg
 
-    from tests.audit.conftest import PG_URL
+    from tests.services import PG_URL
 
     with AuditLog.open(PG_URL, schema=pg_schema, signing_key=key) as log:
         log.append({"before": 1})
@@ -263,7 +263,7 @@ def test_postgres_connection_dropped_by_the_server_is_reopened(pg_schema, key):
 
 @pytest.mark.postgres
 def test_postgres_verify_reads_one_snapshot(pg_schema):
-    from tests.audit.conftest import PG_URL
+    from tests.services import PG_URL
 
     with AuditLog.open(PG_URL, schema=pg_schema) as log:
         log.append_many([{"i": i} for i in range(5)])

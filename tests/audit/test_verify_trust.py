@@ -217,7 +217,7 @@ def test_a_missing_postgres_log_is_an_error_and_no_schema_is_created(pg_skip_rea
         pytest.skip(pg_skip_reason)
     import psycopg
 
-    from tests.audit.conftest import PG_URL
+    from tests.services import PG_URL
 
     schema = f"bastion_audit_absent_{int(time.time() * 1e6)}"
     with pytest.raises(StoreError, match=r"no audit log in .* \(schema bastion_audit_absent_"):

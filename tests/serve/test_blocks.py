@@ -363,9 +363,9 @@ def test_block_store_sqlite(tmp_path):
 
 @pytest.mark.postgres
 def test_block_store_postgres():
-    from tests.audit.conftest import PG_URL, _pg_reachable
+    from tests.services import PG_URL, pg_unreachable
 
-    reason = _pg_reachable()
+    reason = pg_unreachable()
     if reason:
         pytest.skip(reason)
     import psycopg

@@ -31,8 +31,7 @@ from bastion.store.keys import create_key
 from tests.guard.test_similarity import _square_like
 from tests.ports import free_port
 from tests.processes import stop, wait_healthy
-from tests.services import REDIS_URL, redis_unreachable
-from tests.store.conftest import PG_ADMIN_URL, pg_unreachable
+from tests.services import PG_URL, REDIS_URL, pg_unreachable, redis_unreachable
 
 pytestmark = [pytest.mark.slow, pytest.mark.postgres, pytest.mark.redis]
 BURST, RATE = 20, 0.5
@@ -96,7 +95,7 @@ def deployment(digits, digits_model_dir, tmp_path_factory) -> Iterator[Deploymen
     model = _guarded_model(digits_model_dir, digits.train, tmp / "model")
     name = f"bastion_test_{uuid.uuid4().hex[:12]}"
     prefix = f"bastion-test-{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
+    with psycopg.connect(PG_URL, autocommit=True) as conn:
         conn.execute(f'CREATE DATABASE "{name}"')
     db = f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}"
     engine = make_engine(db)
@@ -144,7 +143,7 @@ def deployment(digits, digits_model_dir, tmp_path_factory) -> Iterator[Deploymen
         client = redis.Redis.from_url(REDIS_URL)
         for k in client.scan_iter(f"{prefix}:*"):
             client.delete(k)
-        with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
+        with psycopg.connect(PG_URL, autocommit=True) as conn:
             conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 

@@ -14,22 +14,7 @@ import pytest
 from sqlalchemy import Engine
 
 from bastion.store.db import Base, make_engine
-
-PG_ADMIN_URL = "postgresql://postgres@127.0.0.1:5432/test"
-
-
-def pg_unreachable(url: str = PG_ADMIN_URL) -> str | None:
-    """Why PostgreSQL cannot be used here, or None when it can."""
-    try:
-        import psycopg
-    except ImportError:
-        return "psycopg is not installed (pip install 'bastion-ml[scale]')"
-    try:
-        with psycopg.connect(url, connect_timeout=3) as conn:
-            conn.execute("SELECT 1")
-    except psycopg.Error as exc:
-        return f"PostgreSQL at {url} is unreachable: {str(exc).strip()}"
-    return None
+from tests.services import PG_URL, pg_unreachable
 
 
 @pytest.fixture(scope="session")
@@ -41,10 +26,10 @@ def pg_database() -> Iterator[str]:
     import psycopg
 
     name = f"bastion_test_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
+    with psycopg.connect(PG_URL, autocommit=True) as conn:
         conn.execute(f'CREATE DATABASE "{name}"')
     yield f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}"
-    with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
+    with psycopg.connect(PG_URL, autocommit=True) as conn:
         conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
