@@ -61,7 +61,7 @@ def register(app: typer.Typer) -> None:
 
         from bastion.dashboard.readonly import create_readonly_app
         from bastion.serve.settings import ServeSettings
-        from bastion.serve.startup import bind, check_audit, check_store
+        from bastion.serve.startup import bind, check_audit, check_store, serve_on
 
         folder = _runs_folder(runs)
         if register_file is not None and not register_file.is_file():
@@ -81,10 +81,4 @@ def register(app: typer.Typer) -> None:
         server = uvicorn.Server(
             uvicorn.Config(app, log_level=log_level, access_log=False, server_header=False)
         )
-        try:
-            server.run(sockets=[sock])
-        except KeyboardInterrupt:
-            if not server.should_exit:
-                raise
-        finally:
-            sock.close()
+        serve_on(server, sock)

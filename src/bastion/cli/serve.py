@@ -155,7 +155,7 @@ def register(app: typer.Typer) -> None:
         from bastion.serve.app import create_app
         from bastion.serve.runtime import Runtime
         from bastion.serve.settings import load_settings
-        from bastion.serve.startup import bind, preflight
+        from bastion.serve.startup import bind, preflight, serve_on
 
         if onnx_mode is not None and onnx_mode not in ONNX_MODES:
             raise ConfigError(f"--onnx-mode must be one of {', '.join(ONNX_MODES)}")
@@ -239,15 +239,7 @@ def register(app: typer.Typer) -> None:
                 server_header=False,
             )
         )
-        try:
-            server.run(sockets=[sock])
-        except KeyboardInterrupt:
-            # uvicorn re-raises the Ctrl-C it shut down on gracefully: that stop is a clean
-            # exit (0); an interrupt before the server ran stays exit 130.
-            if not server.should_exit:
-                raise
-        finally:
-            sock.close()
+        serve_on(server, sock)
 
 
 def demo_stage(ctx: DemoContext) -> None:

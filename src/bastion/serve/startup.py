@@ -14,6 +14,7 @@ from __future__ import annotations
 import socket
 import ssl
 from pathlib import Path
+from typing import Any
 
 from bastion.audit import AuditLog, resolve_signing_key
 from bastion.errors import BastionError, ConfigError
@@ -124,3 +125,16 @@ def bind(host: str, port: int) -> socket.socket:
         ) from None
     sock.set_inheritable(True)
     return sock
+
+
+def serve_on(server: Any, sock: socket.socket) -> None:
+    """Run the uvicorn ``server`` on the bound ``sock`` until it stops, then close the socket.
+    uvicorn re-raises the Ctrl-C it shut down on gracefully: that stop is a clean exit (0);
+    an interrupt before the server ran stays exit 130."""
+    try:
+        server.run(sockets=[sock])
+    except KeyboardInterrupt:
+        if not server.should_exit:
+            raise
+    finally:
+        sock.close()
