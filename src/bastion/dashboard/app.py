@@ -19,7 +19,7 @@ from bastion.dashboard import (
     routes_reviews,
     routes_risks,
 )
-from bastion.dashboard.render import page
+from bastion.dashboard.render import error_page
 from bastion.dashboard.session import (
     COOKIE,
     BadForm,
@@ -60,27 +60,13 @@ async def _login_required(request: Request, _exc: Exception) -> Response:
 
 async def _forbidden(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, PageForbidden)
-    return page(
-        request,
-        "error.html.j2",
-        user=exc.user,
-        status_code=403,
-        title="Not allowed",
-        detail=exc.detail,
-    )
+    return error_page(request, exc.user, 403, "Not allowed", exc.detail)
 
 
 async def _bad_form(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, BadForm)
     user = getattr(request.state, "dashboard_user", None)
-    return page(
-        request,
-        "error.html.j2",
-        user=user,
-        status_code=exc.status,
-        title="Bad form",
-        detail=exc.detail,
-    )
+    return error_page(request, user, exc.status, "Bad form", exc.detail)
 
 
 async def refuse_writes(request: Request) -> None:

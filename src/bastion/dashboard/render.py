@@ -106,3 +106,12 @@ def page(
         )
     )
     return HTMLResponse(html, status_code=status_code, headers=security_headers(nonce))
+
+
+def error_page(
+    request: Request, user: DashboardUser | None, status_code: int, title: str, detail: str
+) -> HTMLResponse:
+    """The error page (403, 404, 409, …) with its status, a title and one line of detail."""
+    return page(
+        request, "error.html.j2", user=user, status_code=status_code, title=title, detail=detail
+    )

@@ -19,7 +19,7 @@ from fastapi.responses import HTMLResponse
 
 from bastion.assess.schema import Report
 from bastion.dashboard import assessments as runs
-from bastion.dashboard.render import page
+from bastion.dashboard.render import error_page, page
 from bastion.dashboard.session import DashboardUser, Viewer
 from bastion.report.diff import RunComparison, compare_reports
 from bastion.report.evidence import EvidencePlot, evidence_plots
@@ -99,9 +99,7 @@ def _compare(a: runs.Assessment, b: runs.Assessment) -> RunComparison | None:
 
 
 def _not_found(request: Request, user: DashboardUser, detail: str) -> HTMLResponse:
-    return page(
-        request, "error.html.j2", user=user, status_code=404, title="Assessment", detail=detail
-    )
+    return error_page(request, user, 404, "Assessment", detail)
 
 
 @router.get("/assessments", response_class=HTMLResponse)

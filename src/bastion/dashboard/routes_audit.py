@@ -13,7 +13,7 @@ from fastapi import APIRouter, HTTPException, Path, Request
 from fastapi.responses import HTMLResponse, Response
 
 from bastion.audit import verify_inclusion
-from bastion.dashboard.render import page
+from bastion.dashboard.render import error_page, page
 from bastion.dashboard.session import Admin, DashboardUser, Viewer, checked_form, key_of
 from bastion.serve import routes_audit as api
 from bastion.serve.params import STORE_INT_MAX, store_int_query
@@ -64,14 +64,7 @@ async def _audit_page(
         start = max(0, head.tree_size - ENTRIES_SHOWN)
         rows = await api.entries(request, key, start, ENTRIES_SHOWN)
     except HTTPException as exc:  # the audit log is disabled
-        return page(
-            request,
-            "error.html.j2",
-            user=user,
-            status_code=exc.status_code,
-            title="Audit",
-            detail=str(exc.detail),
-        )
+        return error_page(request, user, exc.status_code, "Audit", str(exc.detail))
     entries = [EntryRow(r.index, str(r.entry.get("kind", "?")), summary(r.entry)) for r in rows]
     return page(
         request,
@@ -107,14 +100,7 @@ async def entry(
     try:
         proof = await api.inclusion(request, key, index, size)
     except HTTPException as exc:
-        return page(
-            request,
-            "error.html.j2",
-            user=user,
-            status_code=exc.status_code,
-            title="Audit entry",
-            detail=str(exc.detail),
-        )
+        return error_page(request, user, exc.status_code, "Audit entry", str(exc.detail))
     ok = verify_inclusion(
         bytes.fromhex(proof.leaf_hash),
         proof.index,

@@ -11,7 +11,7 @@ import anyio.to_thread
 from fastapi import APIRouter, HTTPException, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
-from bastion.dashboard.render import page
+from bastion.dashboard.render import error_page, page
 from bastion.dashboard.session import Admin, checked_form, key_of
 from bastion.serve import routes_clients as api
 from bastion.serve.params import IdPath
@@ -74,12 +74,5 @@ async def unblock(request: Request, client_id: IdPath, user: Admin) -> Response:
     try:
         await api.delete_block(request, client_id, admin)
     except HTTPException as exc:
-        return page(
-            request,
-            "error.html.j2",
-            user=user,
-            status_code=exc.status_code,
-            title="Unblock",
-            detail=str(exc.detail),
-        )
+        return error_page(request, user, exc.status_code, "Unblock", str(exc.detail))
     return RedirectResponse(f"/clients?unblocked={client_id}", status_code=303)

@@ -14,7 +14,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse
 
 from bastion.dashboard import assessments as runs
-from bastion.dashboard.render import page
+from bastion.dashboard.render import error_page, page
 from bastion.dashboard.routes_assessments import runs_dir
 from bastion.dashboard.session import DashboardUser, Viewer
 from bastion.dashboard.stats import snapshot, tracker_of
@@ -65,13 +65,12 @@ async def overview(request: Request, user: Viewer) -> HTMLResponse:
 
 
 def _no_live(request: Request, user: DashboardUser) -> HTMLResponse:
-    return page(
+    return error_page(
         request,
-        "error.html.j2",
-        user=user,
-        status_code=404,
-        title="Monitor",
-        detail="no model is served here (bastion dashboard): the monitor is `bastion serve`'s",
+        user,
+        404,
+        "Monitor",
+        "no model is served here (bastion dashboard): the monitor is `bastion serve`'s",
     )
 
 

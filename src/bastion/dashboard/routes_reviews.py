@@ -14,7 +14,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
 from bastion.dashboard.inputs import RenderedSample, render_sample
-from bastion.dashboard.render import page
+from bastion.dashboard.render import error_page, page
 from bastion.dashboard.session import DashboardUser, Viewer, checked_form, key_of
 from bastion.serve.params import TicketPath
 from bastion.serve.reviews import TicketConflict, TicketNotFound
@@ -126,9 +126,7 @@ async def reviews(request: Request, user: Viewer, done: str = "") -> HTMLRespons
 
 
 def _error(request: Request, user: DashboardUser, status_code: int, detail: str) -> HTMLResponse:
-    return page(
-        request, "error.html.j2", user=user, status_code=status_code, title="Review", detail=detail
-    )
+    return error_page(request, user, status_code, "Review", detail)
 
 
 @router.post("/reviews/{ticket}/decide", response_class=HTMLResponse)

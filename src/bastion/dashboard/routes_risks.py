@@ -9,7 +9,7 @@ from fastapi import APIRouter, HTTPException, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from pydantic import ValidationError
 
-from bastion.dashboard.render import page
+from bastion.dashboard.render import error_page, page
 from bastion.dashboard.session import Admin, DashboardUser, Viewer, checked_form, key_of
 from bastion.risk.html import PRIORITY_ORDER, heat_map
 from bastion.risk.register import STATUSES
@@ -22,9 +22,7 @@ CONTROL_STATES = ("planned", "implemented", "verified")
 
 
 def _error(request: Request, user: DashboardUser, status_code: int, detail: str) -> HTMLResponse:
-    return page(
-        request, "error.html.j2", user=user, status_code=status_code, title="Risk", detail=detail
-    )
+    return error_page(request, user, status_code, "Risk", detail)
 
 
 @router.get("/risks", response_class=HTMLResponse)
