@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 
 from sqlalchemy import Engine, create_engine, event, make_url, text
@@ -34,10 +35,10 @@ def shown_url(url: str) -> str:
 
 def _sqlite_pragmas(dbapi_conn, _record) -> None:
     cur = dbapi_conn.cursor()
+    cur.execute("PRAGMA busy_timeout=10000")  # first: switching to WAL takes the lock too
     cur.execute("PRAGMA journal_mode=WAL")
     cur.execute("PRAGMA synchronous=FULL")
     cur.execute("PRAGMA foreign_keys=ON")
-    cur.execute("PRAGMA busy_timeout=10000")
     cur.close()
 
 
@@ -81,13 +82,17 @@ def _create_tables(engine: Engine) -> None:
     ``CREATE TABLE``: on PostgreSQL they take turns under an advisory lock, on SQLite the
     loser of a race checks again."""
     if engine.dialect.name != "postgresql":
-        for attempt in range(5):  # SQLite: another process made a table between check and create
+        # SQLite: another process made a table between check and create, or holds the
+        # write lock past the busy timeout while it creates them: check again, backing off.
+        for attempt in range(10):
             try:
                 Base.metadata.create_all(engine)
                 return
             except DBAPIError as exc:
-                if "already exists" not in str(exc.orig) or attempt == 4:
+                raced = any(m in str(exc.orig) for m in ("already exists", "database is locked"))
+                if not raced or attempt == 9:
                     raise
+                time.sleep(0.05 * (attempt + 1))
     with engine.begin() as conn:
         conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _DDL_LOCK})
         Base.metadata.create_all(conn)
