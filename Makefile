@@ -5,13 +5,13 @@ PIP := $(BIN)/pip install -c constraints.txt
 
 .PHONY: install test test-fast reliability demo bench lint format clean
 
-# Creates .venv, installs Bastion with the dev/onnx/scale/models/scan/supply extras (torch pinned by
+# Creates .venv, installs Bastion with the dev/onnx/scale/models/scan/supply/ray/llm extras (torch pinned by
 # constraints.txt) and onnx2torch with --no-deps (its torchvision dependency is only for the
 # NMS/RoiAlign converters), and puts a `bastion` launcher on PATH (~/.local/bin or /usr/local/bin).
 install:
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(PIP) -q -e ".[dev,onnx,scale,models,scan,supply]"
+	$(PIP) -q -e ".[dev,onnx,scale,models,scan,supply,ray,llm]"
 	$(BIN)/pip install -q --no-deps onnx2torch==1.5.15
 	@./scripts/link-cli.sh $(BIN)/bastion
 	@./scripts/install-system-deps.sh || echo "note: system packages not installed (not root?); Fashion-MNIST/chromium tests will skip"
