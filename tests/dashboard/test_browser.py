@@ -238,6 +238,12 @@ def test_monitor_updates_live(page, server):
     sync_api.expect(page.locator("#requests")).not_to_have_text(str(before), timeout=12_000)
     assert int(page.locator("#requests").inner_text()) >= before + 3
     sync_api.expect(page.locator("#live-status")).to_contain_text("updated")
+    # the guard's detector scores, drawn against its threshold
+    figure = page.locator("#distributions figure").first
+    sync_api.expect(figure).to_contain_text("threshold")
+    assert figure.locator("svg line.threshold").count() == 1
+    # this guard runs no per-key detector, and the page says so rather than "no alerts"
+    sync_api.expect(page.locator("#no-watch")).to_contain_text("no per-key detector")
 
 
 def test_a_reviewer_cannot_edit_a_risk_but_an_admin_can(page, server):

@@ -189,6 +189,12 @@ CASES: list[tuple[str, int, str]] = [
     ("dashboard --runs {tmp} --db notaurl://x", 2, "cannot use database URL 'notaurl://x'"),
     ("dashboard --runs {tmp} --register /nope.json", 2, "--register /nope.json: no such file"),
     ("dashboard --runs {tmp} --log-level loud", 2, "unknown log level 'loud'"),
+    (
+        "dashboard --runs {tmp} --attestation-key /nope.pub",
+        2,
+        "--attestation-key /nope.pub: no such",
+    ),
+    ("dashboard --runs {tmp} --attestation-key {a_file}", 2, "not a PEM public key"),
     # audit
     ("audit verify --workers 0", 2, "'--workers': must be a whole number from 1 to 256"),
     ("audit verify --workers -1", 2, "'--workers'"),

@@ -47,6 +47,13 @@ def register(app: typer.Typer) -> None:
             Path | None,
             typer.Option("--register", help="risk register JSON (`bastion risk init`)"),
         ] = None,
+        attestation_key: Annotated[
+            Path | None,
+            typer.Option(
+                help="trusted Ed25519 public key (PEM, `bastion keys signing-init`'s .pub): "
+                "the overview verifies each run's attestation with it"
+            ),
+        ] = None,
         host: Annotated[str, typer.Option(help="address to bind")] = "127.0.0.1",
         port: Annotated[
             int, typer.Option(help="port 1 … 65535", callback=count_check(1, 65535))
@@ -60,13 +67,25 @@ def register(app: typer.Typer) -> None:
         import uvicorn
 
         from bastion.dashboard.readonly import create_readonly_app
-        from bastion.serve.settings import ServeSettings
+        from bastion.serve.settings import DashboardSettings, ServeSettings
         from bastion.serve.startup import bind, check_audit, check_store, serve_on
 
         folder = _runs_folder(runs)
         if register_file is not None and not register_file.is_file():
             raise ConfigError(f"--register {register_file}: no such file")
-        settings = ServeSettings(db_url=db, host=host, port=port, risk_register=register_file)
+        if attestation_key is not None:
+            from bastion.gate.keys import load_public_key
+
+            if not attestation_key.is_file():
+                raise ConfigError(f"--attestation-key {attestation_key}: no such file")
+            load_public_key(attestation_key)  # not a PEM Ed25519 public key: one line
+        settings = ServeSettings(
+            db_url=db,
+            host=host,
+            port=port,
+            risk_register=register_file,
+            dashboard=DashboardSettings(attestation_key=attestation_key),
+        )
         check_store(settings.db_url)  # a bad URL or an unreachable server: one line
         check_audit(settings)
         sock = bind(settings.host, settings.port)

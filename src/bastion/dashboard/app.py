@@ -19,6 +19,7 @@ from bastion.dashboard import (
     routes_reviews,
     routes_risks,
 )
+from bastion.dashboard.attestations import AttestationChecker
 from bastion.dashboard.render import error_page
 from bastion.dashboard.session import (
     COOKIE,
@@ -85,6 +86,13 @@ def install(app: FastAPI, *, read_only: bool = False) -> None:
     """Mount the dashboard; ``read_only`` refuses every edit, whatever the role."""
     app.state.dashboard_rates = RateTracker()  # the request rate counts from here
     app.state.dashboard_read_only = read_only
+    key = app.state.settings.dashboard.attestation_key
+    if key is not None:
+        from bastion.gate.keys import load_public_key
+
+        app.state.attestations = AttestationChecker(load_public_key(key))
+    else:
+        app.state.attestations = AttestationChecker(None)
     guards = [Depends(refuse_writes)] if read_only else []
     app.add_exception_handler(LoginRequired, _login_required)
     app.add_exception_handler(PageForbidden, _forbidden)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import secrets
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from functools import lru_cache
 from typing import Any
 
@@ -31,14 +32,21 @@ class NavItem:
     current: bool
 
 
+def utc(ts: float) -> str:
+    """A unix time as ``YYYY-MM-DD HH:MM:SS`` UTC (templates: ``| utc``)."""
+    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d %H:%M:%S")
+
+
 @lru_cache(maxsize=1)
 def env() -> Environment:
-    return Environment(
+    environment = Environment(
         loader=PackageLoader("bastion.dashboard", "templates"),
         autoescape=select_autoescape(["html", "j2"]),
         trim_blocks=True,
         lstrip_blocks=True,
     )
+    environment.filters["utc"] = utc
+    return environment
 
 
 def csp(nonce: str) -> str:

@@ -18,6 +18,8 @@ from bastion.dashboard.render import error_page, page
 from bastion.dashboard.routes_assessments import runs_dir
 from bastion.dashboard.session import DashboardUser, Viewer
 from bastion.dashboard.stats import snapshot, tracker_of
+from bastion.dashboard.watch import watched_clients
+from bastion.serve.history import STRENGTH_CAP, neglog10
 from bastion.serve.risks import NoRegister
 from bastion.serve.routes_admin import refresh_drift
 from bastion.serve.routes_risks import registry
@@ -36,12 +38,37 @@ def _live_context(request: Request) -> dict[str, Any]:
     }
 
 
+async def _monitor_context(request: Request) -> dict[str, Any]:
+    """The live numbers plus what the monitor page alone shows: detector score
+    distributions against thresholds, drift over time, and the keys the guard watches."""
+    state = request.app.state
+    guard = state.runtime.guard
+    history = state.history
+    thresholds = dict(getattr(guard, "thresholds", {}) or {}) if guard is not None else {}
+    watch = await anyio.to_thread.run_sync(watched_clients, state.engine, guard)
+    live = _live_context(request)
+    alpha = live["drift"].alpha
+    return {
+        **live,
+        "drift_cap": STRENGTH_CAP,
+        "drift_alpha_strength": neglog10(alpha) if alpha else STRENGTH_CAP,
+        "distributions": history.distributions(thresholds),
+        "score_capacity": history.score_capacity,
+        "drift_points": list(history.drift),
+        "drift_every_s": history.drift_every_s,
+        "watch": watch,
+        "guard_on": guard is not None,
+        "watch_on": any(getattr(guard, part, None) is not None for part in ("extraction", "query")),
+    }
+
+
 @router.get("/", response_class=HTMLResponse)
 async def overview(request: Request, user: Viewer) -> HTMLResponse:
     state = request.app.state
     held = await anyio.to_thread.run_sync(reviewstore.count_held, state.engine)
     blocked = len(await state.blocks.list())
     rows = await anyio.to_thread.run_sync(runs.list_runs, state.engine, runs_dir(request))
+    latest = runs.latest_per_model(rows)
     runtime = getattr(state, "runtime", None)
     try:
         register = await registry(request).read()
@@ -59,7 +86,10 @@ async def overview(request: Request, user: Viewer) -> HTMLResponse:
         open_reviews=held,
         blocked_clients=blocked,
         high_risks=high_risks,
-        latest=runs.latest_per_model(rows),
+        latest=latest,
+        attested=await anyio.to_thread.run_sync(
+            lambda: {r.ref: state.attestations.status(r.out_dir) for r in latest}
+        ),
         **(_live_context(request) if runtime is not None else {}),
     )
 
@@ -78,11 +108,11 @@ def _no_live(request: Request, user: DashboardUser) -> HTMLResponse:
 async def monitor(request: Request, user: Viewer) -> HTMLResponse:
     if getattr(request.app.state, "runtime", None) is None:
         return _no_live(request, user)
-    return page(request, "monitor.html.j2", user=user, **_live_context(request))
+    return page(request, "monitor.html.j2", user=user, **await _monitor_context(request))
 
 
 @router.get("/monitor/live", response_class=HTMLResponse)
 async def monitor_live(request: Request, user: Viewer) -> HTMLResponse:
     if getattr(request.app.state, "runtime", None) is None:
         return _no_live(request, user)
-    return page(request, "monitor_live.html.j2", user=user, **_live_context(request))
+    return page(request, "monitor_live.html.j2", user=user, **await _monitor_context(request))

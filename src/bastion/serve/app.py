@@ -27,6 +27,7 @@ from bastion.serve.auth import Authenticator
 from bastion.serve.batching import MicroBatcher
 from bastion.serve.deps import ClientBlocked, ClientBlocks, client_blocked_handler
 from bastion.serve.errors import error_response, install_error_handlers
+from bastion.serve.history import MonitorHistory
 from bastion.serve.metrics import MetricsMiddleware, make_metrics
 from bastion.serve.openapi import install_openapi
 from bastion.serve.ratelimit import RedisRateLimiter, make_rate_limiter
@@ -95,6 +96,10 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     )
     state.shared_state = await open_shared_state(settings, state.runtime)
     state.recent = deque(maxlen=settings.recent_decisions) if settings.recent_decisions else None
+    state.history = MonitorHistory(
+        score_capacity=settings.dashboard.score_history,
+        drift_every_s=settings.dashboard.drift_sample_s,
+    )
     state.batcher = MicroBatcher(
         state.runtime,
         max_samples=settings.batch_max_samples,
@@ -103,6 +108,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     )
     await state.batcher.start()
     escalation = asyncio.create_task(state.reviews.run_escalation(settings.reviews.check_every_s))
+    drift_sampler = asyncio.create_task(state.history.run_drift_sampler(state.runtime.drift_status))
     gc.collect()
     gc.freeze()  # start-up objects (torch, the model) leave the collector's scans: shorter pauses
     log.info(
@@ -114,9 +120,10 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     try:
         yield
     finally:
-        escalation.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await escalation
+        for task in (escalation, drift_sampler):
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
         await state.batcher.stop()
         await state.audit.aclose()
         if state.limiter is not None:

@@ -187,6 +187,9 @@ async def _audit(state: Any, entry: dict[str, Any]) -> int:
 
 
 def _remember(state: Any, entry: dict[str, Any], audit_index: int) -> None:
+    guard = state.runtime.guard
+    if guard is not None and state.history.score_capacity:
+        state.history.record(entry["scores"], getattr(guard, "detectors", ()))
     if state.recent is not None:
         state.recent.append(
             DecisionView(

@@ -106,6 +106,12 @@ class DashboardSettings(_Section):
     enabled: bool = True
     session_idle_s: float = Field(8 * 3600.0, gt=0, allow_inf_nan=False)  # idle expiry
     session_max_s: float = Field(24 * 3600.0, gt=0, allow_inf_nan=False)  # since login
+    # the monitor page: each detector's latest scores kept (0: none), and how often the
+    # drift p-value is sampled for its history while requests arrive
+    score_history: int = Field(2000, ge=0, le=1_000_000)
+    drift_sample_s: float = Field(10.0, ge=0.5, le=86_400, allow_inf_nan=False)
+    # the trusted Ed25519 public key (PEM) the overview verifies attestations with
+    attestation_key: Path | None = None
 
 
 class SharedStateSettings(_Section):
