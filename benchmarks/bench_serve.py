@@ -44,6 +44,7 @@ from pathlib import Path
 import torch
 from fastapi import FastAPI, Request
 
+EXTRA_SETTINGS: dict = {}  # --set KEY=JSON: extra serve settings for every gateway row
 CONFIGS = ("bare", "gateway-open", "secured", "guard-off", "guard-on")
 HIGH_LIMITS = {
     "requests_per_s": 1e6,
@@ -139,6 +140,7 @@ def write_config(work: Path, name: str) -> Path:
         "guard": {"enabled": name == "guard-on", "required": name == "guard-on"},
         "recent_decisions": 200,
     }
+    cfg.update(EXTRA_SETTINGS)
     path = work / f"{name}.yaml"
     path.write_text(json.dumps(cfg))  # JSON is YAML
     return path
@@ -416,12 +418,22 @@ def main() -> None:
     ap.add_argument("--cpu", action="store_true", help="also measure CPU ms per request in-process")
     ap.add_argument("--json", type=Path, default=None, help="also write the results here")
     ap.add_argument("--generator", choices=["auto", "wrk", "httpx"], default="auto")
+    ap.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=JSON",
+        help="a top-level serve setting for every gateway row, e.g. inline_max_samples=0",
+    )
     ap.add_argument("--serve-bare", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--port", type=int, default=0, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.serve_bare:
         serve_bare(args.serve_bare, args.port)
         return
+    for item in args.set:
+        key, _, value = item.partition("=")
+        EXTRA_SETTINGS[key] = json.loads(value)
     use_wrk = args.generator == "wrk" or (args.generator == "auto" and shutil.which("wrk"))
     work = Path(tempfile.mkdtemp(prefix="bench-serve-"))
     try:

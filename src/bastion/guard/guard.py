@@ -23,7 +23,7 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -166,34 +166,81 @@ class Guard:
         scores) and one verdict per sample, from one model pass. Updates the drift window
         and the client's state in the extraction monitor (PRADA) and the query detectors
         (similarity, coverage); an alert of any of them is the client's extraction alert."""
+        logits, (verdicts,) = self.predict_and_inspect_groups(
+            x, [(client_id, int(x.shape[0]))], now=now, isolate=False
+        )
+        assert not isinstance(verdicts, Exception)
+        return logits, verdicts
+
+    def predict_and_inspect_groups(
+        self,
+        x: torch.Tensor,
+        groups: Sequence[tuple[str, int]],
+        *,
+        now: float | None = None,
+        isolate: bool = True,
+    ) -> tuple[torch.Tensor, list[list[GuardVerdict] | Exception]]:
+        """:meth:`predict_and_inspect` for a batch of several clients' samples: ``x`` holds
+        the groups' samples one group after the other, ``groups`` each group's client and
+        sample count. The model and every detector run once over the whole batch (one
+        pass, whatever the number of clients); the stateful monitors then take each
+        group in turn, as separate calls would. With ``isolate`` a monitor's failure
+        (e.g. the shared state's Redis) is that group's result, not every group's."""
+        if sum(n for _, n in groups) != int(x.shape[0]):
+            raise DataError("the groups' sample counts do not add up to the batch")
         self._check_input(x)
         with torch.no_grad():
             outputs = self.tap(x)
             raw = {name: det.score(x, outputs) for name, det in self.detectors.items()}
         thresholds = self.thresholds
-        n = x.shape[0]
-        rows = [{name: float(s[i]) for name, s in raw.items()} for i in range(n)]
+        table = {name: s.tolist() for name, s in raw.items()}
+        rows = [{name: values[i] for name, values in table.items()} for i in range(int(x.shape[0]))]
         fired = [any(r[k] > thresholds[k] for k in r) for r in rows]
         now = time.time() if now is None else now
-        scaled = self._scale(x) if self.extraction is not None or self.query is not None else x
-        if self.shared is None:
-            signals = self._observe(client_id, scaled, outputs, fired, now)
-        else:
-            signals = self._observe_shared(
-                Observation(
-                    client_id,
-                    scaled.detach().float().numpy(),
-                    outputs.features.detach().float().numpy(),
-                    outputs.predictions.numpy().astype("int64"),
-                    np.array(fired, dtype=bool),
-                    now,
+        stateful = self.extraction is not None or self.query is not None
+        scaled = self._scale(x) if stateful else x
+        results: list[list[GuardVerdict] | Exception] = []
+        start = 0
+        for client_id, n in groups:
+            part = slice(start, start + n)
+            start += n
+            try:
+                signals = self._observe_part(
+                    client_id, scaled[part], outputs.part(part), fired[part], now
                 )
+            except Exception as exc:
+                if not isolate:
+                    raise
+                results.append(exc)
+                continue
+            results.append(
+                [
+                    decide(r, thresholds, self.config.policy, sig)
+                    for r, sig in zip(rows[part], signals, strict=True)
+                ]
             )
-        verdicts = [
-            decide(r, thresholds, self.config.policy, sig)
-            for r, sig in zip(rows, signals, strict=True)
-        ]
-        return outputs.logits, verdicts
+        return outputs.logits, results
+
+    def _observe_part(
+        self,
+        client_id: str,
+        scaled: torch.Tensor,
+        outputs: TapOutputs,
+        fired: list[bool],
+        now: float,
+    ) -> list[ClientSignal | None]:
+        if self.shared is None:
+            return self._observe(client_id, scaled, outputs, fired, now)
+        return self._observe_shared(
+            Observation(
+                client_id,
+                scaled.detach().float().numpy(),
+                outputs.features.detach().float().numpy(),
+                outputs.predictions.numpy().astype("int64"),
+                np.array(fired, dtype=bool),
+                now,
+            )
+        )
 
     def _observe(
         self,

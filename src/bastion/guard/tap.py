@@ -42,6 +42,12 @@ class TapOutputs:
     def predictions(self) -> torch.Tensor:
         return self.logits.argmax(1)
 
+    def part(self, rows: slice) -> TapOutputs:
+        """The view of the samples ``rows`` of the batch (no copy)."""
+        return TapOutputs(
+            self.logits[rows], self.features[rows], {k: v[rows] for k, v in self.hidden.items()}
+        )
+
 
 class Tap(Protocol):
     """What the guard reads a model through. ``internals`` is True when ``features`` and

@@ -20,7 +20,7 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import torch
 
@@ -264,6 +264,8 @@ class Runtime:
             groups: dict[str, list[int]] = {}
             for i, (_, client) in enumerate(requests):
                 groups.setdefault(client, []).append(i)
+            if hasattr(guard, "predict_and_inspect_groups"):
+                return self._infer_groups(guard, requests, groups, sizes)
             for client, idx in groups.items():
                 try:
                     x = torch.cat([requests[i][0] for i in idx])
@@ -278,6 +280,37 @@ class Runtime:
                 for i, part in zip(idx, probs.split([sizes[i] for i in idx]), strict=True):
                     out[i] = _inference(part, vds[start : start + sizes[i]])
                     start += sizes[i]
+        return out  # type: ignore[return-value]
+
+    def _infer_groups(
+        self,
+        guard: Any,
+        requests: list[tuple[torch.Tensor, str]],
+        groups: dict[str, list[int]],
+        sizes: list[int],
+    ) -> list[Inference | Exception]:
+        """Every request in ONE model and detector pass whatever the number of clients
+        (the guard then updates each client's state in turn, in arrival order)."""
+        order = [i for idx in groups.values() for i in idx]
+        out: list[Inference | Exception | None] = [None] * len(requests)
+        try:
+            x = torch.cat([requests[i][0] for i in order])
+            logits, results = guard.predict_and_inspect_groups(
+                x, [(client, sum(sizes[i] for i in idx)) for client, idx in groups.items()]
+            )
+            probs = torch.softmax(logits.float(), dim=1).split([sizes[i] for i in order])
+        except Exception as exc:  # the pass itself failed: every request learns of it
+            return [exc] * len(requests)
+        k = 0
+        for idx, result in zip(groups.values(), results, strict=True):
+            start = 0
+            for i in idx:
+                if isinstance(result, Exception):
+                    out[i] = result
+                else:
+                    out[i] = _inference(probs[k], result[start : start + sizes[i]])
+                start += sizes[i]
+                k += 1
         return out  # type: ignore[return-value]
 
     def drift_status(self) -> DriftStatus | None:
