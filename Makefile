@@ -3,7 +3,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 PIP := $(BIN)/pip install -c constraints.txt
 
-.PHONY: install test test-fast reliability demo bench lint format clean
+.PHONY: install test test-fast reliability demo bench bench-setup lint format clean
 
 # Creates .venv, installs Bastion with the dev/onnx/scale/models/scan/supply/ray/llm extras (torch pinned by
 # constraints.txt) and onnx2torch with --no-deps (its torchvision dependency is only for the
@@ -34,10 +34,15 @@ reliability:
 demo:
 	$(BIN)/bastion demo
 
-bench:
+# What every benchmark needs: the peers (ART, torchattacks, picklescan, ModelScan, modelaudit)
+# and wrk (Debian), without running any benchmark.
+bench-setup:
 	$(PIP) -q -e ".[bench]"
 	$(PIP) -q --no-deps torchattacks==3.5.1
 	$(PIP) -q --no-deps modelscan==0.8.8 modelaudit==0.2.54 modelaudit-picklescan==0.1.12  # their declared deps pin rich<15 and pull cloud SDKs
+	@./scripts/install-system-deps.sh --bench || echo "note: wrk not installed (not root?): bench_serve.py falls back to its httpx load generator"
+
+bench: bench-setup
 	$(BIN)/python benchmarks/bench_evasion.py
 
 lint:

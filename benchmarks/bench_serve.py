@@ -146,7 +146,7 @@ def write_config(work: Path, name: str) -> Path:
     return path
 
 
-def start(name: str, work: Path, model: Path, port: int) -> subprocess.Popen:
+def start(name: str, work: Path, model: Path, port: int, db: str | None = None) -> subprocess.Popen:
     if name == "bare":
         cmd = [sys.executable, __file__, "--serve-bare", str(model), "--port", str(port)]
     else:
@@ -160,7 +160,7 @@ def start(name: str, work: Path, model: Path, port: int) -> subprocess.Popen:
             "--config",
             str(write_config(work, name)),
             "--db",
-            f"sqlite:///{work / 'serve.db'}",
+            db or f"sqlite:///{work / 'serve.db'}",
             "--port",
             str(port),
             "--log-level",
@@ -333,6 +333,31 @@ def fsync_latency(work: Path, n: int = 200) -> tuple[float, float]:
     return q[49], q[98]
 
 
+def guard_pass_per_key_vs_one(model: Path, keys: int = 8, rounds: int = 300) -> tuple[float, float]:
+    """Median ms of the guard for a micro-batch of ``keys`` single-image requests from as
+    many keys: one guard call per key (before) vs one pass for all (``predict_and_inspect
+    _groups``); interleaved, in-process, one torch thread."""
+    from bastion.data import load_dataset
+    from bastion.guard.guard import Guard
+    from bastion.models.io import load_model
+
+    loaded = load_model(model)
+    x = load_dataset("digits").test.x
+    per_key, one_pass = Guard.load(model, loaded), Guard.load(model, loaded)
+    before, after = [], []
+    for i in range(rounds):
+        batch = x[(i * keys) % 400 : (i * keys) % 400 + keys]
+        t0 = time.perf_counter()
+        for c in range(keys):
+            per_key.predict_and_inspect(batch[c : c + 1], f"key{c}")
+        t1 = time.perf_counter()
+        one_pass.predict_and_inspect_groups(batch, [(f"key{c}", 1) for c in range(keys)])
+        t2 = time.perf_counter()
+        before.append(t1 - t0)
+        after.append(t2 - t1)
+    return statistics.median(before) * 1e3, statistics.median(after) * 1e3
+
+
 def cpu_per_request(work: Path, model: Path, bodies: list[str], name: str, n: int = 1000) -> float:
     """CPU milliseconds one request costs the server, driven in-process through the ASGI
     app one request at a time (no sockets, no load generator): insensitive to the other
@@ -448,6 +473,11 @@ def main() -> None:
         )
         if args.cpu:
             torch.set_num_threads(1)
+            before, after = guard_pass_per_key_vs_one(model)
+            print(
+                f"guard for 8 requests from 8 keys: one call per key {before:.2f} ms, one pass "
+                f"{after:.2f} ms ({before / after:.2f}x)"
+            )
             for name in args.configs:
                 if name != "bare":
                     ms = cpu_per_request(work, model, bodies, name)
