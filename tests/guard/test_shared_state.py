@@ -156,3 +156,36 @@ def test_the_local_store_decides_as_the_default_path(replicas, digits):
         want = ref.inspect(queries[i : i + 1], "l1")[0]
         assert got.verdict == want.verdict and got.scores == want.scores
     assert a.query_status("l1") == ref.query_status("l1")
+
+
+def test_a_micro_batch_of_several_clients_is_one_exchange(replicas, stream, digits, monkeypatch):
+    """Replica a takes mixed-client micro-batches in one pass (one pipelined append and one
+    read of the log), replica b single requests: both end where one process does."""
+    a, b, ref = _shared(replicas, stream)
+    x = digits.test.x
+    calls = []
+    real = a.shared.exchange_many
+    monkeypatch.setattr(
+        a.shared, "exchange_many", lambda batch: calls.append(len(batch)) or real(batch)
+    )
+    monkeypatch.setattr(a.shared, "exchange", None)  # the per-group path must not be taken
+    groups = [("alice", 2), ("bob", 1), ("carol", 3)]
+    for r in range(4):
+        rows = x[r * 6 : r * 6 + 6]
+        _, results = a.predict_and_inspect_groups(rows, groups, now=50.0 + r)
+        assert not any(isinstance(v, Exception) for v in results)
+        b.inspect(x[100 + r : 101 + r], "bob")
+        start = 0
+        for client, n in groups:
+            want = ref.predict_and_inspect(rows[start : start + n], client, now=50.0 + r)[1]
+            assert [v.verdict for v in results[groups.index((client, n))]] == [
+                v.verdict for v in want
+            ]
+            start += n
+        ref.inspect(x[100 + r : 101 + r], "bob")
+    assert calls == [3, 3, 3, 3]
+    for client in ("alice", "bob", "carol"):
+        want = ref.client_status(client)
+        for replica in (a, b):
+            got = replica.client_status(client)
+            assert got.queries == want.queries and got.prada_w == pytest.approx(want.prada_w)

@@ -199,6 +199,17 @@ class Guard:
         now = time.time() if now is None else now
         stateful = self.extraction is not None or self.query is not None
         scaled = self._scale(x) if stateful else x
+        if self.shared is not None and len(groups) > 1:
+            signals_of = self._observe_shared_groups(groups, scaled, outputs, fired, now, isolate)
+            return outputs.logits, [
+                sig
+                if isinstance(sig, Exception)
+                else [
+                    decide(r, thresholds, self.config.policy, s)
+                    for r, s in zip(rows[part], sig, strict=True)
+                ]
+                for sig, part in zip(signals_of, _parts(groups), strict=True)
+            ]
         results: list[list[GuardVerdict] | Exception] = []
         start = 0
         for client_id, n in groups:
@@ -220,6 +231,44 @@ class Guard:
                 ]
             )
         return outputs.logits, results
+
+    def _observe_shared_groups(
+        self,
+        groups: Sequence[tuple[str, int]],
+        scaled: torch.Tensor,
+        outputs: TapOutputs,
+        fired: list[bool],
+        now: float,
+        isolate: bool,
+    ) -> list[list[ClientSignal | None] | Exception]:
+        """Every group's observation through the shared log in one exchange (two Redis
+        round trips for the whole micro-batch); a failure is every group's."""
+        assert self.shared is not None
+        batch = [
+            Observation(
+                client_id,
+                scaled[part].detach().float().numpy(),
+                outputs.features[part].detach().float().numpy(),
+                outputs.predictions[part].numpy().astype("int64"),
+                np.array(fired[part], dtype=bool),
+                now,
+            )
+            for (client_id, _), part in zip(groups, _parts(groups), strict=True)
+        ]
+        own: list[list[ClientSignal | None] | Exception] = [
+            [None] * len(obs.anomalous) for obs in batch
+        ]
+        try:
+            with self._lock:
+                for entry, index in self.shared.exchange_many(batch):
+                    signals = self._apply(entry)
+                    if index is not None:
+                        own[index] = signals
+        except Exception as exc:
+            if not isolate:
+                raise
+            return [exc] * len(batch)
+        return own
 
     def _observe_part(
         self,
@@ -457,6 +506,15 @@ class Guard:
         return cls(
             tap, detectors, config, drift=drift, extraction=extraction, query=query, meta=meta
         )
+
+
+def _parts(groups: Sequence[tuple[str, int]]) -> list[slice]:
+    """The rows of each group in the concatenated batch."""
+    out, start = [], 0
+    for _, n in groups:
+        out.append(slice(start, start + n))
+        start += n
+    return out
 
 
 def _params(params: dict[str, Any]) -> dict[str, Any]:

@@ -80,6 +80,12 @@ class ClientStateStore(Protocol):
         and including ``obs`` (flagged True), which the caller applies in that order."""
         ...
 
+    def exchange_many(self, batch: list[Observation]) -> Iterator[tuple[Observation, int | None]]:
+        """:meth:`exchange` for several observations at once (one micro-batch of several
+        clients): each of ``batch`` is flagged with its index in ``batch``, the others' with
+        None, all in log order."""
+        ...
+
     def catch_up(self) -> Iterator[Observation]:
         """Every observation appended elsewhere and not yet applied here, in log order."""
         ...
@@ -92,6 +98,9 @@ class LocalClientState:
 
     def exchange(self, obs: Observation) -> Iterator[tuple[Observation, bool]]:
         yield obs, True
+
+    def exchange_many(self, batch: list[Observation]) -> Iterator[tuple[Observation, int | None]]:
+        yield from ((obs, i) for i, obs in enumerate(batch))
 
     def catch_up(self) -> Iterator[Observation]:
         return iter(())
@@ -237,6 +246,29 @@ class RedisClientState:
         if not seen:  # trimmed before it was read back (a stream far too short): still ours
             self._last = max(self._last, own, key=_entry_key)
             yield obs, True
+
+    def exchange_many(self, batch: list[Observation]) -> Iterator[tuple[Observation, int | None]]:
+        """Every observation of ``batch`` appended in one pipelined round trip, then one
+        read of the log up to the last of them."""
+        if not batch:
+            return
+        pipe = self._client.pipeline(transaction=False)
+        for obs in batch:
+            pipe.xadd(self.stream, encode(obs, self.replica), maxlen=self.maxlen, approximate=True)
+        ids: list[bytes] = self._call(pipe.execute)
+        mine = {entry_id: i for i, entry_id in enumerate(ids)}
+        seen: set[int] = set()
+        for entry_id, other in self._read(max(ids, key=_entry_key)):
+            i = mine.get(entry_id)
+            if i is None:
+                yield other, None
+            else:
+                seen.add(i)
+                yield batch[i], i
+        for i, obs in enumerate(batch):  # trimmed before read back (a stream far too short)
+            if i not in seen:
+                self._last = max(self._last, ids[i], key=_entry_key)
+                yield obs, i
 
     def catch_up(self) -> Iterator[Observation]:
         for _, other in self._read(b"+"):
