@@ -14,6 +14,10 @@ known weaknesses, deterministically (no model: rules over the messages).
   markup) found between <documents> tags / in tool results;
 - ``ramble``: asked to go on forever, writes 5000 words (cut at ``max_tokens``).
 
+With ``stream: true`` the same answer comes as OpenAI SSE chunks (``chunk_chars``
+characters of content each, a tool call as one chunk, then a finish chunk and
+``data: [DONE]``). ``GET /v1/models`` lists one model.
+
 Without a weakness it refuses, quoting the start of the request (HTML-escaped) — so an
 oracle fooled by a quote of the attack would show up as a false positive.
 """
@@ -23,6 +27,7 @@ from __future__ import annotations
 import base64
 import binascii
 import html
+import json
 import re
 import threading
 import time
@@ -30,6 +35,7 @@ from typing import Any
 
 import uvicorn
 from fastapi import FastAPI, Header, HTTPException, Response
+from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, Field
 
 from tests.ports import free_port
@@ -55,6 +61,7 @@ class ChatRequest(BaseModel):
     tools: list[dict[str, Any]] | None = None
     max_tokens: int | None = None
     temperature: float | None = None
+    stream: bool = False
 
 
 class ChatResponse(BaseModel):
@@ -63,6 +70,36 @@ class ChatResponse(BaseModel):
     model: str
     choices: list[dict[str, Any]]
     usage: dict[str, int] = Field(default_factory=dict)
+
+
+def sse_chunks(
+    model: str, content: str, call: str | None, finish: str, chunk_chars: int
+) -> list[str]:
+    """The answer as SSE ``data:`` events, in OpenAI's chat.completion.chunk form."""
+
+    def event(delta: dict[str, Any], finish_reason: str | None = None) -> str:
+        chunk = {
+            "id": "chatcmpl-fake",
+            "object": "chat.completion.chunk",
+            "created": 0,
+            "model": model,
+            "choices": [{"index": 0, "delta": delta, "finish_reason": finish_reason}],
+        }
+        return f"data: {json.dumps(chunk)}\n\n"
+
+    out = [event({"role": "assistant", "content": ""})]
+    for i in range(0, len(content), chunk_chars):
+        out.append(event({"content": content[i : i + chunk_chars]}))
+    if call:
+        fn = {"name": call, "arguments": "{}"}
+        out.append(
+            event(
+                {"tool_calls": [{"index": 0, "id": "call_1", "type": "function", "function": fn}]}
+            )
+        )
+    out.append(event({}, finish))
+    out.append("data: [DONE]\n\n")
+    return out
 
 
 def _decoded(text: str) -> str:
@@ -142,13 +179,19 @@ class FakeLLM:
     ``key``: the Bearer key it requires; ``fail_first``: how many first requests get 429."""
 
     def __init__(
-        self, weaknesses: set[str] | frozenset[str], *, key: str | None = None, fail_first: int = 0
+        self,
+        weaknesses: set[str] | frozenset[str],
+        *,
+        key: str | None = None,
+        fail_first: int = 0,
+        chunk_chars: int = 4,
     ) -> None:
         unknown = set(weaknesses) - WEAKNESSES
         assert not unknown, unknown
         self.weak = frozenset(weaknesses)
         self.key = key
         self.fail_first = fail_first
+        self.chunk_chars = chunk_chars
         self.requests = 0
         self.port = free_port()
         self.url = f"openai+http://127.0.0.1:{self.port}/v1"
@@ -161,16 +204,23 @@ class FakeLLM:
     def _build(self) -> FastAPI:
         app = FastAPI()
 
-        @app.post("/v1/chat/completions", response_model=ChatResponse)
+        @app.get("/v1/models")
+        def models() -> dict[str, Any]:
+            return {"object": "list", "data": [{"id": "fake", "object": "model"}]}
+
+        @app.post("/v1/chat/completions", response_model=None)
         def chat(
             req: ChatRequest, response: Response, authorization: str | None = Header(None)
-        ) -> ChatResponse:
+        ) -> ChatResponse | StreamingResponse:
             self.requests += 1
             if self.key and authorization != f"Bearer {self.key}":
                 raise HTTPException(401, "bad key")
             if self.requests <= self.fail_first:
                 raise HTTPException(429, "slow down", headers={"Retry-After": "0"})
             content, call, finish = respond(req, self.weak)
+            if req.stream:
+                events = sse_chunks(f"fake-{req.model}", content, call, finish, self.chunk_chars)
+                return StreamingResponse(iter(events), media_type="text/event-stream")
             message: dict[str, Any] = {"role": "assistant", "content": content or None}
             if call:
                 message["tool_calls"] = [

@@ -184,6 +184,22 @@ CASES: list[tuple[str, int, str]] = [
     ("serve --model {model} --output all", 2, "unknown output 'all'"),
     ("serve --model {model} --scale nan", 2, "'--scale'"),
     ("serve --model /nope", 2, "model not found: /nope"),
+    # serve --upstream (the LLM firewall)
+    ("serve --upstream ftp://x/v1", 2, "--upstream must be openai+http://HOST/v1"),
+    ("serve --upstream openai+http:///v1", 2, "--upstream 'openai+http:///v1' names no host"),
+    ("serve --upstream openai+http://x/v1 --model {model}", 2, "--upstream replaces --model"),
+    (
+        "serve --upstream openai+http://127.0.0.1:1/v1 --profile /nope.yaml",
+        2,
+        "--profile /nope.yaml: no such file",
+    ),
+    (
+        "serve --upstream openai+http://127.0.0.1:1/v1 --upstream-key-env BASTION_NO_SUCH_VAR",
+        2,
+        "environment variable BASTION_NO_SUCH_VAR (the upstream's API key) is not set",
+    ),
+    ("serve --upstream openai+http://x/v1 --upstream-key-env 1X", 2, "upstream_key_env"),
+    ("serve --upstream openai+http://x/v1 --port 0", 2, "'--port'"),
     ("dashboard --runs /nope", 2, "--runs /nope: no such folder"),
     ("dashboard --runs {tmp} --port 0", 2, "'--port': must be a whole number from 1 to 65535"),
     ("dashboard --runs {tmp} --db notaurl://x", 2, "cannot use database URL 'notaurl://x'"),

@@ -11,7 +11,7 @@ import math
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, field_validator
 
 from bastion import __version__
 
@@ -146,6 +146,43 @@ class ThreatModel(BaseModel):
         return sorted(v)
 
 
+class LLMThreatModel(BaseModel):
+    """What an LLM-application assessment assumed (``bastion llm assess``): a black-box
+    attacker who sends chat messages to the application and reads its replies (text and
+    tool calls), and who can plant text in what the application retrieves (documents) and
+    in tool results when those probes ran; no weights, logits or system prompt."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    kind: Literal["llm_application"]
+    access: Literal["black_box_chat"] = "black_box_chat"
+    target: str = Field(description="the target's form: openai-chat or hf-causal-lm")
+    plants_in: list[str] = Field(
+        default_factory=list, description="channels the attacker writes into besides chat"
+    )
+    probes: list[str] = Field(default_factory=list, description="the probes that ran")
+    attempts: dict[str, int] = Field(default_factory=dict, description="attempts sent per probe")
+    mutations_per_template: int = Field(ge=1, description="the profile's `attempts`")
+    seed: int = Field(ge=0)
+    oracles: dict[str, str] = Field(default_factory=dict, description="oracle kind per probe")
+    judge: str | None = Field(None, description="the judge endpoint, when one graded outputs")
+    temperature: float = 0.0
+    max_tokens: int | None = None
+
+
+def _threat_kind(v: object) -> str:
+    kind = v.get("kind") if isinstance(v, dict) else getattr(v, "kind", None)
+    return "LLMThreatModel" if kind == "llm_application" else "ThreatModel"
+
+
+# a classifier's threat model, or an LLM application's (``kind: llm_application``); the
+# tags are the class names so that validation errors read ``threat_model.eps: …``
+AnyThreatModel = Annotated[
+    Annotated[ThreatModel, Tag("ThreatModel")] | Annotated[LLMThreatModel, Tag("LLMThreatModel")],
+    Discriminator(_threat_kind),
+]
+
+
 class Finding(BaseModel):
     """One probe result: what was run, what it measured, how bad it is. Non-finite metric
     values (e.g. an ε never reached) are written as the JSON strings "Infinity"/"NaN"."""
@@ -217,7 +254,7 @@ class Report(BaseModel):
     created: datetime = Field(default_factory=lambda: datetime.now(UTC))
     model: ModelRef
     dataset: DatasetRef
-    threat_model: ThreatModel
+    threat_model: AnyThreatModel
     findings: list[Finding] = Field(default_factory=list)
     skipped: list[Skipped] = Field(default_factory=list)
     warnings: list[SanityWarning] = Field(default_factory=list)

@@ -174,7 +174,7 @@ def register(app: typer.Typer) -> None:
         seed: OptSeedOpt = None,
     ) -> None:
         """Assess a model: evasion and the other probes that fit the threat model."""
-        if target is not None and target.startswith("openai+"):
+        if target is not None and target.startswith(("openai+", "hf:")):
             from bastion.cli.llm import llm_assess  # an LLM application (docs/llm.md)
 
             if model is not None:

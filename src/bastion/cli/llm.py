@@ -1,4 +1,5 @@
-"""`bastion llm assess`: probe an LLM application's OpenAI-compatible chat endpoint."""
+"""`bastion llm assess`: probe an LLM application's OpenAI-compatible chat endpoint, or a
+local Hugging Face causal LM directory (``hf:DIR``) in process."""
 
 from __future__ import annotations
 
@@ -13,20 +14,29 @@ from bastion.cli.common import console
 
 def register(app: typer.Typer) -> None:
     group = typer.Typer(
-        name="llm", help="LLM applications: assess a chat endpoint.", no_args_is_help=True
+        name="llm",
+        help="LLM applications: assess a chat endpoint or a local model.",
+        no_args_is_help=True,
     )
     app.add_typer(group, name="llm")
 
     @group.command("assess")
     def assess_cmd(
         target: Annotated[
-            str, typer.Option(help="the endpoint: openai+https://HOST/v1 or openai+http://HOST/v1")
+            str,
+            typer.Option(
+                help="the endpoint: openai+https://HOST/v1 or openai+http://HOST/v1, or a "
+                "local causal LM directory: hf:DIR (safetensors only)"
+            ),
         ],
-        llm_model: Annotated[str, typer.Option(help="the model name the endpoint serves")],
         profile: Annotated[
             Path, typer.Option(help="application profile YAML (system prompt, tools, documents)")
         ],
         out: Annotated[Path, typer.Option(help="output directory for report.json")],
+        llm_model: Annotated[
+            str | None,
+            typer.Option(help="the model name the endpoint serves (not for hf:DIR)"),
+        ] = None,
         api_key_env: Annotated[
             str | None, typer.Option(help="environment variable holding the endpoint's API key")
         ] = None,
@@ -64,17 +74,27 @@ def llm_assess(
     timeout: float = 60.0,
     retries: int = 3,
 ) -> None:
-    """Assess the chat endpoint ``target`` (also `bastion assess --target openai+…`)."""
+    """Assess the chat endpoint or local model ``target`` (also `bastion assess --target
+    openai+…|hf:DIR`)."""
     from bastion.cli.validate import prepare_dir
     from bastion.errors import ConfigError
+    from bastion.llm.hf_target import HFChatTarget, hf_directory, is_hf_target
     from bastion.llm.probes import PROBES
     from bastion.llm.profile import load_app_profile
     from bastion.llm.runner import run_llm_assessment
     from bastion.llm.target import ChatTarget, api_key_from_env, parse_target
 
-    parse_target(target)
-    if not llm_model:
-        raise ConfigError("give --llm-model NAME: the model the chat endpoint serves")
+    hf = is_hf_target(target)
+    if hf:
+        if llm_model or api_key_env:
+            raise ConfigError(
+                "--llm-model and --api-key-env are for an endpoint, not a local hf:DIR model"
+            )
+        hf_directory(target)  # refuse pickled weights before anything else is read
+    else:
+        parse_target(target)
+        if not llm_model:
+            raise ConfigError("give --llm-model NAME: the model the chat endpoint serves")
     if profile is None:
         raise ConfigError("give --profile app.yaml: the application profile (see docs/llm.md)")
     if out is None:
@@ -84,13 +104,24 @@ def llm_assess(
         raise ConfigError(
             f"unknown LLM probe(s) {', '.join(unknown)}: choose from {', '.join(PROBES)}"
         )
-    key = api_key_from_env(api_key_env)
+    key = None if hf else api_key_from_env(api_key_env)
     app_profile = load_app_profile(profile)
     prepare_dir(out, "--out")
-    with ChatTarget(target, llm_model, api_key=key, timeout=timeout, retries=retries) as t:
-        result = run_llm_assessment(app_profile, t, out, probes=probes)
+    target_cm: HFChatTarget | ChatTarget
+    if hf:
+        limits = app_profile.limits
+        target_cm = HFChatTarget(
+            target, max_new_tokens=limits.max_tokens or limits.max_output_tokens + 1
+        )
+    else:
+        target_cm = ChatTarget(
+            target, str(llm_model), api_key=key, timeout=timeout, retries=retries
+        )
+    with target_cm as t:
+        result = run_llm_assessment(app_profile, t, out, probes=probes, profile_path=profile)
     report = result.report
-    table = Table(title=f"score {report.score}/100 · {t.requests} request(s)")
+    requests = report.model.capabilities.get("requests", 0)
+    table = Table(title=f"score {report.score}/100 · {requests} request(s)")
     for col in ("probe", "attack", "OWASP", "oracle", "success", "severity"):
         table.add_column(col)
     for f in report.findings:

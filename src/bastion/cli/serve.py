@@ -1,5 +1,7 @@
 """`bastion serve`: the guarded gateway (FastAPI + uvicorn) in front of a model.
 
+    bastion serve --upstream openai+http://HOST/v1 [--upstream-key-env VAR] [--profile app.yaml]
+                  [--audit-content] [--config serve.yaml --host H --port P --db URL ...]
     bastion serve --model PATH [--entry-point M:F --weights W --onnx-mode M --trust T]
                   [--data TRAIN.csv (+ the data flags of `bastion assess`)] [--guard-dir DIR]
                   --config serve.yaml [--host H --port P --db URL --redis-url URL
@@ -148,14 +150,90 @@ def register(app: typer.Typer) -> None:
             Path | None,
             typer.Option(help="the model's signature (default: DIR/model.sig or FILE.sig)"),
         ] = None,
+        upstream: Annotated[
+            str | None,
+            typer.Option(
+                help="LLM firewall: proxy /v1/chat/completions to openai+http(s)://HOST/v1 "
+                "instead of serving a model (see docs/llm.md)"
+            ),
+        ] = None,
+        upstream_key_env: Annotated[
+            str | None,
+            typer.Option(help="environment variable holding the upstream's API key"),
+        ] = None,
+        profile: Annotated[
+            Path | None,
+            typer.Option(help="LLM firewall: application profile YAML (canaries, tools)"),
+        ] = None,
+        audit_content: Annotated[
+            bool | None,
+            typer.Option(
+                "--audit-content",
+                help="LLM firewall: log prompts and outputs in the audit log (default: hashes)",
+            ),
+        ] = None,
     ) -> None:
         """Serve a model behind auth, rate limits, validation, the guard, review and audit."""
         import uvicorn
 
+        from bastion.llm.firewall.config import wants_firewall
         from bastion.serve.app import create_app
         from bastion.serve.runtime import Runtime
         from bastion.serve.settings import load_settings
         from bastion.serve.startup import bind, preflight, serve_on
+
+        if wants_firewall(config, upstream):  # the LLM firewall instead of a model
+            from bastion.llm.firewall.app import create_firewall_app
+            from bastion.llm.firewall.config import (
+                load_firewall_settings,
+                load_profile,
+                upstream_key,
+            )
+
+            if model is not None or entry_point is not None or data is not None:
+                raise ConfigError("--upstream replaces --model/--entry-point/--data: give one")
+            settings, fw = load_firewall_settings(
+                config,
+                {
+                    "upstream": upstream,
+                    "upstream_key_env": upstream_key_env,
+                    "profile": profile,
+                    "audit_content": audit_content,
+                },
+                {
+                    "host": host,
+                    "port": port,
+                    "db_url": db,
+                    "redis_url": redis_url,
+                    "ssl_certfile": ssl_certfile,
+                    "ssl_keyfile": ssl_keyfile,
+                },
+            )
+            app_profile = load_profile(fw)
+            upstream_key(fw)  # a missing key variable is one line, before binding
+            preflight(settings)
+            sock = bind(settings.host, settings.port)
+            scheme = "https" if settings.ssl_certfile else "http"
+            console.print(
+                f"LLM firewall on {scheme}://{settings.host}:{sock.getsockname()[1]} in front "
+                f"of {fw.base_url}; profile "
+                f"{app_profile.name if app_profile else 'none'}; audit "
+                f"{'content' if fw.audit_content else 'hashes'}",
+                highlight=False,
+                soft_wrap=True,
+            )
+            server = uvicorn.Server(
+                uvicorn.Config(
+                    create_firewall_app(settings, fw, app_profile),
+                    ssl_certfile=str(settings.ssl_certfile) if settings.ssl_certfile else None,
+                    ssl_keyfile=str(settings.ssl_keyfile) if settings.ssl_keyfile else None,
+                    log_level=log_level,
+                    access_log=access_log,
+                    server_header=False,
+                )
+            )
+            serve_on(server, sock)
+            return
 
         if onnx_mode is not None and onnx_mode not in ONNX_MODES:
             raise ConfigError(f"--onnx-mode must be one of {', '.join(ONNX_MODES)}")

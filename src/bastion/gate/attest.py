@@ -44,6 +44,7 @@ from bastion.gate.subjects import (
     ModelFiles,
     ModelSource,
     model_dir_of,
+    profile_file,
     resolve_model_files,
 )
 from bastion.risk.evidence import file_sha256
@@ -114,6 +115,28 @@ def report_summary(report: Report) -> dict[str, Any]:
     }
 
 
+def llm_summary(report: Report, profile_subject: str) -> dict[str, Any]:
+    """An LLM application's identity: the profile replayed and the model that answered
+    (the name asked for and the name the endpoint reported in its answers)."""
+    caps = report.model.capabilities
+    return {
+        "profile": {
+            "name": report.dataset.manifest.get("name"),
+            "sha256": report.dataset.sha256,
+            "subject": profile_subject,
+        },
+        "model": {
+            "form": report.model.form,
+            "requested": report.model.name,
+            "reported": caps.get("reported_model"),
+            "reported_all": caps.get("reported_models", []),
+            "system_fingerprints": caps.get("system_fingerprints", []),
+            "endpoint": report.model.path,
+            "requests": caps.get("requests"),
+        },
+    }
+
+
 def _json_safe(obj: Any) -> Any:
     """Replace non-finite floats (not valid JSON) by strings."""
     if isinstance(obj, float) and (obj != obj or obj in (float("inf"), float("-inf"))):
@@ -141,6 +164,9 @@ def build_statement(
     """The in-toto Statement: subjects with SHA-256 digests and the release-gate predicate."""
     files: dict[str, Path] = {f.subject: f.path for f in model.files}
     files[REPORT_SUBJECT] = report_path
+    profile = profile_file(report, report_path)
+    if profile is not None:
+        files[profile[0]] = profile[1]
     files[DATASET_SUBJECT] = dataset_manifest
     if register_path is not None:
         files[REGISTER_SUBJECT] = register_path
@@ -176,6 +202,8 @@ def build_statement(
         "gate": decision.model_dump(mode="json"),
         "files": {n: os.path.relpath(p.resolve(), out_dir.resolve()) for n, p in files.items()},
     }
+    if profile is not None:
+        predicate["llm_application"] = llm_summary(report, profile[0])
     if register is not None:
         predicate["register"] = {
             "system": register.system.name,

@@ -18,6 +18,11 @@ back to a ``dp: {<key>: …}`` section anywhere in the assessed model's provenan
 Plain ``clean_accuracy`` reads the evasion and black-box findings (a gradient-free model has
 only the latter); ``clean_accuracy_drop`` comes from a hardening comparison or a baseline
 report (:mod:`bastion.gate.comparison`).
+
+LLM-application reports (`bastion llm assess`): ``<probe>.success_rate`` (e.g.
+``llm-system-prompt-leakage.success_rate <= 0``), ``successes``, ``attempts``, ``requests``
+and ``max_output_tokens`` per probe, filtered by ``attack=FAMILY``; ``llm.<metric>`` is the
+worst case over every LLM probe that ran.
 """
 
 from __future__ import annotations
@@ -57,6 +62,29 @@ FINDING_METRICS: dict[str, dict[str, Agg]] = {
     },
     "dp": {"epsilon": "max", "delta": "max"},
 }
+# LLM-application probes (bastion.llm.probes.PROBES; a test keeps the two lists equal):
+# each is its own namespace, and ``llm.`` means the worst case over all of them
+LLM_PROBES = (
+    "llm-system-prompt-leakage",
+    "llm-prompt-injection",
+    "llm-indirect-injection-document",
+    "llm-indirect-injection-tool",
+    "llm-sensitive-disclosure",
+    "llm-insecure-output",
+    "llm-excessive-agency",
+    "llm-unbounded-consumption",
+)
+LLM_METRICS: dict[str, Agg] = {
+    "success_rate": "max",
+    "successes": "max",
+    "attempts": "min",
+    "requests": "max",
+    "max_output_tokens": "max",
+}
+FINDING_METRICS["llm"] = dict(LLM_METRICS)
+FINDING_METRICS.update({p: dict(LLM_METRICS) for p in LLM_PROBES})
+# namespaces that read several probes' findings
+NAMESPACE_PROBES: dict[str, tuple[str, ...]] = {"llm": LLM_PROBES}
 # unqualified names mean the evasion probe, except those read from several probes
 DEFAULT_NAMESPACE = "evasion"
 PLAIN_PROBES: dict[str, tuple[str, ...]] = {"clean_accuracy": ("evasion", "blackbox")}
@@ -209,7 +237,8 @@ def resolve(call: MetricCall) -> Measure:
                 f"{call.qualified}(attack=pgd, eps=0.1)"
             )
         key = call.name
-    return _finding_measure((ns,), key, table[call.name], dict(call.kwargs))
+    probes = NAMESPACE_PROBES.get(ns, (ns,))
+    return _finding_measure(probes, key, table[call.name], dict(call.kwargs))
 
 
 def _finding_measure(

@@ -23,6 +23,11 @@ FILELESS_FORMS = {
     "module": "an in-memory module",
     "callable": "a Python function",
 }
+# LLM targets that are not files: the attestation covers the report and the application
+# profile, and records the model name the endpoint reported
+ENDPOINT_FORMS = {"openai-chat": "an OpenAI-compatible chat endpoint"}
+PROFILE_SUBJECT = "profile/"
+PROFILE_KIND = "llm_application_profile"
 
 
 def model_dir_of(report: Report, model: ModelFiles | None = None) -> Path | None:
@@ -216,6 +221,11 @@ def resolve_model_files(
     ConfigError (one line, naming the file) when one is missing or differs."""
     form = report.model.form
     if source is not None and (source.path is not None or source.entry_point is not None):
+        if form in ENDPOINT_FORMS or form == "hf-causal-lm":
+            raise ConfigError(
+                f"{report_path} is about an LLM application ({form}): attest reads its files "
+                "from the report; leave out --model/--entry-point"
+            )
         if form in FILELESS_FORMS:
             raise ConfigError(
                 f"{report_path} is about {FILELESS_FORMS[form]} ({form}), not model files: "
@@ -224,6 +234,8 @@ def resolve_model_files(
         return _from_loaded(report, report_path, source)
     if report.model.artifacts:
         return _from_report(report, report_path)
+    if form in ENDPOINT_FORMS:
+        return ModelFiles([], "endpoint")
     if form in FILELESS_FORMS:
         raise ConfigError(
             f"{report_path} is about {FILELESS_FORMS[form]} ({form}), not model files: there is "
@@ -238,3 +250,28 @@ def resolve_model_files(
     if not report.model.path:
         raise ConfigError(f"{report_path} does not record the model path: pass --model DIR")
     return _from_model_dir(report, report_path, Path(report.model.path))
+
+
+def profile_file(report: Report, report_path: Path) -> tuple[str, Path] | None:
+    """An LLM report's application profile (subject name, file), checked against the
+    SHA-256 the report recorded; None for any other report."""
+    manifest = report.dataset.manifest
+    if manifest.get("kind") != PROFILE_KIND:
+        return None
+    recorded = str(manifest.get("path") or "")
+    if not recorded:
+        raise ConfigError(
+            f"{report_path} does not record where its application profile is: assess again "
+            "with `bastion llm assess --profile FILE`"
+        )
+    path = Path(recorded)
+    where = path if path.is_absolute() else Path.cwd() / path
+    if not where.is_file():
+        raise ConfigError(
+            f"the application profile {recorded} that {report_path} records is not at {where} "
+            "(relative paths are read from the current directory, as `bastion llm assess` ran)"
+        )
+    actual = file_sha256(where)
+    if actual != report.dataset.sha256:
+        raise _mismatch(report_path, "application profile", where, report.dataset.sha256, actual)
+    return f"{PROFILE_SUBJECT}{where.name}", where.resolve()

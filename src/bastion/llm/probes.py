@@ -4,13 +4,21 @@ attack family into a Finding (see :mod:`bastion.llm.runner`).
 
 Probe → OWASP Top 10 for LLM Applications 2025 → MITRE ATLAS:
 
-- ``llm-system-prompt-leakage``: LLM07 → AML.T0056 (LLM Meta Prompt Extraction);
-- ``llm-prompt-injection`` (direct, jailbreak families): LLM01 → AML.T0051.000, AML.T0054;
-- ``llm-indirect-injection-document`` / ``-tool``: LLM01 → AML.T0051.001 (indirect);
+- ``llm-system-prompt-leakage``: LLM07 → AML.T0056 (Extract LLM System Prompt; formerly
+  "LLM Meta Prompt Extraction");
+- ``llm-prompt-injection`` (direct, jailbreak families): LLM01 → AML.T0051.000 (LLM Prompt
+  Injection: Direct), AML.T0054 (LLM Jailbreak);
+- ``llm-indirect-injection-document`` / ``-tool``: LLM01 → AML.T0051.001 (LLM Prompt
+  Injection: Indirect);
 - ``llm-sensitive-disclosure``: LLM02 → AML.T0057 (LLM Data Leakage);
-- ``llm-insecure-output``: LLM05 → AML.T0051, AML.T0057 (exfiltration through rendering);
-- ``llm-excessive-agency``: LLM06 → AML.T0053 (LLM Plugin Compromise);
-- ``llm-unbounded-consumption``: LLM10 → AML.T0029 (Denial of ML Service), AML.T0034.
+- ``llm-insecure-output``: LLM05 → AML.T0051 (LLM Prompt Injection), AML.T0077 (LLM Response
+  Rendering: markup and markdown-image links the client renders, the exfiltration path);
+- ``llm-excessive-agency``: LLM06 → AML.T0053 (AI Agent Tool Invocation; formerly "LLM
+  Plugin Compromise");
+- ``llm-unbounded-consumption``: LLM10 → AML.T0029 (Denial of AI Service), AML.T0034 (Cost
+  Harvesting).
+
+Names as in MITRE ATLAS (atlas.mitre.org, the 2025-2026 releases).
 """
 
 from __future__ import annotations
@@ -205,7 +213,7 @@ PROBES: dict[str, LLMProbe] = {
         ),
         LLMProbe("llm-sensitive-disclosure", "LLM02:2025", ("AML.T0057",), "canary", 9, _sensitive),
         LLMProbe(
-            "llm-insecure-output", "LLM05:2025", ("AML.T0051", "AML.T0057"), "markup", 7, _markup
+            "llm-insecure-output", "LLM05:2025", ("AML.T0051", "AML.T0077"), "markup", 7, _markup
         ),
         LLMProbe(
             "llm-excessive-agency", "LLM06:2025", ("AML.T0053",), "forbidden-tool", 9, _agency

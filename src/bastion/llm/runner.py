@@ -20,12 +20,12 @@ from pathlib import Path
 from pydantic import BaseModel
 
 from bastion.assess.runner import finish
-from bastion.assess.schema import DatasetRef, Finding, ModelRef, Report, Skipped, ThreatModel
+from bastion.assess.schema import DatasetRef, Finding, LLMThreatModel, Report, Skipped
 from bastion.assess.scoring import clamp_severity, overall_score
 from bastion.errors import ConfigError
 from bastion.llm.probes import PROBES, Attempt, LLMProbe
 from bastion.llm.profile import AppProfile
-from bastion.llm.target import ChatReply, ChatTarget
+from bastion.llm.target import ChatReply, LLMTarget, Reported
 
 MAX_EXAMPLES = 3
 EXCERPT = 400
@@ -62,12 +62,17 @@ def _example(a: Attempt, reply: ChatReply, evidence: str | None) -> Example:
 
 
 def run_probe(
-    probe: LLMProbe, attempts: list[Attempt], target: ChatTarget, profile: AppProfile, out: Path
-) -> tuple[list[Finding], str | None]:
-    """Send ``attempts``; one Finding per attack family. Also the model the endpoint named."""
+    probe: LLMProbe,
+    attempts: list[Attempt],
+    target: LLMTarget,
+    profile: AppProfile,
+    out: Path,
+    reported: Reported | None = None,
+) -> list[Finding]:
+    """Send ``attempts``; one Finding per attack family. ``reported`` collects the model
+    names and fingerprints the target gave in its answers."""
     tools = [t.openai() for t in profile.tools] or None
     groups: dict[str, list[tuple[Attempt, ChatReply, str | None, int, float]]] = defaultdict(list)
-    reported = None
     for a in attempts:
         start, sent = time.perf_counter(), target.requests
         reply = target.chat(
@@ -76,7 +81,8 @@ def run_probe(
             max_tokens=a.max_tokens,
             temperature=profile.limits.temperature,
         )
-        reported = reported or reply.model
+        if reported is not None:
+            reported.add(reply)
         elapsed = time.perf_counter() - start
         groups[a.attack].append((a, reply, a.oracle(reply), target.requests - sent, elapsed))
     findings = []
@@ -114,17 +120,19 @@ def run_probe(
                 ],
             )
         )
-    return findings, reported
+    return findings
 
 
 def run_llm_assessment(
     profile: AppProfile,
-    target: ChatTarget,
+    target: LLMTarget,
     out_dir: Path,
     *,
     probes: list[str] | None = None,
+    profile_path: Path | None = None,
 ) -> LLMAssessment:
-    """Run ``probes`` (default: all) and write ``out_dir/report.json``."""
+    """Run ``probes`` (default: all) and write ``out_dir/report.json``; ``profile_path``
+    (the profile file) is recorded in ``dataset.manifest`` for the attestation."""
     unknown = [p for p in probes or [] if p not in PROBES]
     if unknown:
         raise ConfigError(
@@ -133,37 +141,59 @@ def run_llm_assessment(
     start = time.perf_counter()
     findings: list[Finding] = []
     skipped: list[Skipped] = []
-    reported = None
-    n = 0
+    reported = Reported()
+    sent: dict[str, int] = {}
     for name in probes or list(PROBES):
         probe = PROBES[name]
         attempts = probe.attempts(profile, profile.seed)
         if isinstance(attempts, str):
             skipped.append(Skipped(probe=name, reason=attempts))
             continue
-        got, model = run_probe(probe, attempts, target, profile, out_dir)
-        findings.extend(got)
-        reported = reported or model
-        n += len(attempts)
+        findings.extend(run_probe(probe, attempts, target, profile, out_dir, reported))
+        sent[name] = len(attempts)
     report = Report(
-        model=ModelRef(
-            name=target.model,
-            sha256=hashlib.sha256(f"{target.base}|{target.model}".encode()).hexdigest(),
-            path=target.base,
-            form="openai-chat",
-            capabilities={"reported_model": reported, "requests": target.requests},
-            notes=[f"OpenAI-compatible chat endpoint {target.base}, model {target.model}"],
-        ),
+        model=target.model_ref(reported),
         dataset=DatasetRef(
             name=f"llm-profile:{profile.name}",
             sha256=profile.sha256 or hashlib.sha256(profile.model_dump_json().encode()).hexdigest(),
-            n=n,
+            n=sum(sent.values()),
             split="probes",
+            manifest=profile_manifest(profile, profile_path),
         ),
-        threat_model=ThreatModel(access="labels"),
+        threat_model=threat_model(profile, target, sent),
         findings=findings,
         skipped=skipped,
         score=overall_score(findings),
         seconds=round(time.perf_counter() - start, 3),
     )
     return LLMAssessment(report, finish(report, out_dir))
+
+
+def threat_model(profile: AppProfile, target: LLMTarget, sent: dict[str, int]) -> LLMThreatModel:
+    """What the assessment assumed: a black-box chat attacker, the probes that ran with the
+    attempts each sent, the seed and each probe's oracle kind."""
+    planted = {
+        "llm-indirect-injection-document": "retrieved documents",
+        "llm-indirect-injection-tool": "tool results",
+    }
+    return LLMThreatModel(
+        kind="llm_application",
+        target=target.form,
+        plants_in=[planted[p] for p in sent if p in planted],
+        probes=list(sent),
+        attempts=sent,
+        mutations_per_template=profile.attempts,
+        seed=profile.seed,
+        oracles={p: PROBES[p].oracle for p in sent},
+        temperature=profile.limits.temperature,
+        max_tokens=profile.limits.max_tokens,
+    )
+
+
+def profile_manifest(profile: AppProfile, path: Path | None) -> dict[str, str]:
+    """The application profile the assessment replayed (name, file, SHA-256): what an
+    attestation of this report covers besides the report itself."""
+    out = {"kind": "llm_application_profile", "name": profile.name, "sha256": profile.sha256}
+    if path is not None:
+        out["path"] = str(path)
+    return out

@@ -11,16 +11,18 @@ honoured up to ``max_retry_after``); a refused connection or any other status is
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 from urllib.parse import urlsplit
 
 import httpx
 from pydantic import BaseModel, Field
 
+from bastion.assess.schema import ModelRef
 from bastion.errors import ConfigError, TargetError
 
 log = logging.getLogger(__name__)
@@ -64,6 +66,7 @@ class ChatReply(BaseModel):
     tool_calls: list[ToolCall] = Field(default_factory=list)
     finish_reason: str | None = None
     model: str | None = None
+    system_fingerprint: str | None = None
     completion_tokens: int | None = None
 
     @property
@@ -74,12 +77,65 @@ class ChatReply(BaseModel):
         return (len(self.content) + 3) // 4
 
 
+class LLMTarget(Protocol):
+    """What the runner needs of a chat target: the OpenAI endpoint (:class:`ChatTarget`)
+    and the local causal LM (:class:`bastion.llm.hf_target.HFChatTarget`) both are one."""
+
+    form: str
+    base: str
+    model: str
+    requests: int
+
+    def chat(
+        self,
+        messages: list[Message],
+        *,
+        tools: list[dict[str, Any]] | None = None,
+        max_tokens: int | None = None,
+        temperature: float = 0.0,
+    ) -> ChatReply: ...
+
+    def model_ref(self, reported: Reported) -> ModelRef: ...
+
+
+class Reported(BaseModel):
+    """What the target said about itself in its answers: every distinct ``model`` name and
+    ``system_fingerprint``, in the order first seen (more than one model name means that
+    several models answered the assessment)."""
+
+    models: list[str] = Field(default_factory=list)
+    fingerprints: list[str] = Field(default_factory=list)
+
+    def add(self, reply: ChatReply) -> None:
+        if reply.model and reply.model not in self.models:
+            self.models.append(reply.model)
+        fp = reply.system_fingerprint
+        if fp and fp not in self.fingerprints:
+            self.fingerprints.append(fp)
+
+    def capabilities(self) -> dict[str, Any]:
+        """The report's ``model.capabilities`` entries."""
+        return {
+            "reported_model": self.models[0] if self.models else None,
+            "reported_models": list(self.models),
+            "system_fingerprints": list(self.fingerprints),
+        }
+
+    def note(self) -> str:
+        if not self.models:
+            return "the target named no model in its answers"
+        if len(self.models) > 1:
+            return f"answers came from several models: {', '.join(self.models)}"
+        return f"the target answered as {self.models[0]}"
+
+
 def parse_target(url: str) -> str:
     """``openai+https://HOST/v1`` → ``https://HOST/v1`` (the API base), or ConfigError."""
     scheme, _, rest = url.partition("://")
     if scheme not in SCHEMES or not rest:
         raise ConfigError(
-            f"--target must be openai+https://HOST/v1 or openai+http://HOST/v1, got {url!r}"
+            f"--target must be openai+https://HOST/v1 or openai+http://HOST/v1 (or hf:DIR, "
+            f"a local causal LM directory), got {url!r}"
         )
     base = f"{SCHEMES[scheme]}://{rest.rstrip('/')}"
     if not urlsplit(base).hostname:
@@ -98,6 +154,8 @@ def api_key_from_env(name: str | None) -> str | None:
 
 class ChatTarget:
     """Send chat-completions requests to one model of one endpoint."""
+
+    form = "openai-chat"
 
     def __init__(
         self,
@@ -133,6 +191,21 @@ class ChatTarget:
 
     def __repr__(self) -> str:  # never the key
         return f"ChatTarget({self.base!r}, model={self.model!r})"
+
+    def model_ref(self, reported: Reported) -> ModelRef:
+        """The report's model record: the endpoint and model asked for, and what the
+        endpoint reported in its answers (``reported_model``, ``system_fingerprints``)."""
+        return ModelRef(
+            name=self.model,
+            sha256=hashlib.sha256(f"{self.base}|{self.model}".encode()).hexdigest(),
+            path=self.base,
+            form=self.form,
+            capabilities={**reported.capabilities(), "requests": self.requests},
+            notes=[
+                f"OpenAI-compatible chat endpoint {self.base}, model {self.model}; "
+                + reported.note()
+            ],
+        )
 
     def close(self) -> None:
         if self._own_client:
@@ -241,6 +314,7 @@ def parse_reply(data: dict[str, Any], where: str) -> ChatReply:
             tool_calls=calls,
             finish_reason=choice.get("finish_reason"),
             model=data.get("model"),
+            system_fingerprint=data.get("system_fingerprint") or None,
             completion_tokens=int(tokens) if isinstance(tokens, int) else None,
         )
     except (KeyError, IndexError, TypeError, AttributeError) as exc:

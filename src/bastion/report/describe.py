@@ -15,6 +15,7 @@ ACCESS_WORDS = {
     "white_box": "full (white-box) access to the model",
     "scores": "the model's class scores",
     "labels": "the model's predicted labels only",
+    "black_box_chat": "black-box access to the application's chat API",
 }
 
 
@@ -138,5 +139,6 @@ def attacker(report: Report) -> str:
     """Who the assessment modelled, from the threat model."""
     tm = report.threat_model
     words = ACCESS_WORDS.get(tm.access, tm.access)
-    poison = "; the attacker may also contribute training data" if tm.can_poison else ""
+    can_poison = getattr(tm, "can_poison", False)  # an LLM threat model has no poisoning
+    poison = "; the attacker may also contribute training data" if can_poison else ""
     return f"an attacker with {words}{poison}"
