@@ -39,9 +39,18 @@ def test_distributions_bin_every_score_and_count_those_above_the_threshold():
     assert sum(b.count for b in d.bins) == 5 and d.above == 2  # 1.5 and 2.0
     assert d.lo == 0.2 and d.hi == 2.0 and "extraction.volume" not in h.scores
     assert all(b.above == (b.lo >= 1.0) for b in d.bins)
-    # a threshold beyond every score still shows on the axis
+    # a threshold beyond every score still shows on the axis, with room past it
     (far,) = h.distributions({"recon": 5.0}, bins=4)
-    assert far.hi == 5.0 and far.above == 0
+    assert far.lo <= 5.0 < far.hi and far.above == 0 and far.beyond == 0
+
+
+def test_an_outlier_does_not_squeeze_the_histogram():
+    h = MonitorHistory()
+    h.record([{"s": 0.01 * i} for i in range(200)] + [{"s": 1000.0}], ["s"])
+    (d,) = h.distributions({"s": 1.5}, bins=10)
+    assert d.hi < 3 and d.beyond == 10 and d.bins[-1].count >= 10  # the top 5 % in the last bar
+    assert sum(b.count for b in d.bins) == 201
+    assert max(b.count for b in d.bins[:-1]) < 100  # the 200 ordinary scores spread out
 
 
 def test_drift_sampler_samples_only_while_requests_arrive():

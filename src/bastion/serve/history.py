@@ -44,6 +44,7 @@ class ScoreDistribution:
     bins: list[ScoreBin]
     lo: float
     hi: float
+    beyond: int = 0  # scores past the axis's end (counted in the last bar)
 
     @property
     def above_share(self) -> float:
@@ -113,14 +114,20 @@ class MonitorHistory:
             threshold = thresholds.get(name)
             if threshold is not None and not math.isfinite(threshold):
                 threshold = None
-            lo = min(values)
-            hi = max(values)
+            ordered = sorted(values)
+            lo = ordered[0]
+            # the axis ends at the 95th percentile (outliers would squeeze every other
+            # score into one bar), past the threshold; what lies beyond goes in the last bar
+            hi = ordered[math.ceil(0.95 * len(ordered)) - 1]  # nearest-rank percentile
             if threshold is not None:
-                lo, hi = min(lo, threshold), max(hi, threshold)
+                lo = min(lo, threshold)
+                hi = max(hi, threshold + 0.25 * (threshold - lo))
+            if hi <= lo:
+                hi = ordered[-1]
             width = (hi - lo) / bins if hi > lo else 1.0
             counts = [0] * bins
             for v in values:
-                counts[min(int((v - lo) / width), bins - 1)] += 1
+                counts[max(0, min(int((v - lo) / width), bins - 1))] += 1
             out.append(
                 ScoreDistribution(
                     detector=name,
@@ -138,6 +145,7 @@ class MonitorHistory:
                     ],
                     lo=lo,
                     hi=hi,
+                    beyond=sum(v > hi for v in values),
                 )
             )
         return out
