@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from bastion.assess.executor import Executor
 from bastion.assess.probe import Members, ProbeContext, TrainingRecipe
 from bastion.assess.runner import finish, run_assessment
 from bastion.assess.schema import Report, ThreatModel
@@ -139,10 +140,13 @@ def assess(
     record: bool = True,
     members: str | Path | list[int] | None = None,
     query_target: Any = None,
+    executor: Executor | None = None,
 ) -> AssessmentOutput:
     """Run every applicable probe, write ``report.json``, ``report.html`` and
     ``findings.sarif`` under ``out_dir`` (resuming from a checkpoint there) and record the
     run in the store (the HTML then compares it with the model's previous recorded run).
+    ``executor`` runs the probes elsewhere, e.g.
+    :class:`~bastion.assess.executor.RayExecutor` (default: in this process).
 
     Example::
 
@@ -151,11 +155,33 @@ def assess(
                              threat={"eps": [0.05]}, out_dir="out/assess")
         print(out.report.score, [f.attack for f in out.report.findings])
     """
-    from bastion.report.html import write_report_html
-    from bastion.report.previous import since_previous
-    from bastion.report.sarif import write_sarif
-    from bastion.store.runs import record_run
+    ctx = assessment_context(
+        model,
+        data,
+        threat,
+        out_dir,
+        device=device,
+        seed=seed,
+        recipe=recipe,
+        members=members,
+        query_target=query_target,
+    )
+    return write_outputs(run_assessment(ctx, executor), ctx.out_dir, record=record)
 
+
+def assessment_context(
+    model: Any,
+    data: Any,
+    threat: ThreatModel | dict | None,
+    out_dir: str | Path,
+    *,
+    device: str | torch.device = "cpu",
+    seed: int = 0,
+    recipe: TrainingRecipe | None = None,
+    members: str | Path | list[int] | None = None,
+    query_target: Any = None,
+) -> ProbeContext:
+    """The probe context :func:`assess` runs on (its arguments, resolved)."""
     bundle = as_bundle(data, seed=seed)
     loaded = as_loaded(model, num_classes=bundle.test.num_classes)
     if threat is None:
@@ -164,19 +190,27 @@ def assess(
         from bastion.config import validate
 
         threat = validate(ThreatModel, threat, "threat")
-    out = Path(out_dir)
-    ctx = ProbeContext(
+    return ProbeContext(
         model=loaded,
         data=bundle,
         threat=threat,
-        out_dir=out,
+        out_dir=Path(out_dir),
         device=torch.device(device),
         seed=seed,
         recipe=recipe or recipe_from_provenance(loaded),
         members=resolve_members(members, loaded, bundle),
         query_target=query_target,
     )
-    report = run_assessment(ctx)
+
+
+def write_outputs(report: Report, out: Path, *, record: bool = True) -> AssessmentOutput:
+    """Write ``report.json`` (dropping the checkpoint), ``report.html`` and
+    ``findings.sarif`` under ``out`` and record the run in the store."""
+    from bastion.report.html import write_report_html
+    from bastion.report.previous import since_previous
+    from bastion.report.sarif import write_sarif
+    from bastion.store.runs import record_run
+
     json_path = finish(report, out)
     html_path = write_report_html(
         report, out, comparison=since_previous(report) if record else None

@@ -25,6 +25,7 @@ from bastion.errors import BastionError
 COMMAND_MODULES = [
     "train",
     "assess",
+    "sweep",
     "runs",
     "harden",
     "risk",

@@ -37,6 +37,7 @@ from bastion.cli.common import (
     data_options_from,
     pick_device,
 )
+from bastion.cli.executors import AddressOpt, ExecutorOpt, make_executor
 from bastion.cli.validate import OptSeedOpt, choice_check, prepare_dir
 from bastion.config import load_yaml_model, validate
 from bastion.data import load_dataset
@@ -172,6 +173,8 @@ def register(app: typer.Typer) -> None:
         ] = None,
         device: DeviceOpt = "cpu",
         seed: OptSeedOpt = None,
+        executor: ExecutorOpt = "local",
+        address: AddressOpt = None,
     ) -> None:
         """Assess a model: evasion and the other probes that fit the threat model."""
         if target is not None and target.startswith(("openai+", "hf:")):
@@ -179,6 +182,10 @@ def register(app: typer.Typer) -> None:
 
             if model is not None:
                 raise ConfigError("give --model or --target, not both")
+            if executor != "local" or address is not None:
+                raise ConfigError(
+                    "an LLM application is assessed locally: drop --executor/--address"
+                )
             return llm_assess(target, llm_model, profile, out, api_key_env=api_key_env)
         if target is not None:
             if model is not None:
@@ -214,6 +221,7 @@ def register(app: typer.Typer) -> None:
         if n_eval:
             overrides["budgets"] = {**tm.budgets.model_dump(), "n_eval": n_eval}
         tm = validate(ThreatModel, {**tm.model_dump(), **overrides}, "command-line options")
+        runner = make_executor(executor, address)
         out_dir = out or (Path(prof.out) if prof.out else None)
         if out_dir is None:
             raise ConfigError("give --out DIR (or `out:` in the profile)")
@@ -260,6 +268,7 @@ def register(app: typer.Typer) -> None:
             seed=the_seed,
             recipe=prof.training.recipe() if profile is not None else None,
             members=members or prof.members,
+            executor=runner,
         )
         print_outcome(result)
 
