@@ -90,7 +90,7 @@ def test_ray_missing_is_one_line(digits_mlp, tmp_path, monkeypatch, capsys):
         code, _, err = run_main(monkeypatch, capsys, *argv)
         assert code == 2, err
         assert err.strip().splitlines() == [
-            "error: --executor ray needs Ray: install the ray extra (pip install 'bastion[ray]')"
+            "error: --executor ray needs Ray: install the ray extra (pip install 'bastion-ml[ray]')"
         ]
     assert not (tmp_path / "s" / "summary.json").exists()
 

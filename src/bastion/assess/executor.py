@@ -45,7 +45,7 @@ log = logging.getLogger(__name__)
 DEPENDS_ON: dict[str, str] = {
     "blackbox": "evasion"
 }  # blackbox's sanity check reads evasion's masks
-RAY_MISSING = "--executor ray needs Ray: install the ray extra (pip install 'bastion[ray]')"
+RAY_MISSING = "--executor ray needs Ray: install the ray extra (pip install 'bastion-ml[ray]')"
 
 
 @dataclass
