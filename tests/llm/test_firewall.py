@@ -156,8 +156,11 @@ def test_forbidden_tool_call_is_blocked(fw, profile):
 
 def test_wrong_key_is_refused(fw, profile):
     bad = fw.client("bst_not-a-key")
-    with pytest.raises(openai.AuthenticationError):
+    with pytest.raises(openai.AuthenticationError) as err:
         bad.chat.completions.create(model="m", messages=[{"role": "user", "content": "hi"}])
+    # the gateway's error body and OpenAI's error object, which the client shows
+    assert err.value.code == "unauthorized" and err.value.type == "bastion_unauthorized"
+    assert "API key" in err.value.message
     with pytest.raises(openai.AuthenticationError):
         bad.models.list()
     assert [m.id for m in fw.client().models.list()] == ["fake"]
@@ -222,7 +225,7 @@ def test_token_bucket_refuses_big_requests(tmp_path, fake, profile):
             client.chat.completions.create(
                 model="m", messages=[{"role": "user", "content": "hi"}], max_tokens=200
             )
-        assert "rate limit on tokens exceeded" in err.value.body["detail"]
+        assert "rate limit on tokens exceeded" in err.value.message  # OpenAI's error object
 
 
 def test_uncertain_prompt_is_held_for_review(tmp_path, fake, profile):
@@ -274,7 +277,7 @@ def test_unreachable_upstream_is_502(tmp_path, profile):
                 model="m", messages=[{"role": "user", "content": "hi"}]
             )
         assert err.value.status_code == 502
-        assert "cannot reach the upstream" in err.value.body["detail"]
+        assert "cannot reach the upstream" in err.value.message
         auth = {"Authorization": f"Bearer {s.keys['client']}"}
         assert httpx.get(f"{s.base}/healthz", headers=auth).status_code == 200
 

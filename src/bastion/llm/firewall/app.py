@@ -22,6 +22,7 @@ from fastapi import FastAPI
 
 from bastion.llm.firewall.attack_state import AttackState
 from bastion.llm.firewall.config import FirewallSettings, upstream_key
+from bastion.llm.firewall.errors import OpenAIErrorShape
 from bastion.llm.firewall.metrics import make_firewall_metrics
 from bastion.llm.firewall.scanners import Firewall
 from bastion.llm.firewall.upstream import Upstream
@@ -176,5 +177,6 @@ def create_firewall_app(
     app.include_router(routes_admin.router)
     app.include_router(routes_clients.router)
     app.add_middleware(BodySizeLimitMiddleware, limit=settings.limits.max_body_bytes)
+    app.add_middleware(OpenAIErrorShape)  # outside the body limit: its 413 is reshaped too
     app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)
     return app
