@@ -3,7 +3,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 PIP := $(BIN)/pip install -c constraints.txt
 
-.PHONY: install test test-fast reliability demo bench bench-setup lint format clean
+.PHONY: install test test-fast reliability demo bench bench-setup bench-llm-setup lint format clean
 
 # Creates .venv, installs Bastion with the dev/onnx/scale/models/scan/supply/ray/llm extras (torch pinned by
 # constraints.txt) and onnx2torch with --no-deps (its torchvision dependency is only for the
@@ -41,6 +41,12 @@ bench-setup:
 	$(PIP) -q --no-deps torchattacks==3.5.1
 	$(PIP) -q --no-deps modelscan==0.8.8 modelaudit==0.2.54 modelaudit-picklescan==0.1.12  # their declared deps pin rich<15 and pull cloud SDKs
 	@./scripts/install-system-deps.sh --bench || echo "note: wrk not installed (not root?): bench_serve.py falls back to its httpx load generator"
+
+# garak 0.17.1 for benchmarks/bench_llm.py, in its own .venv-garak: it needs openai<3 and
+# transformers<5.20, which conflict with Bastion's venv. Only the torch pin (CPU wheel) applies.
+bench-llm-setup:
+	$(PY) -m venv .venv-garak
+	.venv-garak/bin/pip install -q -c constraints.txt garak==0.17.1
 
 bench: bench-setup
 	$(BIN)/python benchmarks/bench_evasion.py
