@@ -189,3 +189,23 @@ def test_a_micro_batch_of_several_clients_is_one_exchange(replicas, stream, digi
         for replica in (a, b):
             got = replica.client_status(client)
             assert got.queries == want.queries and got.prada_w == pytest.approx(want.prada_w)
+
+
+def test_entries_trimmed_before_a_replica_read_them_are_reported(replicas, stream, digits, caplog):
+    import redis
+
+    a, b, _ = _shared(replicas, stream)
+    x = digits.test.x
+    a.inspect(x[:1], "alice")
+    b.sync()  # b is up to date
+    assert b.shared.check_gap(force=True) is False and b.shared.gaps == 0
+    for i in (1, 2, 3):
+        a.inspect(x[i : i + 1], "alice")
+    redis.Redis.from_url(REDIS_URL).xtrim(stream, maxlen=1, approximate=False)  # 1, 2 gone
+    with caplog.at_level("ERROR"):
+        assert b.shared.check_gap(force=True) is True
+    assert b.shared.gaps == 1 and "missed those observations" in caplog.text
+    assert b.shared.check_gap(force=True) is False  # each loss reported once
+    b.sync()  # and b carries on with what is there
+    assert b.client_status("alice").queries == 2  # the first and the last: two were lost
+    assert a.client_status("alice").queries == 4

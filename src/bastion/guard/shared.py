@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import logging
 import socket
+import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -194,6 +195,11 @@ class RedisClientState:
             raise ConfigError(f"bad --redis-url {url!r}: {exc}") from None
         self._errors: tuple[type[BaseException], ...] = (redis.RedisError, OSError)
         self._last = b"0-0"  # the newest entry applied here
+        # entries trimmed (or deleted) from the stream before this replica read them: each
+        # time it is found (checked at most every gap_check_s), its monitors miss them
+        self.gaps = 0
+        self.gap_check_s = 1.0
+        self._gap_checked = float("-inf")
 
     def ping(self) -> None:
         """Fail fast at start-up when Redis cannot be reached."""
@@ -209,8 +215,47 @@ class RedisClientState:
             log.error("shared guard state: Redis call failed (%s)", exc)
             raise SharedStateUnavailable(f"shared guard state unavailable: {exc}") from None
 
+    def check_gap(self, *, force: bool = False) -> bool:
+        """True (and an error logged, ``gaps`` counted) when entries newer than the last one
+        applied here were removed from the stream before this replica read them — the
+        stream's ``maxlen`` is too short for the deployment's traffic, or someone deleted
+        entries — so the monitors here missed observations. Seen from ``XINFO STREAM``: the
+        oldest entry kept is newer than the last one applied (trimmed past this replica), or
+        the newest deleted one is (``XDEL``; Redis ≥ 7). Asked at most every
+        ``gap_check_s`` unless ``force``."""
+        now = time.monotonic()
+        if not force and now - self._gap_checked < self.gap_check_s:
+            return False
+        self._gap_checked = now
+        if self._last == b"0-0":
+            return False  # nothing applied yet: the replay starts at the oldest entry kept
+        info = self._call(self._client.xinfo_stream, self.stream)
+        if not isinstance(info, dict):
+            return False
+        deleted = info.get("max-deleted-entry-id") or b"0-0"  # XDEL
+        first = info.get("recorded-first-entry-id") or b"0-0"  # trimming moves it
+        # the oldest entry kept is newer than the last applied here: this replica fell
+        # behind the trimmed window (the entries between were most likely never read)
+        behind = _entry_key(first) > _entry_key(self._last) and info.get("length", 0) > 0
+        if behind:
+            deleted = max(deleted, _prev(first), key=_entry_key)
+        if _entry_key(deleted) <= _entry_key(self._last):
+            return False
+        self.gaps += 1
+        log.error(
+            "shared guard state: entries after %s (up to %s) were removed from %s before this "
+            "replica read them: its monitors missed those observations (raise "
+            "shared_state.max_entries)",
+            self._last.decode(),
+            deleted.decode() if isinstance(deleted, bytes) else deleted,
+            self.stream,
+        )
+        self._last = max(self._last, deleted, key=_entry_key)  # report each loss once
+        return True
+
     def _read(self, upto: bytes | str) -> Iterator[tuple[bytes, Observation]]:
         """Entries after the last applied one up to ``upto`` (inclusive), page by page."""
+        self.check_gap()
         while True:
             rows = self._call(
                 self._client.xrange,
@@ -276,6 +321,12 @@ class RedisClientState:
 
     def close(self) -> None:
         self._client.close()
+
+
+def _prev(entry_id: bytes) -> bytes:
+    """The id just before ``entry_id`` (the newest one a trim can have removed)."""
+    ms, seq = _entry_key(entry_id)
+    return f"{ms}-{seq - 1}".encode() if seq else f"{ms - 1}-{2**63 - 1}".encode()
 
 
 def _entry_key(entry_id: bytes) -> tuple[int, int]:
