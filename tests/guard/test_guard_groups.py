@@ -40,6 +40,9 @@ def test_groups_equal_one_call_per_client(fresh, digits):
     for client in ("alice", "bob", "carol"):
         assert many.client_status(client) == one.client_status(client)
         assert many.query_status(client) == one.query_status(client)
+    # the drift window took the batch once, in the same order as the separate calls
+    assert many.drift_status() == one.drift_status()
+    assert many.drift._count == one.drift._count == 11
 
 
 def test_one_model_pass_for_every_client(fresh, digits, monkeypatch):
@@ -58,10 +61,10 @@ def test_a_failing_group_fails_alone(fresh, digits, monkeypatch):
     guard = fresh()
     real = guard._observe
 
-    def observe(client_id, *args):
+    def observe(client_id, *args, **kwargs):
         if client_id == "bob":
             raise ConnectionError("shared state unreachable")
-        return real(client_id, *args)
+        return real(client_id, *args, **kwargs)
 
     monkeypatch.setattr(guard, "_observe", observe)
     batches = _batches(digits)

@@ -233,11 +233,16 @@ class CoverageMonitor:
         )
 
     def observe(
-        self, client_id: str, features: torch.Tensor, predictions: torch.Tensor
+        self,
+        client_id: str,
+        features: torch.Tensor,
+        predictions: torch.Tensor,
+        prepared: tuple[np.ndarray, np.ndarray] | None = None,
     ) -> list[CoverageStatus]:
         """Record a batch of queries from ``client_id`` (the model's features and
-        predicted classes for them); one status per query."""
-        cells, points = self.project(features)
+        predicted classes for them); one status per query. ``prepared``: :meth:`project`
+        of these features, when already computed."""
+        cells, points = prepared if prepared is not None else self.project(features)
         preds = predictions.detach().cpu().long().tolist()
         out = []
         with self._lock:

@@ -41,7 +41,13 @@ from bastion.guard.detectors import DETECTORS, build_detectors
 from bastion.guard.drift import DriftMonitor
 from bastion.guard.extraction import ExtractionMonitor, ExtractionStatus
 from bastion.guard.policy import ClientSignal, decide
-from bastion.guard.query import QueryMonitors, QueryStatus, fit_query_monitors, merge_signals
+from bastion.guard.query import (
+    QueryBatch,
+    QueryMonitors,
+    QueryStatus,
+    fit_query_monitors,
+    merge_signals,
+)
 from bastion.guard.shared import ClientStateStore, Observation
 from bastion.guard.tap import InputScale, ModelTap, ScoresTap, Tap, TapOutputs, make_tap
 from bastion.guard.verdict import DriftStatus, GuardVerdict
@@ -211,14 +217,34 @@ class Guard:
                 for sig, part in zip(signals_of, _parts(groups), strict=True)
             ]
         results: list[list[GuardVerdict] | Exception] = []
+        batch: QueryBatch | None = None
+        several = self.shared is None and len(groups) > 1
+        if several:
+            # what no client's state enters, once for the micro-batch: the drift window
+            # (one for all clients, fed in the same order) and the query detectors' hashes
+            if self.drift is not None:
+                self.drift.update(outputs.features)
+            if self.query is not None:
+                batch = self.query.prepare(scaled, outputs)
         start = 0
         for client_id, n in groups:
             part = slice(start, start + n)
             start += n
             try:
-                signals = self._observe_part(
-                    client_id, scaled[part], outputs.part(part), fired[part], now
-                )
+                if several:
+                    signals = self._observe(
+                        client_id,
+                        scaled[part],
+                        outputs.part(part),
+                        fired[part],
+                        now,
+                        prepared=None if batch is None else batch.part(part),
+                        drift=False,
+                    )
+                else:
+                    signals = self._observe_part(
+                        client_id, scaled[part], outputs.part(part), fired[part], now
+                    )
             except Exception as exc:
                 if not isolate:
                     raise
@@ -298,10 +324,15 @@ class Guard:
         outputs: TapOutputs,
         fired: list[bool],
         now: float,
+        *,
+        prepared: QueryBatch | None = None,
+        drift: bool = True,
     ) -> list[ClientSignal | None]:
-        """Update the drift window and the client's state in the stateful monitors; one
-        client signal per sample (None without extraction and query monitors)."""
-        if self.drift is not None:
+        """Update the drift window (unless ``drift`` is False: done for the whole batch)
+        and the client's state in the stateful monitors; one client signal per sample (None
+        without extraction and query monitors). ``prepared``: the query detectors'
+        stateless part of these rows, when computed for a larger batch."""
+        if drift and self.drift is not None:
             self.drift.update(outputs.features)
         signals: list[ClientSignal | None] = [None] * len(fired)
         if self.extraction is not None:
@@ -310,7 +341,7 @@ class Guard:
             )
             signals = [s.signal() for s in statuses]
         if self.query is not None:
-            extra = self.query.observe(client_id, scaled, outputs)
+            extra = self.query.observe(client_id, scaled, outputs, prepared)
             signals = [merge_signals(s, e) for s, e in zip(signals, extra, strict=True)]
         return signals
 

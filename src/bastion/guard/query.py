@@ -12,8 +12,10 @@ reasons and the ``similarity.*`` / ``coverage.*`` scores name the detector).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 from pydantic import BaseModel
 
@@ -22,6 +24,24 @@ from bastion.guard.coverage import CoverageMonitor, CoverageStatus
 from bastion.guard.policy import ClientSignal
 from bastion.guard.similarity import SimilarityMonitor, SimilarityStatus
 from bastion.guard.tap import TapOutputs
+
+
+@dataclass(frozen=True)
+class QueryBatch:
+    """:meth:`QueryMonitors.prepare` of a micro-batch: each row's similarity fingerprint and
+    digest, and its coverage cell and projection (None: that detector is off)."""
+
+    similarity: tuple[list[np.ndarray], list[int]] | None
+    coverage: tuple[np.ndarray, np.ndarray] | None
+
+    def part(self, rows: slice) -> QueryBatch:
+        sim = (
+            None
+            if self.similarity is None
+            else (self.similarity[0][rows], self.similarity[1][rows])
+        )
+        cov = None if self.coverage is None else (self.coverage[0][rows], self.coverage[1][rows])
+        return QueryBatch(sim, cov)
 
 
 class QueryStatus(BaseModel):
@@ -65,17 +85,33 @@ class QueryMonitors:
         self.similarity = similarity
         self.coverage = coverage
 
+    def prepare(self, x_scaled: torch.Tensor, outputs: TapOutputs) -> QueryBatch:
+        """The stateless part of :meth:`observe` for a whole micro-batch (fingerprints,
+        projections), computed once however many clients share it."""
+        return QueryBatch(
+            None if self.similarity is None else self.similarity.prepare(x_scaled),
+            None if self.coverage is None else self.coverage.project(outputs.features),
+        )
+
     def observe(
-        self, client_id: str, x_scaled: torch.Tensor, outputs: TapOutputs
+        self,
+        client_id: str,
+        x_scaled: torch.Tensor,
+        outputs: TapOutputs,
+        prepared: QueryBatch | None = None,
     ) -> list[ClientSignal]:
         """Record a batch from ``client_id`` (``x_scaled``: range-scaled inputs; ``outputs``:
-        the model's view of them); one merged signal per sample."""
+        the model's view of them); one merged signal per sample. ``prepared``: these rows'
+        part of :meth:`prepare`, when computed for a larger batch."""
         n = x_scaled.shape[0]
         parts: list[list[ClientSignal]] = []
         if self.similarity is not None:
-            parts.append([s.signal() for s in self.similarity.observe(client_id, x_scaled)])
+            sim = prepared.similarity if prepared is not None else None
+            statuses_s = self.similarity.observe(client_id, x_scaled, sim)
+            parts.append([s.signal() for s in statuses_s])
         if self.coverage is not None:
-            statuses = self.coverage.observe(client_id, outputs.features, outputs.predictions)
+            cov = prepared.coverage if prepared is not None else None
+            statuses = self.coverage.observe(client_id, outputs.features, outputs.predictions, cov)
             parts.append([s.signal() for s in statuses])
         if not parts:
             return [ClientSignal() for _ in range(n)]

@@ -291,13 +291,24 @@ class SimilarityMonitor:
             raise NotFittedError(self, "fit")
 
     # -- runtime ----------------------------------------------------------------------------
-    def observe(self, client_id: str, x: torch.Tensor) -> list[SimilarityStatus]:
-        """Record a batch of (range-scaled) queries from ``client_id``; one status each."""
+    def prepare(self, x: torch.Tensor) -> tuple[list[np.ndarray], list[int]]:
+        """What :meth:`observe` computes of a batch before touching any state: each row's
+        fingerprint and digest (once for a micro-batch of several clients)."""
+        self._check()
+        flat = _flat(x)
+        return self._fp(flat), [_digest(row) for row in flat]
+
+    def observe(
+        self,
+        client_id: str,
+        x: torch.Tensor,
+        prepared: tuple[list[np.ndarray], list[int]] | None = None,
+    ) -> list[SimilarityStatus]:
+        """Record a batch of (range-scaled) queries from ``client_id``; one status each.
+        ``prepared``: :meth:`prepare` of these rows, when already computed."""
         self._check()
         cfg = self.config
-        flat = _flat(x)
-        fps = self._fp(flat)
-        digests = [_digest(row) for row in flat]
+        fps, digests = prepared if prepared is not None else self.prepare(x)
         out = []
         with self._lock:
             client = self._clients.touch(
