@@ -20,7 +20,7 @@ from typing import Any
 
 from fastapi import FastAPI
 
-from bastion.llm.firewall.attack_state import AttackState
+from bastion.llm.firewall.attack_state import AttackState, RedisAttackState
 from bastion.llm.firewall.config import FirewallSettings, upstream_key
 from bastion.llm.firewall.errors import OpenAIErrorShape
 from bastion.llm.firewall.metrics import make_firewall_metrics
@@ -51,7 +51,7 @@ class AttackStateReset:
     """What the clients routes call on unblock (``guard.reset_client``): forget the key's
     injection attempts, so an unblocked client starts afresh."""
 
-    def __init__(self, state: AttackState) -> None:
+    def __init__(self, state: AttackState | RedisAttackState) -> None:
         self.state = state
 
     def reset_client(self, client_id: str) -> None:
@@ -135,6 +135,8 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await state.audit.aclose()
         if state.limiter is not None:
             await state.limiter.aclose()
+        if isinstance(state.attack_state, RedisAttackState):
+            state.attack_state.close()
         state.engine.dispose()
 
 
@@ -157,9 +159,18 @@ def create_firewall_app(
         docs_url=None,
         redoc_url=None,
     )
-    attack_state = AttackState(
-        max_attempts=fw.attack_state.max_attempts, window_s=fw.attack_state.window_s
-    )
+    attack_state: AttackState | RedisAttackState
+    if settings.redis_url:  # replicas count a key's attempts together
+        attack_state = RedisAttackState(
+            settings.redis_url,
+            max_attempts=fw.attack_state.max_attempts,
+            window_s=fw.attack_state.window_s,
+            prefix=f"{settings.redis_prefix}:fw:attack",
+        )
+    else:
+        attack_state = AttackState(
+            max_attempts=fw.attack_state.max_attempts, window_s=fw.attack_state.window_s
+        )
     app.state.settings = settings
     app.state.firewall_settings = fw
     app.state.firewall = Firewall(fw, profile)
