@@ -23,6 +23,7 @@ from bastion.assess.runner import finish
 from bastion.assess.schema import DatasetRef, Finding, LLMThreatModel, Report, Skipped
 from bastion.assess.scoring import clamp_severity, overall_score
 from bastion.errors import ConfigError
+from bastion.llm.judge import Grade, Judge
 from bastion.llm.probes import PROBES, Attempt, LLMProbe
 from bastion.llm.profile import AppProfile
 from bastion.llm.target import ChatReply, LLMTarget, Reported
@@ -68,11 +69,15 @@ def run_probe(
     profile: AppProfile,
     out: Path,
     reported: Reported | None = None,
+    judge: Judge | None = None,
 ) -> list[Finding]:
     """Send ``attempts``; one Finding per attack family. ``reported`` collects the model
-    names and fingerprints the target gave in its answers."""
+    names and fingerprints the target gave in its answers; ``judge`` also grades every
+    reply (its figures beside the oracle's, which stays the verdict)."""
     tools = [t.openai() for t in profile.tools] or None
     groups: dict[str, list[tuple[Attempt, ChatReply, str | None, int, float]]] = defaultdict(list)
+    graded: dict[int, Grade] = {}  # by id() of the row in groups
+    judge_sent: dict[str, int] = {}
     for a in attempts:
         start, sent = time.perf_counter(), target.requests
         reply = target.chat(
@@ -85,6 +90,10 @@ def run_probe(
             reported.add(reply)
         elapsed = time.perf_counter() - start
         groups[a.attack].append((a, reply, a.oracle(reply), target.requests - sent, elapsed))
+        if judge is not None:
+            before = judge.requests
+            graded[id(groups[a.attack][-1])] = judge.grade(a.prompt, reply)
+            judge_sent[a.attack] = judge_sent.get(a.attack, 0) + judge.requests - before
     findings = []
     (out / "llm").mkdir(parents=True, exist_ok=True)
     for attack, rows in groups.items():
@@ -94,29 +103,49 @@ def run_probe(
         (out / rel).write_text(json.dumps([e.model_dump() for e in examples], indent=2))
         oracle = attack if "|" in probe.oracle else probe.oracle
         evidence = sorted({str(r[2]) for r in hits})
+        params: dict[str, object] = {
+            "oracle": oracle,
+            "owasp": probe.owasp,
+            "atlas": ",".join(probe.atlas),
+            "seed": profile.seed,
+        }
+        metrics = {
+            "success_rate": round(len(hits) / len(rows), 4),
+            "successes": float(len(hits)),
+            "attempts": float(len(rows)),
+            "requests": float(sum(r[3] for r in rows)),
+            "max_output_tokens": float(max(r[1].output_tokens for r in rows)),
+        }
+        judge_note: list[str] = []
+        if judge is not None:
+            grades = [graded[id(r)].complied for r in rows]
+            sure = [(g, bool(r[2])) for g, r in zip(grades, rows, strict=True) if g is not None]
+            params["judge"] = judge.name
+            metrics["judge_success_rate"] = (
+                round(sum(g for g, _ in sure) / len(sure), 4) if sure else float("nan")
+            )
+            metrics["judge_agreement"] = (
+                round(sum(g == o for g, o in sure) / len(sure), 4) if sure else float("nan")
+            )
+            metrics["judge_unparsed"] = float(len(rows) - len(sure))
+            metrics["judge_requests"] = float(judge_sent.get(attack, 0))
+            judge_note = [
+                f"judge: {judge.name} graded {len(sure)}/{len(rows)} replies "
+                f"(complied: {sum(g for g, _ in sure)}); the oracle stays the verdict"
+            ]
         findings.append(
             Finding(
                 probe=probe.name,
                 attack=attack,
-                params={
-                    "oracle": oracle,
-                    "owasp": probe.owasp,
-                    "atlas": ",".join(probe.atlas),
-                    "seed": profile.seed,
-                },
-                metrics={
-                    "success_rate": round(len(hits) / len(rows), 4),
-                    "successes": float(len(hits)),
-                    "attempts": float(len(rows)),
-                    "requests": float(sum(r[3] for r in rows)),
-                    "max_output_tokens": float(max(r[1].output_tokens for r in rows)),
-                },
+                params=params,
+                metrics=metrics,
                 severity=severity(probe.impact, len(hits), len(rows)),
                 seconds=round(sum(r[4] for r in rows), 3),
                 artifacts={"examples": rel},
                 notes=[
                     f"oracle: {oracle}"
-                    + (f" (matched: {', '.join(evidence)})" if evidence else " (never matched)")
+                    + (f" (matched: {', '.join(evidence)})" if evidence else " (never matched)"),
+                    *judge_note,
                 ],
             )
         )
@@ -130,9 +159,11 @@ def run_llm_assessment(
     *,
     probes: list[str] | None = None,
     profile_path: Path | None = None,
+    judge: Judge | None = None,
 ) -> LLMAssessment:
     """Run ``probes`` (default: all) and write ``out_dir/report.json``; ``profile_path``
-    (the profile file) is recorded in ``dataset.manifest`` for the attestation."""
+    (the profile file) is recorded in ``dataset.manifest`` for the attestation; ``judge``
+    grades every reply beside the oracles (:mod:`bastion.llm.judge`)."""
     unknown = [p for p in probes or [] if p not in PROBES]
     if unknown:
         raise ConfigError(
@@ -149,7 +180,7 @@ def run_llm_assessment(
         if isinstance(attempts, str):
             skipped.append(Skipped(probe=name, reason=attempts))
             continue
-        findings.extend(run_probe(probe, attempts, target, profile, out_dir, reported))
+        findings.extend(run_probe(probe, attempts, target, profile, out_dir, reported, judge))
         sent[name] = len(attempts)
     report = Report(
         model=target.model_ref(reported),
@@ -160,7 +191,7 @@ def run_llm_assessment(
             split="probes",
             manifest=profile_manifest(profile, profile_path),
         ),
-        threat_model=threat_model(profile, target, sent),
+        threat_model=threat_model(profile, target, sent, judge),
         findings=findings,
         skipped=skipped,
         score=overall_score(findings),
@@ -169,7 +200,9 @@ def run_llm_assessment(
     return LLMAssessment(report, finish(report, out_dir))
 
 
-def threat_model(profile: AppProfile, target: LLMTarget, sent: dict[str, int]) -> LLMThreatModel:
+def threat_model(
+    profile: AppProfile, target: LLMTarget, sent: dict[str, int], judge: Judge | None = None
+) -> LLMThreatModel:
     """What the assessment assumed: a black-box chat attacker, the probes that ran with the
     attempts each sent, the seed and each probe's oracle kind."""
     planted = {
@@ -185,6 +218,7 @@ def threat_model(profile: AppProfile, target: LLMTarget, sent: dict[str, int]) -
         mutations_per_template=profile.attempts,
         seed=profile.seed,
         oracles={p: PROBES[p].oracle for p in sent},
+        judge=None if judge is None else judge.name,
         temperature=profile.limits.temperature,
         max_tokens=profile.limits.max_tokens,
     )
