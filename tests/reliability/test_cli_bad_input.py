@@ -11,6 +11,7 @@ real process to show that no traceback reaches a terminal.
 
 from __future__ import annotations
 
+import json
 import os
 import pickle
 import subprocess
@@ -217,6 +218,22 @@ CASES: list[tuple[str, int, str]] = [
     ),
     ("serve --upstream openai+http://x/v1 --upstream-key-env 1X", 2, "upstream_key_env"),
     ("serve --upstream openai+http://x/v1 --port 0", 2, "'--port'"),
+    (
+        "serve --upstream openai+http://x/v1 --injection-classifier /nope",
+        2,
+        "--injection-classifier /nope: /nope is not a directory",
+    ),
+    ("serve --upstream openai+http://x/v1 --injection-classifier {tmp}", 2, "no model.safetensors"),
+    (
+        "serve --upstream openai+http://x/v1 --injection-classifier {clf_pickled}",
+        2,
+        "holds pickled weights (pytorch_model.bin)",
+    ),
+    (
+        "serve --upstream openai+http://x/v1 --injection-classifier {clf_labels}",
+        2,
+        "cannot tell which label is the injection one (0: SAFE, 1: RISKY)",
+    ),
     ("dashboard --runs /nope", 2, "--runs /nope: no such folder"),
     ("dashboard --runs {tmp} --port 0", 2, "'--port': must be a whole number from 1 to 65535"),
     ("dashboard --runs {tmp} --db notaurl://x", 2, "cannot use database URL 'notaurl://x'"),
@@ -290,6 +307,11 @@ CASES: list[tuple[str, int, str]] = [
         "system_prompt: Field required",
     ),
     (LLM + " --target openai+http://x/v1 --out " + NOPE, 2, "cannot create the folder"),
+    ("llm train-classifier --out {tmp}/c --epochs 0", 2, "'--epochs'"),
+    ("llm train-classifier --out {tmp}/c --seed -1", 2, "'--seed'"),
+    ("llm train-classifier --out {tmp}/c --seed 20261203", 2, "is the held-out seed"),
+    ("llm train-classifier --out " + NOPE, 2, "cannot create the folder"),
+    ("llm train-classifier --out {a_file}", 2, "exists and is not a folder"),
 ]
 
 SUBPROCESS_CASES = [
@@ -357,6 +379,14 @@ def files(tmp_path_factory, digits_model_dir) -> dict[str, str]:
         (bad_prov / f.name).write_bytes(f.read_bytes())
     (bad_prov / "provenance.json").write_text("{not json")
     out["bad_prov"] = str(bad_prov)
+    for name, labels, weights in (
+        ("clf_pickled", {"0": "SAFE", "1": "INJECTION"}, "pytorch_model.bin"),
+        ("clf_labels", {"0": "SAFE", "1": "RISKY"}, "model.safetensors"),
+    ):
+        (d / name).mkdir()
+        (d / name / "config.json").write_text(json.dumps({"id2label": labels}))
+        (d / name / weights).write_bytes(b"")
+        out[name] = str(d / name)
     from importlib import resources
 
     from bastion.risk.register import build_register, save_register

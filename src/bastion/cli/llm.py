@@ -1,5 +1,6 @@
 """`bastion llm assess`: probe an LLM application's OpenAI-compatible chat endpoint, or a
-local Hugging Face causal LM directory (``hf:DIR``) in process."""
+local Hugging Face causal LM directory (``hf:DIR``) in process. `bastion llm
+train-classifier`: train the firewall's small prompt-injection classifier."""
 
 from __future__ import annotations
 
@@ -61,6 +62,48 @@ def register(app: typer.Typer) -> None:
             timeout=timeout,
             retries=retries,
         )
+
+    @group.command("train-classifier")
+    def train_classifier_cmd(
+        out: Annotated[Path, typer.Option(help="output directory (a Hugging Face classifier)")],
+        seed: Annotated[
+            int, typer.Option(help="training seed (attack generation, init)", min=0, max=2**31)
+        ] = 0,
+        epochs: Annotated[int, typer.Option(help="training epochs", min=1, max=1000)] = 25,
+    ) -> None:
+        """Train a small prompt-injection classifier for `serve --injection-classifier`."""
+        llm_train_classifier(out, seed=seed, epochs=epochs)
+
+
+def llm_train_classifier(out: Path, *, seed: int, epochs: int) -> None:
+    """Train, save and measure the classifier (see bastion.llm.firewall.classifier_training)."""
+    from bastion.cli.validate import prepare_dir
+    from bastion.llm.firewall.classifier_training import REPORT, train_classifier, training_texts
+
+    training_texts(seed, 1)  # a refused seed is one line, before the folder is made
+    prepare_dir(out, "--out")
+    with console.status("training the injection classifier"):
+        report = train_classifier(out, seed=seed, epochs=epochs)
+    table = Table(
+        title=f"{report.train_attacks} attacks + {report.train_benign} benign, "
+        f"{report.epochs} epochs, {report.seconds:.1f} s"
+    )
+    for col in ("held-out set", "n", "classifier ≥ hold", "heuristics ≥ hold", "both ≥ hold"):
+        table.add_column(col)
+    for name, r in (
+        ("attacks (held-out seed)", report.held_out_attacks),
+        ("hand-written attacks", report.unseen_attacks),
+        ("benign (false positives)", report.benign_held_out),
+    ):
+        table.add_row(
+            name,
+            str(r.n),
+            f"{r.classifier_hold:.3f}",
+            f"{r.heuristics_hold:.3f}",
+            f"{r.combined_hold:.3f}",
+        )
+    console.print(table)
+    console.print(f"classifier: [bold]{out}[/] (rates in {out / REPORT})", soft_wrap=True)
 
 
 def llm_assess(

@@ -172,6 +172,13 @@ def register(app: typer.Typer) -> None:
                 help="LLM firewall: log prompts and outputs in the audit log (default: hashes)",
             ),
         ] = None,
+        injection_classifier: Annotated[
+            Path | None,
+            typer.Option(
+                help="LLM firewall: a Hugging Face sequence-classification directory "
+                "(safetensors) scoring prompt injection with the heuristics"
+            ),
+        ] = None,
     ) -> None:
         """Serve a model behind auth, rate limits, validation, the guard, review and audit."""
         import uvicorn
@@ -199,6 +206,7 @@ def register(app: typer.Typer) -> None:
                     "upstream_key_env": upstream_key_env,
                     "profile": profile,
                     "audit_content": audit_content,
+                    "injection_classifier": injection_classifier,
                 },
                 {
                     "host": host,

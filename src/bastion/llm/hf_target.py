@@ -38,6 +38,9 @@ from bastion.models.loaded import Artifact, artifacts_sha256, file_sha256
 log = logging.getLogger(__name__)
 PREFIX = "hf:"
 PICKLED = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
+#: How every local Hugging Face directory is loaded: nothing downloaded, no code from it run
+#: (``use_safetensors=True`` goes with the model's ``from_pretrained``).
+LOAD_OPTIONS: dict[str, Any] = {"local_files_only": True, "trust_remote_code": False}
 WEIGHTS = ("model.safetensors", "model.safetensors.index.json")
 TOKENIZER_FILES = (
     "tokenizer.json",
@@ -64,8 +67,16 @@ def is_hf_target(target: str) -> bool:
 def hf_directory(target: str) -> Path:
     """The model directory of ``hf:DIR``, checked to hold safetensors weights only."""
     path = Path(target.removeprefix(PREFIX)).expanduser()
+    return safetensors_directory(path, named=f"--target {target!r}", kind="causal LM")
+
+
+def safetensors_directory(path: Path, *, named: str, kind: str) -> Path:
+    """``path`` checked to be a ``save_pretrained`` directory with safetensors weights, a
+    ``config.json`` and no pickled weights anywhere in it (one-line ConfigError otherwise,
+    before anything is read). ``named`` opens the not-a-directory message (the option and
+    value), ``kind`` names the model kind ("causal LM", "sequence classifier")."""
     if not path.is_dir():
-        raise ConfigError(f"--target {target!r}: {path} is not a directory")
+        raise ConfigError(f"{named}: {path} is not a directory")
     pickled = sorted(p.name for p in path.rglob("*") if p.suffix.lower() in PICKLED)
     if pickled:
         raise ConfigError(
@@ -74,10 +85,16 @@ def hf_directory(target: str) -> Path:
             "and remove the pickled files"
         )
     if not any((path / w).is_file() for w in WEIGHTS):
-        raise ConfigError(f"{path} has no model.safetensors: not a safetensors causal LM dir")
+        raise ConfigError(f"{path} has no model.safetensors: not a safetensors {kind} dir")
     if not (path / "config.json").is_file():
         raise ConfigError(f"{path} has no config.json: save the model with save_pretrained")
     return path
+
+
+def first_line(exc: BaseException) -> str:
+    """The first line of an exception's message (its type when it has none)."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def model_artifacts(path: Path) -> list[Artifact]:
@@ -212,15 +229,16 @@ class HFChatTarget:
 
         hf_logging.disable_progress_bar()  # Rich owns the terminal
 
-        opts: dict[str, Any] = {"local_files_only": True, "trust_remote_code": False}
+        opts = LOAD_OPTIONS
         try:
             self.tokenizer = AutoTokenizer.from_pretrained(str(self.path), **opts)
             self.lm = AutoModelForCausalLM.from_pretrained(
                 str(self.path), use_safetensors=True, **opts
             )
         except Exception as exc:  # transformers/safetensors raise many kinds for a bad dir
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise ConfigError(f"{self.path}: not a loadable causal LM directory: {first}") from None
+            raise ConfigError(
+                f"{self.path}: not a loadable causal LM directory: {first_line(exc)}"
+            ) from None
         self.lm.to(device).eval()
         self.device = device
         self._torch = torch

@@ -8,6 +8,7 @@
       tokens_burst: 20000
       audit_content: false                        # true: prompts and outputs in the audit log
       input:  {injection: {hold_at: 0.5, block_at: 0.8}, secrets: redact, pii: flag}
+      # input.injection.classifier: DIR (or --injection-classifier): a sequence classifier
       output: {leakage: block, pii: redact, secrets: redact, links: strip, tools: block}
       stream: {holdback_chars: 64, window_chars: 256}
       attack_state: {max_attempts: 5, window_s: 600}
@@ -45,11 +46,17 @@ class _Section(BaseModel):
 
 class InjectionSettings(_Section):
     """Prompt-injection heuristics: a score in [0, 1]; at ``hold_at`` the request waits for a
-    reviewer, at ``block_at`` it is refused (400) and counts towards the client's block."""
+    reviewer, at ``block_at`` it is refused (400) and counts towards the client's block.
+
+    ``classifier``: a Hugging Face sequence-classification directory (safetensors); its
+    probability of the injection label (``classifier_label``, else the label named like
+    "injection", else ``LABEL_1``) joins the heuristic score (the higher one counts)."""
 
     enabled: bool = True
     hold_at: float = Field(0.5, gt=0, le=1)
     block_at: float = Field(0.8, gt=0, le=1)
+    classifier: Path | None = None
+    classifier_label: str | None = Field(None, min_length=1)
 
     @model_validator(mode="after")
     def _order(self) -> InjectionSettings:
@@ -178,13 +185,25 @@ def load_firewall_settings(
     if not isinstance(section, dict):
         raise ConfigError(f"{source}: firewall: expected a mapping")
     from_yaml = section.get("profile") if firewall.get("profile") is None else None
+    firewall = dict(firewall)
+    classifier = firewall.pop("injection_classifier", None)
+    clf_from_yaml = _classifier_in(section) if classifier is None else None
     section = {**section, **{k: v for k, v in firewall.items() if v is not None}}
+    if classifier is not None:
+        section = _with_classifier(section, classifier)
     if "upstream" not in section:
         raise ConfigError("give --upstream openai+http://HOST/v1 (or firewall.upstream)")
     parse_upstream(str(section["upstream"]))  # its own one-line message first
     fw = validate(FirewallSettings, section, f"{source}: firewall")
     if from_yaml is not None and config is not None and not Path(str(from_yaml)).is_absolute():
         fw = fw.model_copy(update={"profile": Path(config).parent / str(from_yaml)})
+    if clf_from_yaml is not None and config is not None and not Path(clf_from_yaml).is_absolute():
+        fw = _with_classifier_path(fw, Path(config).parent / clf_from_yaml)
+    inj = fw.input.injection
+    if inj.classifier is not None:
+        from bastion.llm.firewall.classifier import check_classifier_dir
+
+        check_classifier_dir(inj.classifier, inj.classifier_label)  # one line, before binding
     for key in ("model", "model_dir", "entry_point", "weights", "data"):
         if data.get(key) is not None:
             raise ConfigError(
@@ -200,6 +219,27 @@ def load_firewall_settings(
         if path is not None and not Path(path).is_file():
             raise ConfigError(f"TLS file not found: {path}")
     return settings, fw
+
+
+def _classifier_in(section: dict[str, Any]) -> str | None:
+    inp = section.get("input")
+    inj = inp.get("injection") if isinstance(inp, dict) else None
+    value = inj.get("classifier") if isinstance(inj, dict) else None
+    return str(value) if value is not None else None
+
+
+def _with_classifier(section: dict[str, Any], classifier: Any) -> dict[str, Any]:
+    """``section`` with ``input.injection.classifier`` set (the ``--injection-classifier``)."""
+    inp = section.get("input") or {}
+    inj = (inp.get("injection") or {}) if isinstance(inp, dict) else None
+    if not isinstance(inp, dict) or not isinstance(inj, dict):
+        return section  # not a mapping: validation says so
+    return {**section, "input": {**inp, "injection": {**inj, "classifier": classifier}}}
+
+
+def _with_classifier_path(fw: FirewallSettings, path: Path) -> FirewallSettings:
+    inj = fw.input.injection.model_copy(update={"classifier": path})
+    return fw.model_copy(update={"input": fw.input.model_copy(update={"injection": inj})})
 
 
 def wants_firewall(config: str | Path | None, upstream: str | None) -> bool:

@@ -110,7 +110,7 @@ async def chat_completions(
     state.fw_metrics.tokens.inc(tokens)
     ex = Exchange(request, key, body)
     ex.entry["tokens_estimate"] = tokens
-    inp = state.firewall.scan_input(ex.messages)
+    inp = await state.firewall.scan_input_async(ex.messages)
     ex.findings += inp.decision.findings
     ex.entry.update(input_action=inp.decision.action, injection_score=round(inp.injection_score, 4))
     state.fw_metrics.decisions.labels(side="input", action=inp.decision.action).inc()

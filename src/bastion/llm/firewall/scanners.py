@@ -7,18 +7,26 @@ allow / hold / block; secrets and PII are flagged, redacted (before the upstream
 them), held or blocked as configured. Output (each choice's text and tool calls): a leak
 or a forbidden tool call blocks; secrets and PII are redacted; unsafe markup and
 exfiltration links are stripped — or any of them flagged only, as configured.
+
+With ``input.injection.classifier`` the injection score is the higher of the heuristics'
+and the classifier's (:mod:`bastion.llm.firewall.classifier`, one batched pass over the
+scanned texts); :meth:`Firewall.scan_input_async` then scans in a worker thread.
 """
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from bastion.llm.firewall import injection, links, pii, secrets
 from bastion.llm.firewall.config import FirewallSettings
 from bastion.llm.firewall.leakage import LeakDetector
 from bastion.llm.firewall.records import Action, Decision, Finding, Span, redact, worst
 from bastion.llm.profile import AppProfile
+
+if TYPE_CHECKING:
+    from bastion.llm.firewall.classifier import InjectionClassifier
 
 
 def message_texts(message: dict[str, Any]) -> list[str]:
@@ -71,9 +79,20 @@ class OutputResult:
 class Firewall:
     """Scanners for one gateway (settings and profile fixed at start-up)."""
 
-    def __init__(self, settings: FirewallSettings, profile: AppProfile | None = None) -> None:
+    def __init__(
+        self,
+        settings: FirewallSettings,
+        profile: AppProfile | None = None,
+        classifier: InjectionClassifier | None = None,
+    ) -> None:
         self.settings = settings
         self.profile = profile
+        inj = settings.input.injection
+        if classifier is None and inj.enabled and inj.classifier is not None:
+            from bastion.llm.firewall.classifier import InjectionClassifier
+
+            classifier = InjectionClassifier(inj.classifier, label=inj.classifier_label)
+        self.classifier = classifier
         self.canaries: list[str] = []
         self.forbidden_tools: set[str] = set()
         self.allowed_hosts = list(settings.output.allowed_link_hosts)
@@ -83,6 +102,12 @@ class Firewall:
             self.allowed_hosts += profile.allowed_link_hosts
 
     # -- input ----------------------------------------------------------------------------
+
+    async def scan_input_async(self, messages: list[dict[str, Any]]) -> InputResult:
+        """:meth:`scan_input`, in a worker thread when a classifier runs."""
+        if self.classifier is None:
+            return self.scan_input(messages)
+        return await asyncio.to_thread(self.scan_input, messages)
 
     def scan_input(self, messages: list[dict[str, Any]]) -> InputResult:
         cfg = self.settings.input
@@ -97,18 +122,22 @@ class Firewall:
                 default=injection.InjectionScore(0.0),
             )
             score = found.score
+            families = found.families
+            if self.classifier is not None:
+                p = self.classifier.probability([t for m in scanned for t in message_texts(m)])
+                if p > score:
+                    score, families = p, [*families, "classifier"]
             action: Action | None = None
             if score >= cfg.injection.block_at:
                 action = "block"
             elif score >= cfg.injection.hold_at:
                 action = "hold"
             if action is not None:
-                families = ", ".join(found.families)
                 findings.append(
                     Finding(
                         "input.injection",
                         action,
-                        f"prompt injection ({families}; score {score:.2f})",
+                        f"prompt injection ({', '.join(families)}; score {score:.2f})",
                         score,
                     )
                 )
