@@ -78,3 +78,41 @@ def test_judge_and_oracle_agree_on_a_hardened_app(app_yaml, tmp_path):
         if f.metrics["attempts"] > f.metrics["judge_unparsed"]:
             assert f.metrics["judge_success_rate"] == 0.0  # every reply was a refusal
             assert f.metrics["judge_agreement"] == 1.0
+
+
+def test_the_judge_endpoint_through_the_cli(monkeypatch, capsys, app_yaml, tmp_path):
+    """`bastion assess --target … --judge openai+http://… --judge-model …`: every reply is
+    graded by the judge endpoint (its requests counted apart, its key from the env)."""
+    import json
+
+    from tests.cli_runner import run_main
+
+    monkeypatch.setenv("JUDGE_KEY", "j-secret-1")
+    with FakeLLM({"leak"}) as app, FakeLLM(set(), key="j-secret-1") as judge:
+        code, stdout, err = run_main(
+            monkeypatch,
+            capsys,
+            "assess",
+            "--target",
+            app.url,
+            "--llm-model",
+            "shop",
+            "--profile",
+            app_yaml,
+            "--judge",
+            judge.url,
+            "--judge-model",
+            "grader",
+            "--judge-key-env",
+            "JUDGE_KEY",
+            "--out",
+            tmp_path / "out",
+        )
+        judged = judge.requests
+    assert code == 0, err
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    attempts = sum(f["metrics"]["attempts"] for f in report["findings"])
+    assert judged == attempts == sum(f["metrics"]["judge_requests"] for f in report["findings"])
+    assert report["threat_model"]["judge"] == f"grader at {judge.url.removeprefix('openai+')}"
+    assert all(f["params"]["judge"].startswith("grader at ") for f in report["findings"])
+    assert "j-secret-1" not in stdout + err + (tmp_path / "out" / "report.json").read_text()

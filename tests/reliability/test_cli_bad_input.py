@@ -307,6 +307,16 @@ CASES: list[tuple[str, int, str]] = [
         "system_prompt: Field required",
     ),
     (LLM + " --target openai+http://x/v1 --out " + NOPE, 2, "cannot create the folder"),
+    (LLM + " --target openai+http://x/v1 --judge ftp://j", 2, "--judge 'ftp://j': give an"),
+    (LLM + " --target openai+http://x/v1 --judge openai+http://j/v1", 2, "give --judge-model"),
+    (LLM + " --target openai+http://x/v1 --judge-model m", 2, "need --judge URL"),
+    (
+        LLM + " --target openai+http://x/v1 --judge openai+http://j/v1 --judge-model m "
+        "--judge-key-env BASTION_NO_SUCH_KEY",
+        2,
+        "environment variable BASTION_NO_SUCH_KEY",
+    ),
+    ("assess --model {model} --out {tmp}/o --judge openai+http://j/v1", 2, "--judge grades"),
     ("llm train-classifier --out {tmp}/c --epochs 0", 2, "'--epochs'"),
     ("llm train-classifier --out {tmp}/c --seed -1", 2, "'--seed'"),
     ("llm train-classifier --out {tmp}/c --seed 20261203", 2, "is the held-out seed"),

@@ -38,6 +38,7 @@ from bastion.cli.common import (
     pick_device,
 )
 from bastion.cli.executors import AddressOpt, ExecutorOpt, make_executor
+from bastion.cli.llm import JudgeKeyOpt, JudgeModelOpt, JudgeOpt, JudgeSpec
 from bastion.cli.validate import OptSeedOpt, choice_check, prepare_dir
 from bastion.config import load_yaml_model, validate
 from bastion.data import load_dataset
@@ -132,6 +133,9 @@ def register(app: typer.Typer) -> None:
             str | None,
             typer.Option(help="with --target openai+http(s)://HOST/v1: the chat model's name"),
         ] = None,
+        judge: JudgeOpt = None,
+        judge_model: JudgeModelOpt = None,
+        judge_key_env: JudgeKeyOpt = None,
         data: DataOpt = None,
         data_root: DataRootOpt = None,
         modality: ModalityOpt = None,
@@ -186,7 +190,16 @@ def register(app: typer.Typer) -> None:
                 raise ConfigError(
                     "an LLM application is assessed locally: drop --executor/--address"
                 )
-            return llm_assess(target, llm_model, profile, out, api_key_env=api_key_env)
+            return llm_assess(
+                target,
+                llm_model,
+                profile,
+                out,
+                api_key_env=api_key_env,
+                judge=JudgeSpec.of(judge, judge_model, judge_key_env),
+            )
+        if judge is not None or judge_model is not None or judge_key_env is not None:
+            raise ConfigError("--judge grades an LLM application: use it with --target openai+…")
         if target is not None:
             if model is not None:
                 raise ConfigError("give --model or --target, not both")

@@ -4,6 +4,8 @@ train-classifier`: train the firewall's small prompt-injection classifier."""
 
 from __future__ import annotations
 
+import contextlib
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated
 
@@ -11,6 +13,37 @@ import typer
 from rich.table import Table
 
 from bastion.cli.common import console
+
+JudgeOpt = Annotated[
+    str | None,
+    typer.Option(
+        help="optional judge endpoint (openai+http(s)://HOST/v1) grading every reply beside "
+        "the oracles, which stay the verdict (docs/llm.md)"
+    ),
+]
+JudgeModelOpt = Annotated[str | None, typer.Option(help="the judge endpoint's model name")]
+JudgeKeyOpt = Annotated[
+    str | None, typer.Option(help="environment variable holding the judge endpoint's API key")
+]
+
+
+@dataclass(frozen=True)
+class JudgeSpec:
+    """The judge options as given (checked by :func:`llm_assess`)."""
+
+    url: str
+    model: str | None
+    key_env: str | None
+
+    @classmethod
+    def of(cls, url: str | None, model: str | None, key_env: str | None) -> JudgeSpec | None:
+        from bastion.errors import ConfigError
+
+        if url is None:
+            if model is not None or key_env is not None:
+                raise ConfigError("--judge-model and --judge-key-env need --judge URL")
+            return None
+        return cls(url, model, key_env)
 
 
 def register(app: typer.Typer) -> None:
@@ -50,6 +83,9 @@ def register(app: typer.Typer) -> None:
         retries: Annotated[
             int, typer.Option(help="retries on 429/5xx/timeouts", min=0, max=20)
         ] = 3,
+        judge: JudgeOpt = None,
+        judge_model: JudgeModelOpt = None,
+        judge_key_env: JudgeKeyOpt = None,
     ) -> None:
         """Run the LLM probes (leakage, injection, disclosure, output, agency, consumption)."""
         llm_assess(
@@ -61,6 +97,7 @@ def register(app: typer.Typer) -> None:
             probes=probe,
             timeout=timeout,
             retries=retries,
+            judge=JudgeSpec.of(judge, judge_model, judge_key_env),
         )
 
     @group.command("train-classifier")
@@ -116,12 +153,14 @@ def llm_assess(
     probes: list[str] | None = None,
     timeout: float = 60.0,
     retries: int = 3,
+    judge: JudgeSpec | None = None,
 ) -> None:
     """Assess the chat endpoint or local model ``target`` (also `bastion assess --target
     openai+…|hf:DIR`)."""
     from bastion.cli.validate import prepare_dir
     from bastion.errors import ConfigError
     from bastion.llm.hf_target import HFChatTarget, hf_directory, is_hf_target
+    from bastion.llm.judge import Judge
     from bastion.llm.probes import PROBES
     from bastion.llm.profile import load_app_profile
     from bastion.llm.runner import run_llm_assessment
@@ -148,6 +187,24 @@ def llm_assess(
             f"unknown LLM probe(s) {', '.join(unknown)}: choose from {', '.join(PROBES)}"
         )
     key = None if hf else api_key_from_env(api_key_env)
+    judge_target: ChatTarget | None = None
+    if judge is not None:
+        try:
+            parse_target(judge.url)
+        except ConfigError:
+            raise ConfigError(
+                f"--judge {judge.url!r}: give an endpoint as openai+https://HOST/v1 or "
+                "openai+http://HOST/v1"
+            ) from None
+        if not judge.model:
+            raise ConfigError("give --judge-model NAME: the model the judge endpoint serves")
+        judge_target = ChatTarget(
+            judge.url,
+            judge.model,
+            api_key=api_key_from_env(judge.key_env),
+            timeout=timeout,
+            retries=retries,
+        )
     app_profile = load_app_profile(profile)
     prepare_dir(out, "--out")
     target_cm: HFChatTarget | ChatTarget
@@ -160,18 +217,30 @@ def llm_assess(
         target_cm = ChatTarget(
             target, str(llm_model), api_key=key, timeout=timeout, retries=retries
         )
-    with target_cm as t:
-        result = run_llm_assessment(app_profile, t, out, probes=probes, profile_path=profile)
+    with target_cm as t, judge_target or contextlib.nullcontext() as j:
+        result = run_llm_assessment(
+            app_profile,
+            t,
+            out,
+            probes=probes,
+            profile_path=profile,
+            judge=None if j is None else Judge(j),
+        )
     report = result.report
     requests = report.model.capabilities.get("requests", 0)
     table = Table(title=f"score {report.score}/100 · {requests} request(s)")
-    for col in ("probe", "attack", "OWASP", "oracle", "success", "severity"):
+    cols = ["probe", "attack", "OWASP", "oracle", "success", "severity"]
+    if judge is not None:
+        cols.insert(5, "judge")
+    for col in cols:
         table.add_column(col)
     for f in report.findings:
         rate = f"{int(f.metrics['successes'])}/{int(f.metrics['attempts'])}"
-        table.add_row(
-            f.probe, f.attack, f.params["owasp"], f.params["oracle"], rate, f"{f.severity:.1f}"
-        )
+        row = [f.probe, f.attack, f.params["owasp"], f.params["oracle"], rate, f"{f.severity:.1f}"]
+        if judge is not None:
+            jr = f.metrics.get("judge_success_rate", float("nan"))
+            row.insert(5, "–" if jr != jr else f"{jr:.2f}")
+        table.add_row(*row)
     console.print(table)
     for s in report.skipped:
         console.print(f"[dim]{s.probe}: not applicable: {s.reason}[/]")
