@@ -17,14 +17,10 @@ from pathlib import Path
 
 from fastapi import FastAPI
 
-from bastion.serve.audit_adapter import open_audit
-from bastion.serve.auth import Authenticator
-from bastion.serve.deps import ClientBlocks
 from bastion.serve.errors import install_error_handlers
 from bastion.serve.metrics import make_metrics
-from bastion.serve.reviews import ReviewQueue
+from bastion.serve.records import open_records
 from bastion.serve.settings import ServeSettings
-from bastion.store.db import default_url, make_engine
 
 
 @contextlib.asynccontextmanager
@@ -33,23 +29,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     settings: ServeSettings = state.settings
     state.runtime = None  # no model: the pages that need one say so
     state.input_spec = None
-    state.engine = make_engine(settings.db_url)
-    state.authenticator = Authenticator(state.engine, ttl_s=settings.auth.cache_ttl_s, enabled=True)
-    au = settings.audit
-    state.audit = await open_audit(
-        au.url or settings.db_url or default_url(),
-        enabled=au.enabled,
-        key_file=au.key_file,
-        checkpoint_every=0,  # reading only: never sign a new head here
-    )
-    state.reviews = ReviewQueue(
-        state.engine, state.metrics, state.audit, escalate_after_s=settings.reviews.escalate_after_s
-    )
-    state.blocks = ClientBlocks(
-        state.engine,
-        expire_after_s=settings.blocks.expire_after_s,
-        cache_ttl_s=settings.auth.cache_ttl_s,
-    )
+    await open_records(state, settings, read_only=True)
     state.recent = None
     try:
         yield

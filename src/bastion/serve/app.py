@@ -22,22 +22,19 @@ from fastapi import FastAPI, Request
 from fastapi.responses import Response
 from fastapi.routing import APIRoute
 
-from bastion.serve.audit_adapter import open_audit
-from bastion.serve.auth import Authenticator
 from bastion.serve.batching import MicroBatcher
-from bastion.serve.deps import ClientBlocked, ClientBlocks, client_blocked_handler
+from bastion.serve.deps import ClientBlocked, client_blocked_handler
 from bastion.serve.errors import error_response, install_error_handlers
 from bastion.serve.history import MonitorHistory
 from bastion.serve.metrics import MetricsMiddleware, make_metrics
 from bastion.serve.openapi import install_openapi
 from bastion.serve.ratelimit import RedisRateLimiter, make_rate_limiter
-from bastion.serve.reviews import ReviewQueue
+from bastion.serve.records import open_records
 from bastion.serve.runtime import Runtime
 from bastion.serve.settings import ServeSettings
 from bastion.serve.shared_state import install as install_shared_state
 from bastion.serve.shared_state import open_shared_state
 from bastion.serve.validation import BodySizeLimitMiddleware, InputError, RequestSpec
-from bastion.store.db import default_url, make_engine
 
 log = logging.getLogger(__name__)
 
@@ -55,10 +52,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         max_batch=settings.limits.max_batch,
         tolerance=settings.limits.bounds_tolerance,
     )
-    state.engine = make_engine(settings.db_url)
-    state.authenticator = Authenticator(
-        state.engine, ttl_s=settings.auth.cache_ttl_s, enabled=settings.auth.enabled
-    )
+    await open_records(state, settings)
     rl = settings.rate_limit
     state.limiter = None
     state.limiter_kind = "off"
@@ -77,23 +71,6 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
             state.limiter_kind = "redis"
         else:
             state.limiter_kind = "local"
-    au = settings.audit
-    state.audit = await open_audit(
-        au.url or settings.db_url or default_url(),
-        enabled=au.enabled,
-        key_file=au.key_file,
-        checkpoint_every=au.checkpoint_every,
-        max_batch=au.max_batch,
-        max_delay_ms=au.max_delay_ms,
-    )
-    state.reviews = ReviewQueue(
-        state.engine, state.metrics, state.audit, escalate_after_s=settings.reviews.escalate_after_s
-    )
-    state.blocks = ClientBlocks(
-        state.engine,
-        expire_after_s=settings.blocks.expire_after_s,
-        cache_ttl_s=settings.auth.cache_ttl_s,
-    )
     state.shared_state = await open_shared_state(settings, state.runtime)
     state.recent = deque(maxlen=settings.recent_decisions) if settings.recent_decisions else None
     state.history = MonitorHistory(

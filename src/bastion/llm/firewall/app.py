@@ -27,16 +27,13 @@ from bastion.llm.firewall.metrics import make_firewall_metrics
 from bastion.llm.firewall.scanners import Firewall
 from bastion.llm.firewall.upstream import Upstream
 from bastion.llm.profile import AppProfile
-from bastion.serve.audit_adapter import open_audit
-from bastion.serve.auth import Authenticator
-from bastion.serve.deps import ClientBlocked, ClientBlocks, client_blocked_handler
+from bastion.serve.deps import ClientBlocked, client_blocked_handler
 from bastion.serve.errors import install_error_handlers
 from bastion.serve.metrics import MetricsMiddleware, make_metrics
 from bastion.serve.ratelimit import BucketSpec, LocalRateLimiter, RedisRateLimiter
-from bastion.serve.reviews import ReviewQueue
+from bastion.serve.records import open_records
 from bastion.serve.settings import ServeSettings
 from bastion.serve.validation import BodySizeLimitMiddleware
-from bastion.store.db import default_url, make_engine
 
 log = logging.getLogger(__name__)
 
@@ -93,10 +90,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     fw: FirewallSettings = app.state.firewall_settings
     state = app.state
     state.upstream = Upstream(fw.base_url, api_key=upstream_key(fw), timeout_s=fw.timeout_s)
-    state.engine = make_engine(settings.db_url)
-    state.authenticator = Authenticator(
-        state.engine, ttl_s=settings.auth.cache_ttl_s, enabled=settings.auth.enabled
-    )
+    await open_records(state, settings)
     state.limiter, state.limiter_kind = None, "off"
     if settings.rate_limit.enabled:
         state.limiter = make_limiter(settings, fw)
@@ -105,23 +99,6 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
             state.limiter_kind = "redis"
         else:
             state.limiter_kind = "local"
-    au = settings.audit
-    state.audit = await open_audit(
-        au.url or settings.db_url or default_url(),
-        enabled=au.enabled,
-        key_file=au.key_file,
-        checkpoint_every=au.checkpoint_every,
-        max_batch=au.max_batch,
-        max_delay_ms=au.max_delay_ms,
-    )
-    state.reviews = ReviewQueue(
-        state.engine, state.metrics, state.audit, escalate_after_s=settings.reviews.escalate_after_s
-    )
-    state.blocks = ClientBlocks(
-        state.engine,
-        expire_after_s=settings.blocks.expire_after_s,
-        cache_ttl_s=settings.auth.cache_ttl_s,
-    )
     state.recent = None
     escalation = asyncio.create_task(state.reviews.run_escalation(settings.reviews.check_every_s))
     log.info("LLM firewall in front of %s (rate limit %s)", fw.base_url, state.limiter_kind)
