@@ -5,7 +5,7 @@ test application, and (from bench_llm_guard.py) the latency the firewall adds.
     .venv/bin/python benchmarks/bench_llm.py                      # about 30 s
     .venv/bin/python benchmarks/bench_llm.py --guard-runs 100 --json out.json   # + latency
 
-The application is the tests' fake OpenAI-compatible model (tests/llm/fake_llm.py) with the
+The application is the deliberately vulnerable demo application (bastion.llm.demo_app, also the tests') with the
 profile of tests/llm/conftest.py (system prompt with a canary and 3 confidential records,
 a forbidden ``delete_account`` tool, one retrieved document), run in this process on a free
 loopback port: once with every weakness the fake has (:data:`KNOWN`), once with none (the
