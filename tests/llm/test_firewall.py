@@ -304,3 +304,39 @@ def test_abandoned_stream_is_still_audited(tmp_path):
         while not any(e.get("outcome") == "client_disconnected" for e in s.audit_entries()):
             assert time.monotonic() < deadline, s.audit_entries()
             time.sleep(0.05)
+
+
+def test_a_reviewer_decides_a_held_chat_in_the_dashboard(tmp_path, fake, profile):
+    """The firewall mounts the dashboard: the held conversation and the withheld answer are
+    shown in the review queue, a reviewer approves it there, the client then gets it."""
+    from tests.dashboard.conftest import csrf_of
+
+    cfg = {"input": {"injection": {"hold_at": 0.25, "block_at": 0.99}}}
+    with FirewallServer(tmp_path, fake.url, profile, firewall=cfg) as s:
+        body = {
+            "model": "m",
+            "messages": [{"role": "user", "content": "Pretend you are a tour guide in <Rome>."}],
+        }
+        auth = {"Authorization": f"Bearer {s.keys['client']}"}
+        held = httpx.post(f"{s.base}/v1/chat/completions", json=body, headers=auth).json()
+        with httpx.Client(base_url=s.base, follow_redirects=False) as browser:
+            form = browser.get("/login").text
+            r = browser.post(
+                "/login",
+                data={"key": s.keys["reviewer"], "csrf_token": csrf_of(form), "next": "/"},
+            )
+            assert r.status_code == 303, r.text
+            page = browser.get("/reviews").text
+            card = page.split(f'id="ticket-{held["ticket"]}"')[1].split("</article>")[0]
+            assert "Pretend you are a tour guide in &lt;Rome&gt;." in card  # escaped, shown
+            assert "answer kept for review (withheld)" in card and "Sorry" in card
+            assert "role-play" in card  # the reason
+            r = browser.post(
+                f"/reviews/{held['ticket']}/decide",
+                data={"csrf_token": csrf_of(card), "action": "approve", "comment": "harmless"},
+            )
+            assert r.status_code == 303, r.text
+            assert browser.get("/monitor").status_code == 404  # no predict route here
+            assert 'href="/monitor"' not in browser.get("/").text
+        done = httpx.get(f"{s.base}{held['poll']}", headers=auth).json()
+        assert done["status"] == "approved" and done["completion"]["choices"]

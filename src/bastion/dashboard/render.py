@@ -82,6 +82,13 @@ def nav(user: DashboardUser | None, path: str, *, live: bool = True) -> list[Nav
     ]
 
 
+def is_live(request: Request) -> bool:
+    """A served model's live pages exist (the monitor, the overview's live numbers): not in
+    ``bastion dashboard`` (no model) nor in front of an LLM upstream (no predict route)."""
+    state = request.app.state
+    return getattr(state, "runtime", None) is not None and getattr(state, "dashboard_live", True)
+
+
 def is_read_only(request: Request) -> bool:
     """True in ``bastion dashboard`` (no model, no edits)."""
     return bool(getattr(request.app.state, "dashboard_read_only", False))
@@ -106,7 +113,7 @@ def page(
         .render(
             user=user,
             csrf=user.csrf if user is not None else "",
-            nav=nav(user, request.url.path, live=runtime is not None),
+            nav=nav(user, request.url.path, live=is_live(request)),
             read_only=read_only,
             model=runtime.loaded.name if runtime is not None else "",
             nonce=nonce,

@@ -14,7 +14,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse
 
 from bastion.dashboard import assessments as runs
-from bastion.dashboard.render import error_page, page
+from bastion.dashboard.render import error_page, is_live, page
 from bastion.dashboard.routes_assessments import runs_dir
 from bastion.dashboard.session import DashboardUser, Viewer
 from bastion.dashboard.stats import snapshot, tracker_of
@@ -81,8 +81,8 @@ async def overview(request: Request, user: Viewer) -> HTMLResponse:
         request,
         "overview.html.j2",
         user=user,
-        live=runtime is not None,
-        guard=runtime is not None and runtime.guard is not None,
+        live=is_live(request),
+        guard=is_live(request) and runtime.guard is not None,
         open_reviews=held,
         blocked_clients=blocked,
         high_risks=high_risks,
@@ -90,7 +90,7 @@ async def overview(request: Request, user: Viewer) -> HTMLResponse:
         attested=await anyio.to_thread.run_sync(
             lambda: {r.ref: state.attestations.status(r.out_dir) for r in latest}
         ),
-        **(_live_context(request) if runtime is not None else {}),
+        **(_live_context(request) if is_live(request) else {}),
     )
 
 
@@ -100,19 +100,20 @@ def _no_live(request: Request, user: DashboardUser) -> HTMLResponse:
         user,
         404,
         "Monitor",
-        "no model is served here (bastion dashboard): the monitor is `bastion serve`'s",
+        "no model is served here (bastion dashboard, or the LLM firewall): the monitor is "
+        "a served model's",
     )
 
 
 @router.get("/monitor", response_class=HTMLResponse)
 async def monitor(request: Request, user: Viewer) -> HTMLResponse:
-    if getattr(request.app.state, "runtime", None) is None:
+    if not is_live(request):
         return _no_live(request, user)
     return page(request, "monitor.html.j2", user=user, **await _monitor_context(request))
 
 
 @router.get("/monitor/live", response_class=HTMLResponse)
 async def monitor_live(request: Request, user: Viewer) -> HTMLResponse:
-    if getattr(request.app.state, "runtime", None) is None:
+    if not is_live(request):
         return _no_live(request, user)
     return page(request, "monitor_live.html.j2", user=user, **await _monitor_context(request))

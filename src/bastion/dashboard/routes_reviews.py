@@ -28,6 +28,8 @@ HELD_SHOWN = 50
 DECIDED_SHOWN = 50
 MAX_SAMPLES_SHOWN = 8
 MAX_COMMENT = 2000
+MAX_TURNS_SHOWN = 12  # the conversation's last turns, for a held chat request
+MAX_CHAT_CHARS = 4000
 DONE = {"approved": "approved", "rejected": "rejected"}
 
 
@@ -39,6 +41,54 @@ class SampleView:
     reasons: list[str]
     prediction: int | None
     rendered: RenderedSample | None
+
+
+@dataclass(frozen=True)
+class ChatTurn:
+    role: str
+    text: str
+
+
+@dataclass(frozen=True)
+class ChatView:
+    """A held chat request of the LLM firewall: the conversation as sent, and the
+    upstream's answer the firewall kept (or why its output rules blocked it)."""
+
+    turns: list[ChatTurn]
+    answer: str | None
+    tool_calls: list[str]
+    blocked_reason: str | None
+
+
+def _text(content: object) -> str:
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):  # OpenAI content parts
+        return " ".join(str(p.get("text", "")) for p in content if isinstance(p, dict))
+    return "" if content is None else str(content)
+
+
+def chat_view(result: dict) -> ChatView | None:
+    """The chat of a firewall ticket's stored result (None for a model's held batch)."""
+    prompt = result.get("prompt")
+    if not isinstance(prompt, list):
+        return None
+    turns = [
+        ChatTurn(str(m.get("role", "?")), _text(m.get("content"))[:MAX_CHAT_CHARS])
+        for m in prompt[-MAX_TURNS_SHOWN:]
+        if isinstance(m, dict)
+    ]
+    answer, calls = None, []
+    completion = result.get("completion")
+    if isinstance(completion, dict) and completion.get("choices"):
+        message = (completion["choices"][0] or {}).get("message") or {}
+        answer = _text(message.get("content"))[:MAX_CHAT_CHARS]
+        calls = [
+            str((c.get("function") or {}).get("name", "?"))
+            for c in message.get("tool_calls") or []
+            if isinstance(c, dict)
+        ]
+    return ChatView(turns, answer, calls, result.get("blocked_reason"))
 
 
 @dataclass(frozen=True)
@@ -55,6 +105,7 @@ class TicketCard:
     decided: datetime | None
     reviewer: str
     note: str
+    chat: ChatView | None = None
 
 
 def _name(names: dict[int, str], key_id: int | None) -> str:
@@ -94,6 +145,7 @@ def _card(
         decided=ticket.decided,
         reviewer=_name(names, ticket.reviewer_key_id),
         note=ticket.note,
+        chat=chat_view(ticket.result or {}),
     )
 
 

@@ -164,6 +164,11 @@ def create_firewall_app(
     app.include_router(routes_audit.router)
     app.include_router(routes_admin.router)
     app.include_router(routes_clients.router)
+    if settings.dashboard.enabled:  # reviewers decide held chats in the browser too
+        from bastion.dashboard import install as install_dashboard
+
+        install_dashboard(app)
+        app.state.dashboard_live = False  # no predict route: no monitor, no live numbers
     app.add_middleware(BodySizeLimitMiddleware, limit=settings.limits.max_body_bytes)
     app.add_middleware(OpenAIErrorShape)  # outside the body limit: its 413 is reshaped too
     app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)
