@@ -23,7 +23,15 @@ def summary_table(summary: SweepSummary) -> Table:
     cols = metric_columns(summary)
     table = Table(title=f"sweep: {len(summary.rows)} assessment(s), {summary.seconds:.1f} s")
     for col in ("pair", "status", "score", "findings", "warnings"):
-        table.add_column(col, justify="left" if col in ("pair", "status") else "right")
+        # the pair names the output folder: wrapped, never cut to "model__…"
+        table.add_column(
+            col,
+            justify="left" if col in ("pair", "status") else "right",
+            overflow="fold",
+            min_width=len(max((r.pair for r in summary.rows), key=len, default="")) // 2
+            if col == "pair"
+            else None,
+        )
     for col in cols:  # "evasion.robust_accuracy" → "evasion robust accuracy", wrapped
         table.add_column(col.replace(".", " ").replace("_", " "), justify="right", overflow="fold")
     for r in summary.rows:
