@@ -244,3 +244,29 @@ def test_a_model_that_cannot_be_pickled_is_refused(digits_mlp, tmp_path):
         ConfigError, match=r"cannot be sent to Ray workers \(TypeError: cannot pickle"
     ):
         run_assessment(ctx, RayExecutor())
+
+
+def test_an_onnx_model_of_raw_features_runs_on_ray_as_locally(tmp_path):
+    """A model Bastion did not make — an ONNX MLP on raw breast-cancer features — on Ray
+    workers, in both ONNX forms: the onnx2torch-converted module unpickles there (onnx2torch
+    needs its torchvision stand-in first) and the onnxruntime session travels as the graph's
+    bytes; each report equals the local run's."""
+    from bastion.cli.demo_byom import make_user_files
+
+    csv, model = make_user_files(tmp_path)  # what a user brings: an ONNX graph and a CSV
+    white_box = WHITE_BOX.model_copy(update={"probes": ["evasion", "extraction"]})
+    for mode, form, threat, probes in (
+        ("torch", "onnx-torch", white_box, {"evasion", "extraction"}),  # converted: gradients
+        ("runtime", "onnx-runtime", QUERIES, {"blackbox", "extraction"}),  # a session: scores
+    ):
+        loaded = load_model(model, onnx_mode=mode)
+        assert loaded.form == form
+
+        def ctx(out: str, mode=mode, threat=threat):
+            m = load_model(model, onnx_mode=mode)
+            return assessment_context(m, str(csv), threat, tmp_path / mode / out, seed=1)
+
+        local = run_assessment(ctx("local"))
+        remote = run_assessment(ctx("ray"), RayExecutor())
+        assert {f.probe for f in local.findings} == probes, mode
+        assert comparable(remote) == comparable(local), mode

@@ -21,7 +21,9 @@ file system.
 
 from __future__ import annotations
 
+import importlib.util
 import logging
+import pickle
 import socket
 import tempfile
 import time
@@ -161,12 +163,26 @@ def require_ray() -> Any:
     return ray
 
 
+def _prepare_worker() -> None:
+    """What must be imported before a model is unpickled on a worker: onnx2torch (an ONNX
+    model converted to torch) imports torchvision at import, which Bastion does without —
+    :func:`~bastion.models.forms_torch.import_onnx2torch` puts its stand-in in place."""
+    if importlib.util.find_spec("onnx2torch") is not None:
+        from bastion.models.forms_torch import import_onnx2torch
+
+        import_onnx2torch()
+
+
 def _probe_task(
-    ctx: ProbeContext, name: str, upstream: ProbeResult | dict | None, threads: int | None
+    ctx_blob: bytes, name: str, upstream: ProbeResult | dict | None, threads: int | None
 ) -> ProbeResult:
-    """The body of one Ray task: the probe in a scratch ``out_dir`` whose files travel back."""
+    """The body of one Ray task: the probe in a scratch ``out_dir`` whose files travel back.
+    The context arrives pickled (``ctx_blob``) so that the worker is prepared before the
+    model is unpickled (Ray would unpickle an argument before the task's first line)."""
     from bastion.progress import set_progress
 
+    _prepare_worker()
+    ctx: ProbeContext = pickle.loads(ctx_blob)
     set_progress(False)
     if threads:
         torch.set_num_threads(threads)
@@ -239,13 +255,15 @@ class RayExecutor:
                 ray.shutdown()
 
     def _submit(self, ray: Any, plans: list[Plan]) -> dict[Any, tuple[Plan, str]]:
+        from ray import cloudpickle
+
         task = ray.remote(num_cpus=1, max_retries=0)(_probe_task)
         pending: dict[Any, tuple[Plan, str]] = {}
         for plan in plans:
             if not plan.todo:
                 continue
             try:
-                ctx_ref = ray.put(plan.ctx)
+                ctx_ref = ray.put(cloudpickle.dumps(plan.ctx))
             except Exception as exc:  # cloudpickle raises many types for what it cannot ship
                 model = plan.ctx.model
                 raise ConfigError(

@@ -112,6 +112,7 @@ class OnnxRunner:
             import onnxruntime as ort
         except ImportError:
             raise ModelError(f"ONNX models need onnxruntime: {ONNX_EXTRA}") from None
+        self.path = Path(path)
         try:
             self.session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
         except Exception as exc:  # onnxruntime raises its own error types
@@ -135,6 +136,20 @@ class OnnxRunner:
             int(out.shape[1]) if len(out.shape) == 2 and isinstance(out.shape[1], int) else None
         )
         self.dtype = np.float64 if first.type == "tensor(double)" else np.float32
+
+    # pickled (to a Ray worker, say) with the graph's bytes, not a session: the worker may
+    # not see the file, and an onnxruntime session does not pickle
+    def __getstate__(self) -> dict[str, object]:
+        state = {k: v for k, v in self.__dict__.items() if k != "session"}
+        state["_onnx_bytes"] = self.path.read_bytes()
+        return state
+
+    def __setstate__(self, state: dict[str, object]) -> None:
+        import onnxruntime as ort
+
+        data = state.pop("_onnx_bytes")
+        self.__dict__.update(state)
+        self.session = ort.InferenceSession(data, providers=["CPUExecutionProvider"])
 
     def raw(self, x: torch.Tensor) -> torch.Tensor:
         """The chosen graph output for a batch (padded to a fixed batch size if needed)."""
