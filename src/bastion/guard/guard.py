@@ -205,34 +205,41 @@ class Guard:
         now = time.time() if now is None else now
         stateful = self.extraction is not None or self.query is not None
         scaled = self._scale(x) if stateful else x
-        if self.shared is not None and len(groups) > 1:
-            signals_of = self._observe_shared_groups(groups, scaled, outputs, fired, now, isolate)
-            return outputs.logits, [
-                sig
-                if isinstance(sig, Exception)
-                else [
-                    decide(r, thresholds, self.config.policy, s)
-                    for r, s in zip(rows[part], sig, strict=True)
-                ]
-                for sig, part in zip(signals_of, _parts(groups), strict=True)
+        parts = _parts(groups)
+        observe = self._observe_local if self.shared is None else self._observe_shared
+        return outputs.logits, [
+            sig
+            if isinstance(sig, Exception)
+            else [
+                decide(r, thresholds, self.config.policy, s)
+                for r, s in zip(rows[part], sig, strict=True)
             ]
-        results: list[list[GuardVerdict] | Exception] = []
-        batch: QueryBatch | None = None
-        several = self.shared is None and len(groups) > 1
-        if several:
-            # what no client's state enters, once for the micro-batch: the drift window
-            # (one for all clients, fed in the same order) and the query detectors' hashes
-            if self.drift is not None:
-                self.drift.update(outputs.features)
-            if self.query is not None:
-                batch = self.query.prepare(scaled, outputs)
-        start = 0
-        for client_id, n in groups:
-            part = slice(start, start + n)
-            start += n
+            for sig, part in zip(
+                observe(groups, parts, scaled, outputs, fired, now, isolate), parts, strict=True
+            )
+        ]
+
+    def _observe_local(
+        self,
+        groups: Sequence[tuple[str, int]],
+        parts: list[slice],
+        scaled: torch.Tensor,
+        outputs: TapOutputs,
+        fired: list[bool],
+        now: float,
+        isolate: bool,
+    ) -> list[list[ClientSignal | None] | Exception]:
+        """This process's monitors: what no client's state enters once for the batch (the
+        drift window, one for all clients and fed in the same order; the query detectors'
+        hashes and projections), then each group's client state in turn."""
+        if self.drift is not None:
+            self.drift.update(outputs.features)
+        batch = None if self.query is None else self.query.prepare(scaled, outputs)
+        out: list[list[ClientSignal | None] | Exception] = []
+        for (client_id, _), part in zip(groups, parts, strict=True):
             try:
-                if several:
-                    signals = self._observe(
+                out.append(
+                    self._observe(
                         client_id,
                         scaled[part],
                         outputs.part(part),
@@ -241,34 +248,26 @@ class Guard:
                         prepared=None if batch is None else batch.part(part),
                         drift=False,
                     )
-                else:
-                    signals = self._observe_part(
-                        client_id, scaled[part], outputs.part(part), fired[part], now
-                    )
+                )
             except Exception as exc:
                 if not isolate:
                     raise
-                results.append(exc)
-                continue
-            results.append(
-                [
-                    decide(r, thresholds, self.config.policy, sig)
-                    for r, sig in zip(rows[part], signals, strict=True)
-                ]
-            )
-        return outputs.logits, results
+                out.append(exc)
+        return out
 
-    def _observe_shared_groups(
+    def _observe_shared(
         self,
         groups: Sequence[tuple[str, int]],
+        parts: list[slice],
         scaled: torch.Tensor,
         outputs: TapOutputs,
         fired: list[bool],
         now: float,
         isolate: bool,
     ) -> list[list[ClientSignal | None] | Exception]:
-        """Every group's observation through the shared log in one exchange (two Redis
-        round trips for the whole micro-batch); a failure is every group's."""
+        """The shared log: every group's observation appended in one exchange (two Redis
+        round trips for the whole micro-batch), then everything before it and the batch
+        applied in log order; a failure is every group's."""
         assert self.shared is not None
         batch = [
             Observation(
@@ -279,7 +278,7 @@ class Guard:
                 np.array(fired[part], dtype=bool),
                 now,
             )
-            for (client_id, _), part in zip(groups, _parts(groups), strict=True)
+            for (client_id, _), part in zip(groups, parts, strict=True)
         ]
         own: list[list[ClientSignal | None] | Exception] = [
             [None] * len(obs.anomalous) for obs in batch
@@ -295,27 +294,6 @@ class Guard:
                 raise
             return [exc] * len(batch)
         return own
-
-    def _observe_part(
-        self,
-        client_id: str,
-        scaled: torch.Tensor,
-        outputs: TapOutputs,
-        fired: list[bool],
-        now: float,
-    ) -> list[ClientSignal | None]:
-        if self.shared is None:
-            return self._observe(client_id, scaled, outputs, fired, now)
-        return self._observe_shared(
-            Observation(
-                client_id,
-                scaled.detach().float().numpy(),
-                outputs.features.detach().float().numpy(),
-                outputs.predictions.numpy().astype("int64"),
-                np.array(fired, dtype=bool),
-                now,
-            )
-        )
 
     def _observe(
         self,
@@ -368,18 +346,6 @@ class Guard:
         outputs = TapOutputs(logits=logits, features=torch.from_numpy(obs.features))
         fired = obs.anomalous.tolist()
         return self._observe(obs.client_id, torch.from_numpy(obs.scaled), outputs, fired, obs.now)
-
-    def _observe_shared(self, obs: Observation) -> list[ClientSignal | None]:
-        """Append ``obs`` to the shared log and apply, in log order, everything before it
-        (other replicas' batches) and then ``obs``; the signals are ``obs``'s."""
-        assert self.shared is not None
-        own: list[ClientSignal | None] = [None] * len(obs.anomalous)
-        with self._lock:
-            for entry, mine in self.shared.exchange(obs):
-                signals = self._apply(entry)
-                if mine:
-                    own = signals
-        return own
 
     def sync(self) -> None:
         """Apply the other replicas' observations not applied yet (no-op when unshared)."""
