@@ -27,6 +27,7 @@ from bastion.serve.reviews import (
     ticket_view,
 )
 from bastion.store.keys import KeyInfo
+from bastion.store.reviews import Ticket
 
 router = APIRouter(prefix="/v1", tags=["reviews"])
 
@@ -130,10 +131,16 @@ async def reject(
 )
 async def poll_ticket(request: Request, ticket: TicketPath, key: LimitedAnyKey) -> TicketView:
     """A held request's state; once approved, its predictions."""
+    return ticket_view(await visible_ticket(request, ticket, key))
+
+
+async def visible_ticket(request: Request, ticket: str, key: KeyInfo) -> Ticket:
+    """The ticket as ``key`` may see it: a client only its own (another's is 404, as a
+    missing one), a reviewer or admin any."""
     try:
         found = await request.app.state.reviews.get(ticket)
     except TicketNotFound:
         raise _not_found(ticket) from None
     if key.role == "client" and found.client_key_id != key.id:
         raise _not_found(ticket)
-    return ticket_view(found)
+    return found

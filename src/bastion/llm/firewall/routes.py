@@ -50,7 +50,7 @@ from bastion.llm.firewall.upstream import UpstreamError
 from bastion.serve.deps import AUTH_ERRORS, LimitedAnyKey, LimitedClient, model_response, take
 from bastion.serve.errors import error_response, error_responses
 from bastion.serve.params import TicketPath
-from bastion.serve.reviews import TicketNotFound
+from bastion.serve.routes_reviews import visible_ticket
 
 router = APIRouter(prefix="/v1", tags=["llm firewall"])
 
@@ -276,13 +276,8 @@ async def list_models(request: Request, _key: LimitedClient) -> Response:
 )
 async def chat_ticket(request: Request, key: LimitedAnyKey, ticket: TicketPath) -> HeldChat:
     """A held request: its status; the answer once approved. Clients see only their own."""
-    try:
-        found = await request.app.state.reviews.get(ticket)
-    except TicketNotFound:
-        raise HTTPException(404, f"no ticket {ticket}") from None
+    found = await visible_ticket(request, ticket, key)
     staff = key.role in ("reviewer", "admin")
-    if not staff and found.client_key_id != key.id:
-        raise HTTPException(404, f"no ticket {ticket}")
     result = found.result or {}
     reasons = [r for v in found.verdicts for r in v.get("reasons", [])]
     view = HeldChat(
