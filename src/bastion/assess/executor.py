@@ -21,7 +21,6 @@ file system.
 
 from __future__ import annotations
 
-import importlib.util
 import logging
 import pickle
 import socket
@@ -163,25 +162,30 @@ def require_ray() -> Any:
     return ray
 
 
-def _prepare_worker() -> None:
-    """What must be imported before a model is unpickled on a worker: onnx2torch (an ONNX
-    model converted to torch) imports torchvision at import, which Bastion does without —
-    :func:`~bastion.models.forms_torch.import_onnx2torch` puts its stand-in in place."""
-    if importlib.util.find_spec("onnx2torch") is not None:
+def _prepare_worker(form: str) -> None:
+    """What must be imported before a model of ``form`` is unpickled on a worker: an ONNX
+    graph converted by onnx2torch needs onnx2torch, which imports torchvision at import —
+    Bastion does without it: :func:`~bastion.models.forms_torch.import_onnx2torch` puts its
+    stand-in in place."""
+    if form == "onnx-torch":
         from bastion.models.forms_torch import import_onnx2torch
 
         import_onnx2torch()
 
 
 def _probe_task(
-    ctx_blob: bytes, name: str, upstream: ProbeResult | dict | None, threads: int | None
+    ctx_blob: bytes,
+    form: str,
+    name: str,
+    upstream: ProbeResult | dict | None,
+    threads: int | None,
 ) -> ProbeResult:
     """The body of one Ray task: the probe in a scratch ``out_dir`` whose files travel back.
     The context arrives pickled (``ctx_blob``) so that the worker is prepared before the
     model is unpickled (Ray would unpickle an argument before the task's first line)."""
     from bastion.progress import set_progress
 
-    _prepare_worker()
+    _prepare_worker(form)
     ctx: ProbeContext = pickle.loads(ctx_blob)
     set_progress(False)
     if threads:
@@ -274,7 +278,7 @@ class RayExecutor:
             for name in plan.todo:
                 dep = DEPENDS_ON.get(name)
                 upstream = refs[dep] if dep in refs else upstream_masks(plan, name)
-                refs[name] = task.remote(ctx_ref, name, upstream, self.threads)
+                refs[name] = task.remote(ctx_ref, plan.ctx.model.form, name, upstream, self.threads)
                 pending[refs[name]] = (plan, name)
                 self.submitted.append((str(plan.ctx.out_dir), name))
         log.info("submitted %d probe task(s) to Ray", len(pending))

@@ -26,7 +26,6 @@ class ClientWatch:
     reasons: list[str]
     prada_w: float | None
     anomaly_rate: float
-    volume: int
 
     @property
     def alerted(self) -> bool:
@@ -37,18 +36,8 @@ def _row(key: keystore.KeyInfo, guard: Any) -> ClientWatch | None:
     cid = str(key.id)
     ext = guard.client_status(cid) if hasattr(guard, "client_status") else None
     qry = guard.query_status(cid) if hasattr(guard, "query_status") else None
-    queries = max(
-        ext.queries if ext is not None else 0,
-        *(
-            st.queries
-            for st in (
-                qry.similarity if qry is not None else None,
-                qry.coverage if qry is not None else None,
-            )
-            if st is not None
-        ),
-        0,
-    )
+    monitors = [ext, *((qry.similarity, qry.coverage) if qry is not None else ())]
+    queries = max((m.queries for m in monitors if m is not None), default=0)
     if queries == 0:
         return None
     alerts: list[str] = []
@@ -75,7 +64,6 @@ def _row(key: keystore.KeyInfo, guard: Any) -> ClientWatch | None:
         reasons=reasons,
         prada_w=ext.prada_w if ext is not None else None,
         anomaly_rate=ext.anomaly_rate if ext is not None else 0.0,
-        volume=ext.volume if ext is not None else 0,
     )
 
 
