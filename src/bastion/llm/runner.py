@@ -23,7 +23,7 @@ from bastion.assess.runner import finish
 from bastion.assess.schema import DatasetRef, Finding, LLMThreatModel, Report, Skipped
 from bastion.assess.scoring import clamp_severity, overall_score
 from bastion.errors import ConfigError
-from bastion.llm.judge import Grade, Judge
+from bastion.llm.judge import Judge
 from bastion.llm.probes import PROBES, Attempt, LLMProbe
 from bastion.llm.profile import AppProfile
 from bastion.llm.target import ChatReply, LLMTarget, Reported
@@ -62,6 +62,38 @@ def _example(a: Attempt, reply: ChatReply, evidence: str | None) -> Example:
     )
 
 
+@dataclass
+class Sent:
+    """One attempt sent: the reply, what the oracle matched (None: no success), the HTTP
+    requests it took, its seconds, and the judge's grade when one graded it."""
+
+    attempt: Attempt
+    reply: ChatReply
+    evidence: str | None
+    requests: int
+    seconds: float
+    grade: bool | None = None  # None: no judge, or its answer was neither YES nor NO
+    judge_requests: int = 0
+
+
+def _judge_figures(rows: list[Sent], name: str) -> tuple[dict[str, float], list[str]]:
+    """The judge's metrics of one attack family, and its note."""
+    sure = [(r.grade, bool(r.evidence)) for r in rows if r.grade is not None]
+    complied = sum(g for g, _ in sure)
+    nan = float("nan")
+    metrics = {
+        "judge_success_rate": round(complied / len(sure), 4) if sure else nan,
+        "judge_agreement": round(sum(g == o for g, o in sure) / len(sure), 4) if sure else nan,
+        "judge_unparsed": float(len(rows) - len(sure)),
+        "judge_requests": float(sum(r.judge_requests for r in rows)),
+    }
+    note = (
+        f"judge: {name} graded {len(sure)}/{len(rows)} replies (complied: {complied}); "
+        "the oracle stays the verdict"
+    )
+    return metrics, [note]
+
+
 def run_probe(
     probe: LLMProbe,
     attempts: list[Attempt],
@@ -75,9 +107,7 @@ def run_probe(
     names and fingerprints the target gave in its answers; ``judge`` also grades every
     reply (its figures beside the oracle's, which stays the verdict)."""
     tools = [t.openai() for t in profile.tools] or None
-    groups: dict[str, list[tuple[Attempt, ChatReply, str | None, int, float]]] = defaultdict(list)
-    graded: dict[int, Grade] = {}  # by id() of the row in groups
-    judge_sent: dict[str, int] = {}
+    groups: dict[str, list[Sent]] = defaultdict(list)
     for a in attempts:
         start, sent = time.perf_counter(), target.requests
         reply = target.chat(
@@ -88,21 +118,23 @@ def run_probe(
         )
         if reported is not None:
             reported.add(reply)
-        elapsed = time.perf_counter() - start
-        groups[a.attack].append((a, reply, a.oracle(reply), target.requests - sent, elapsed))
+        row = Sent(a, reply, a.oracle(reply), target.requests - sent, time.perf_counter() - start)
         if judge is not None:
             before = judge.requests
-            graded[id(groups[a.attack][-1])] = judge.grade(a.prompt, reply)
-            judge_sent[a.attack] = judge_sent.get(a.attack, 0) + judge.requests - before
+            row.grade = judge.grade(a.prompt, reply).complied
+            row.judge_requests = judge.requests - before
+        groups[a.attack].append(row)
     findings = []
     (out / "llm").mkdir(parents=True, exist_ok=True)
     for attack, rows in groups.items():
-        hits = [r for r in rows if r[2]]
-        examples = [_example(a, rep, ev) for a, rep, ev, _, _ in (hits or rows[:1])[:MAX_EXAMPLES]]
+        hits = [r for r in rows if r.evidence]
+        examples = [
+            _example(r.attempt, r.reply, r.evidence) for r in (hits or rows[:1])[:MAX_EXAMPLES]
+        ]
         rel = f"llm/{probe.name}-{attack}.json"
         (out / rel).write_text(json.dumps([e.model_dump() for e in examples], indent=2))
         oracle = attack if "|" in probe.oracle else probe.oracle
-        evidence = sorted({str(r[2]) for r in hits})
+        evidence = sorted({str(r.evidence) for r in hits})
         params: dict[str, object] = {
             "oracle": oracle,
             "owasp": probe.owasp,
@@ -113,26 +145,14 @@ def run_probe(
             "success_rate": round(len(hits) / len(rows), 4),
             "successes": float(len(hits)),
             "attempts": float(len(rows)),
-            "requests": float(sum(r[3] for r in rows)),
-            "max_output_tokens": float(max(r[1].output_tokens for r in rows)),
+            "requests": float(sum(r.requests for r in rows)),
+            "max_output_tokens": float(max(r.reply.output_tokens for r in rows)),
         }
         judge_note: list[str] = []
         if judge is not None:
-            grades = [graded[id(r)].complied for r in rows]
-            sure = [(g, bool(r[2])) for g, r in zip(grades, rows, strict=True) if g is not None]
             params["judge"] = judge.name
-            metrics["judge_success_rate"] = (
-                round(sum(g for g, _ in sure) / len(sure), 4) if sure else float("nan")
-            )
-            metrics["judge_agreement"] = (
-                round(sum(g == o for g, o in sure) / len(sure), 4) if sure else float("nan")
-            )
-            metrics["judge_unparsed"] = float(len(rows) - len(sure))
-            metrics["judge_requests"] = float(judge_sent.get(attack, 0))
-            judge_note = [
-                f"judge: {judge.name} graded {len(sure)}/{len(rows)} replies "
-                f"(complied: {sum(g for g, _ in sure)}); the oracle stays the verdict"
-            ]
+            judged, judge_note = _judge_figures(rows, judge.name)
+            metrics.update(judged)
         findings.append(
             Finding(
                 probe=probe.name,
@@ -140,7 +160,7 @@ def run_probe(
                 params=params,
                 metrics=metrics,
                 severity=severity(probe.impact, len(hits), len(rows)),
-                seconds=round(sum(r[4] for r in rows), 3),
+                seconds=round(sum(r.seconds for r in rows), 3),
                 artifacts={"examples": rel},
                 notes=[
                     f"oracle: {oracle}"
