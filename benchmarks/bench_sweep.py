@@ -1,7 +1,7 @@
 """Sweep wall time, locally and on a local Ray: 3 models × 2 threat models, the same sweep
 file run by :func:`bastion.scale.sweep.run_sweep` with the local executor (one process, one
-torch thread) and with a Ray started here with ``num_cpus`` CPUs (one task per probe, one
-torch thread each); then checks that both wrote the same summary and the same reports
+torch thread) and with a Ray started here with ``num_cpus`` CPUs (one task per probe shard,
+one torch thread each); then checks that both wrote the same summary and the same reports
 (timings aside). Prints one table (docs/benchmarks/sweep.md).
 
     .venv/bin/python benchmarks/bench_sweep.py [--cpus 2] [--json out.json]
@@ -150,11 +150,13 @@ def main() -> None:
             comparable(root / "local" / r.report) == comparable(root / "ray" / r.report)
             for r in local.rows
         )
-    probes = len(executor.submitted)
+    tasks = len(executor.submitted)
+    probes = len({(t.out_dir, t.probe) for t in executor.submitted})
     figures = {
         "machine": f"{os.cpu_count()} cores, {platform.processor() or platform.machine()}",
         "pairs": len(local.rows),
-        "probe_tasks": probes,
+        "probes": probes,
+        "shard_tasks": tasks,
         "load_average_at_start": round(load, 2),
         "load_average_at_end": round(load_end, 2),
         "local_s": round(t_local, 1),
@@ -171,7 +173,7 @@ def main() -> None:
     }
     print(
         f"sweep: {len(cfg.models)} models × {len(cfg.threat_models)} threat models = "
-        f"{len(local.rows)} assessments, {probes} probe tasks; {figures['machine']}"
+        f"{len(local.rows)} assessments, {probes} probes in {tasks} shard tasks; {figures['machine']}"
     )
     print(
         f"load average (1 min) at start {load:.2f}, at end {load_end:.2f}; "

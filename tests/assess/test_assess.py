@@ -77,19 +77,22 @@ def test_curve_attacks_only_survivors(digits_model, digits, tmp_path, monkeypatc
 def test_resume_skips_finished_findings(digits_model, digits, tmp_path, monkeypatch):
     out = tmp_path / "r"
     ctx = ProbeContext(model=digits_model, data=digits, threat=threat(), out_dir=out)
-    probe_run = ep.EvasionProbe.run
+    run_shard = ep.EvasionProbe.run_shard
+    yielded = []
 
-    def killed_after_two(self, c):
-        for i, f in enumerate(probe_run(self, c)):
-            if i == 2:
+    def killed_after_two(self, c, shard):  # the executors run the probe shard by shard
+        for f in run_shard(self, c, shard):
+            if len(yielded) == 2:
                 raise KeyboardInterrupt
+            yielded.append(f)
             yield f
 
-    monkeypatch.setattr(ep.EvasionProbe, "run", killed_after_two)
+    monkeypatch.setattr(ep.EvasionProbe, "run_shard", killed_after_two)
     with pytest.raises(KeyboardInterrupt):
         run_assessment(ctx)
-    assert len((out / PARTIAL).read_text().splitlines()) == 3  # header + 2 findings
-    monkeypatch.setattr(ep.EvasionProbe, "run", probe_run)
+    kinds = [json.loads(x)["kind"] for x in (out / PARTIAL).read_text().splitlines()[1:]]
+    assert kinds == ["finding", "shard"] * 2  # 2 findings, each with its shard's record
+    monkeypatch.setattr(ep.EvasionProbe, "run_shard", run_shard)
     seen = []
     real = ep.robust_mask
 

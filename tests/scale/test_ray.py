@@ -1,6 +1,8 @@
-"""Assessments and sweeps on a real local Ray (2 CPUs, started once for the module): the
+"""Assessments and sweeps on a real local Ray (2 CPUs, started once for the module): one
+task per probe shard (the evasion probe's (attack, ε) jobs, curve and sanity checks), the
 merged report equals the local run's for the same seed, a killed run resumes without
-resubmitting finished probes, and a sweep gives the same summary on Ray as locally."""
+resubmitting finished probes or shards, and a sweep gives the same summary on Ray as
+locally."""
 
 from __future__ import annotations
 
@@ -13,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from bastion.assess.api import assessment_context
-from bastion.assess.executor import LocalExecutor, RayExecutor
+from bastion.assess.executor import LocalExecutor, RayExecutor, TaskRef
 from bastion.assess.runner import PARTIAL, plan_assessment, run_assessment
 from bastion.assess.schema import Budgets, Report, ThreatModel
 from bastion.errors import BastionError, ConfigError
@@ -72,13 +74,27 @@ def context(model_dir: Path, threat: ThreatModel, out: Path):
     )
 
 
+# the white-box threat models' evasion shards: its two (attack, ε) jobs, curve, sanity
+EVASION_SHARDS = ["fgsm@0.1", "pgd@0.1", "curve", "sanity-checks"]
+
+
+def tasks(executor: RayExecutor) -> list[tuple[str, str]]:
+    """(probe, shard) of every task the executor sent, in order."""
+    return [(t.probe, t.shard) for t in executor.submitted]
+
+
 def test_ray_report_equals_local(digits_mlp, tmp_path):
     local = run_assessment(context(digits_mlp, EVERY_PROBE, tmp_path / "local"))
     executor = RayExecutor()
     remote = run_assessment(context(digits_mlp, EVERY_PROBE, tmp_path / "ray"), executor)
-    assert sorted(p for _, p in executor.submitted) == sorted(
-        ["evasion", "blackbox", "extraction", "poisoning", "membership"]
-    )
+    assert tasks(executor) == [
+        *(("evasion", s) for s in EVASION_SHARDS),
+        ("blackbox", "all"),
+        ("extraction", "all"),
+        ("poisoning", "all"),
+        # one shadow model: LiRA trains none, its shard only records the skip
+        *(("membership", s) for s in ("loss-threshold", "lira", "rmia")),
+    ]
     assert {f.probe for f in local.findings} == {
         "evasion",
         "blackbox",
@@ -112,12 +128,96 @@ def test_killed_run_resumes_without_resubmitting_finished_probes(digits_mlp, tmp
     n_evasion = sum(f.probe == "evasion" for f in full.findings)
     executor = RayExecutor()
     resumed = run_assessment(context(digits_mlp, threat, tmp_path / "killed"), executor)
-    assert [p for _, p in executor.submitted] == ["blackbox"]
+    assert tasks(executor) == [("blackbox", "all")]
     assert resumed.resumed == n_evasion > 0
     assert comparable(resumed, resumed=False) == comparable(full, resumed=False)
     again = RayExecutor()  # everything is checkpointed now: nothing is submitted
     run_assessment(context(digits_mlp, threat, tmp_path / "killed"), again)
     assert again.submitted == []
+
+
+def cut_after(src: Path, dest: Path, keep: int) -> list[str]:
+    """Copy ``src``'s checkpoint to ``dest`` up to and including its ``keep``-th evasion
+    shard record (as a kill leaves it); returns the ids of the shards kept."""
+    lines = src.read_text().splitlines()
+    kept, end = [], 0
+    for i, line in enumerate(lines):
+        rec = json.loads(line)
+        if rec.get("kind") == "shard" and rec["data"]["probe"] == "evasion":
+            kept.append(rec["data"]["shard"])
+            end = i + 1
+            if len(kept) == keep:
+                break
+    dest.mkdir()
+    (dest / PARTIAL).write_text("\n".join(lines[:end]) + "\n")
+    return kept
+
+
+def test_a_run_killed_between_shards_resubmits_only_the_missing_ones(digits_mlp, tmp_path):
+    """A local run cut after its first two evasion shards (fgsm, then pgd, the strongest:
+    its mask must come back from the shard record for the sanity checks and the black-box
+    probe): the resumed Ray run submits only the curve, the sanity checks and the black-box
+    probe, and its report equals the uninterrupted local run's. The same checkpoint with the
+    two shards in the other order (as Ray leaves them when pgd finishes first) resumed
+    locally gives the same report too: findings keep the shards' order."""
+    threat = WHITE_BOX
+    full = run_assessment(context(digits_mlp, threat, tmp_path / "full"))
+    kept = cut_after(tmp_path / "full" / PARTIAL, tmp_path / "killed", 2)
+    assert kept == ["fgsm@0.1", "pgd@0.1"]
+    lines = (tmp_path / "killed" / PARTIAL).read_text().splitlines()
+    executor = RayExecutor()
+    resumed = run_assessment(context(digits_mlp, threat, tmp_path / "killed"), executor)
+    assert tasks(executor) == [
+        ("evasion", "curve"),
+        ("evasion", "sanity-checks"),
+        ("blackbox", "all"),
+    ]
+    assert resumed.resumed == 2
+    sanity = next(f for f in resumed.findings if f.attack == "sanity-checks")
+    assert "attack_accuracy" in sanity.metrics  # it read pgd's mask from the shard record
+    assert comparable(resumed, resumed=False) == comparable(full, resumed=False)
+
+    # pgd's shard recorded before fgsm's, as a Ray run whose pgd task finished first leaves it
+    assert [json.loads(x)["kind"] for x in lines[1:]] == ["finding", "shard"] * 2
+    swapped = tmp_path / "swapped"
+    swapped.mkdir()
+    (swapped / PARTIAL).write_text("\n".join([lines[0], *lines[3:5], *lines[1:3]]) + "\n")
+    again = run_assessment(context(digits_mlp, threat, swapped))  # locally this time
+    assert [f.attack for f in again.findings][:2] == ["fgsm", "pgd"]
+    assert comparable(again, resumed=False) == comparable(full, resumed=False)
+
+
+LIRA = ThreatModel(
+    probes=["membership"],
+    budgets=Budgets(n_eval=40, shadow_models=2, reference_models=1),
+)
+MEMBERSHIP_SHARDS = ["loss-threshold", "lira-shadow-0", "lira-shadow-1", "lira", "rmia"]
+
+
+def test_lira_shadows_are_tasks_and_resume_one_by_one(digits_mlp, tmp_path):
+    """Membership with two LiRA shadows (one epoch each): one task per shadow, LiRA's
+    scoring after both, the report equal to the local run's; a run cut after the first
+    shadow's record resubmits only the second shadow, the scoring and RMIA."""
+    local = run_assessment(context(digits_mlp, LIRA, tmp_path / "local"))
+    assert {f.attack for f in local.findings} >= {"lira-online", "lira-offline"}
+    executor = RayExecutor()
+    remote = run_assessment(context(digits_mlp, LIRA, tmp_path / "ray"), executor)
+    assert tasks(executor) == [("membership", s) for s in MEMBERSHIP_SHARDS]
+    assert comparable(remote) == comparable(local)
+    lines = (tmp_path / "local" / PARTIAL).read_text().splitlines()
+    cut = next(
+        i
+        for i, line in enumerate(lines)
+        if json.loads(line).get("kind") == "shard"
+        and json.loads(line)["data"]["shard"] == "lira-shadow-0"
+    )
+    (tmp_path / "killed").mkdir()
+    (tmp_path / "killed" / PARTIAL).write_text("\n".join(lines[: cut + 1]) + "\n")
+    again = RayExecutor()
+    resumed = run_assessment(context(digits_mlp, LIRA, tmp_path / "killed"), again)
+    assert tasks(again) == [("membership", s) for s in ("lira-shadow-1", "lira", "rmia")]
+    assert resumed.resumed == 1  # the loss threshold's finding
+    assert comparable(resumed, resumed=False) == comparable(local, resumed=False)
 
 
 def sweep_config(digits_mlp: Path, iris_mlp: Path) -> SweepConfig:
@@ -146,7 +246,7 @@ def test_sweep_on_ray_equals_local_and_resumes(digits_mlp, iris_mlp, tmp_path):
     assert [r.pair for r in local.rows] == names
     assert comparable_summary(remote) == comparable_summary(local)
     assert {r.status for r in remote.rows} == {"assessed"}
-    assert len(executor.submitted) == 8  # 4 pairs × 2 probes, all at once
+    assert len(executor.submitted) == 14  # 2 × (4 evasion shards + blackbox) + 2 × 2 probes
     for name in names:
         a = Report.model_validate_json((tmp_path / "local" / name / "report.json").read_text())
         b = Report.model_validate_json((tmp_path / "ray" / name / "report.json").read_text())
@@ -161,12 +261,16 @@ def test_sweep_on_ray_equals_local_and_resumes(digits_mlp, iris_mlp, tmp_path):
     (tmp_path / "ray" / "digits__white-box" / "report.json").unlink()
     again = RayExecutor()
     resumed = run_sweep(cfg, tmp_path / "ray", again)
+    queries, white_box = (
+        str(tmp_path / "ray" / "model__queries"),
+        str(tmp_path / "ray" / "digits__white-box"),
+    )
     assert sorted(again.submitted) == sorted(
         [
-            (str(tmp_path / "ray" / "model__queries"), "blackbox"),
-            (str(tmp_path / "ray" / "model__queries"), "extraction"),
-            (str(tmp_path / "ray" / "digits__white-box"), "evasion"),
-            (str(tmp_path / "ray" / "digits__white-box"), "blackbox"),
+            TaskRef(queries, "blackbox", "all"),
+            TaskRef(queries, "extraction", "all"),
+            *(TaskRef(white_box, "evasion", s) for s in EVASION_SHARDS),
+            TaskRef(white_box, "blackbox", "all"),
         ]
     )
     status = {r.pair: r.status for r in resumed.rows}

@@ -61,6 +61,9 @@ def test_local_resume_skips_a_probe_with_a_finished_record(digits_mlp, tmp_path,
     (tmp_path / "cut" / PARTIAL).write_text("\n".join(lines[: cut + 1]) + "\n")
     calls, masks = [], []
     monkeypatch.setattr(ep.EvasionProbe, "run", lambda self, c: calls.append(1) or iter(()))
+    monkeypatch.setattr(
+        ep.EvasionProbe, "run_shard", lambda self, c, shard: calls.append(shard) or iter(())
+    )
     sanity = BlackBoxProbe._sanity
 
     def spy(self, c, attack, eps, fooled):

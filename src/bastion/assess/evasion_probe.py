@@ -12,22 +12,30 @@ one, and points misclassified when clean are never attacked.
 
 The strongest attack's finding at the largest ε also keeps a few of the adversarial examples
 it made (:mod:`bastion.assess.examples`, ``artifacts["examples"]``) for the report's gallery.
+
+The work splits into shards (:class:`~bastion.assess.probe.ShardedProbe`), each one Ray
+task: one per (attack, ε) job (``pgd@0.1``), the curve (``curve``), and the sanity checks
+(``sanity-checks``), which need the strongest attack's mask at the largest ε and so run
+after that job's shard. Every shard draws from ``ctx.generator`` with its own salt (the
+job's ε, the curve step, the check), so a shard gives the same result wherever it runs.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 
 import torch
 
 from bastion.assess.checks import chance_rate
 from bastion.assess.examples import ARTIFACT as EXAMPLES
 from bastion.assess.examples import keep_examples, save_examples
-from bastion.assess.probe import ProbeContext
+from bastion.assess.probe import ProbeContext, Shard
 from bastion.assess.schema import Finding, SanityWarning, ThreatModel
 from bastion.assess.scoring import evasion_severity
 from bastion.attacks.evasion import ATTACKS, project, random_start, robust_mask, span
+from bastion.errors import AssessmentError
 from bastion.models.predict import predict_labels
 from bastion.progress import track
 
@@ -67,6 +75,29 @@ def fit_attacks(attacks: list[str], num_classes: int) -> tuple[list[str], list[s
         else:
             out.append(a)
     return list(dict.fromkeys(out)), notes
+
+
+CURVE = "curve"
+SANITY = "sanity-checks"
+
+
+def job_shard(attack: str, eps: float) -> Shard:
+    """The shard of one (attack, ε) job."""
+    return Shard(f"{attack}@{eps!r}")
+
+
+@dataclass(frozen=True)
+class _Setup:
+    """What every shard computes first: the model in the attack space, the evaluation set
+    (raw and in attack space), which points are clean-correct, the attacks that apply."""
+
+    model: torch.nn.Module
+    x_raw: torch.Tensor
+    x: torch.Tensor
+    y: torch.Tensor
+    clean: torch.Tensor
+    attacks: list[str]
+    notes: list[str]
 
 
 def default_curve(threat: ThreatModel) -> list[float]:
@@ -111,58 +142,101 @@ class EvasionProbe:
             return alive
         return robust_mask(model, x, y, attack=attack, **opts)
 
+    def shards(self, ctx: ProbeContext) -> list[Shard]:
+        """One shard per (attack, ε) job, then the robustness curve, then the sanity checks,
+        which read the strongest attack's mask at the largest ε."""
+        attacks, _ = fit_attacks(ctx.threat.attacks, ctx.num_classes)
+        jobs = [
+            job_shard(a, e)
+            for a, e in dict.fromkeys((a, e) for a in attacks for e in ctx.threat.eps)
+        ]
+        needs = (job_shard(attacks[-1], max(ctx.threat.eps)).id,)
+        return [*jobs, Shard(CURVE), Shard(SANITY, needs=needs)]
+
     def run(self, ctx: ProbeContext) -> Iterator[Finding]:
-        threat = ctx.threat
-        model = ctx.space.model(ctx.model.require_module("white-box evasion").to(ctx.device))
+        """Every shard in order on ``ctx``: the job shards leave the strongest attack's
+        masks in ``ctx.robust_masks`` for the sanity checks (and the black-box probe)."""
+        ctx.robust_masks = {}
+        setup = self._setup(ctx)
+        for shard in self.shards(ctx):
+            yield from self._run_shard(ctx, setup, shard)
+
+    def run_shard(self, ctx: ProbeContext, shard: Shard) -> Iterator[Finding]:
+        return self._run_shard(ctx, self._setup(ctx), shard)
+
+    def _setup(self, ctx: ProbeContext) -> _Setup:
         x_raw, y = ctx.eval_set()
-        x = ctx.space.to_z(x_raw)
         clean = ctx.model.predict(x_raw).to(y.device).eq(y)
+        attacks, notes = fit_attacks(ctx.threat.attacks, ctx.num_classes)
+        return _Setup(
+            model=ctx.space.model(ctx.model.require_module("white-box evasion").to(ctx.device)),
+            x_raw=x_raw,
+            x=ctx.space.to_z(x_raw),
+            y=y,
+            clean=clean,
+            attacks=attacks,
+            notes=notes,
+        )
+
+    def _run_shard(self, ctx: ProbeContext, s: _Setup, shard: Shard) -> Iterator[Finding]:
+        if shard.id == CURVE:
+            curve_attack = fit_attacks([ctx.threat.curve_attack], ctx.num_classes)[0][0]
+            return self._curve(ctx, s.model, s.x, s.y, s.clean, curve_attack)
+        if shard.id == SANITY:
+            return self._sanity(ctx, s.model, s.x, s.y, s.clean, ctx.robust_masks, s.attacks[-1])
+        job = next(
+            ((a, e) for a in s.attacks for e in ctx.threat.eps if job_shard(a, e).id == shard.id),
+            None,
+        )
+        if job is None:
+            raise AssessmentError(
+                f"the evasion probe has no shard {shard.id!r} for this threat model"
+            )
+        return self._job(ctx, s, *job)
+
+    def _job(self, ctx: ProbeContext, s: _Setup, attack: str, eps: float) -> Iterator[Finding]:
+        """Robust accuracy of one attack at one ε; the strongest attack's mask goes to
+        ``ctx.robust_masks[eps]``, even when its finding is already done (resume)."""
+        threat = ctx.threat
+        strongest = s.attacks[-1]
+        y, clean = s.y, s.clean
         clean_acc = float(clean.float().mean())
         base = {"norm": threat.norm, "n": len(y), "eps_mode": ctx.space.mode}
-        attacks, notes = fit_attacks(threat.attacks, ctx.num_classes)
-        strongest = attacks[-1]
-        masks: dict[float, torch.Tensor] = {}
-        jobs = [(a, e) for a in attacks for e in threat.eps]
-        for attack, eps in track(jobs, "evasion attacks"):
-            kw = _attack_kwargs(threat, attack)
-            finding = Finding(
-                probe=self.name, attack=attack, params={**base, "eps": eps, **kw}, severity=0
+        kw = _attack_kwargs(threat, attack)
+        finding = Finding(
+            probe=self.name, attack=attack, params={**base, "eps": eps, **kw}, severity=0
+        )
+        if finding.key in ctx.done and attack != strongest:
+            return
+        start = time.perf_counter()
+        kw_attack = kw if attack != "apgd-ce+dlr" else _attack_kwargs(threat, "apgd-ce")
+        mask = self._mask(
+            ctx, s.model, s.x, y, attack, eps, generator=ctx.generator(int(eps * 1e6)), **kw_attack
+        )
+        seconds = time.perf_counter() - start
+        if attack == strongest:
+            ctx.robust_masks[eps] = mask.cpu()
+        if finding.key in ctx.done:
+            return
+        robust_acc = float(mask.float().mean())
+        kept = {}
+        if attack == strongest and eps == max(threat.eps):
+            kept = self._examples(
+                ctx, s.model, s.x_raw, y, clean & ~mask.to(clean.device), attack, eps, kw_attack
             )
-            if finding.key in ctx.done and attack != strongest:
-                continue
-            start = time.perf_counter()
-            kw_attack = kw if attack != "apgd-ce+dlr" else _attack_kwargs(threat, "apgd-ce")
-            mask = self._mask(
-                ctx, model, x, y, attack, eps, generator=ctx.generator(int(eps * 1e6)), **kw_attack
-            )
-            seconds = time.perf_counter() - start
-            if attack == strongest:
-                masks[eps] = mask.cpu()
-            if finding.key in ctx.done:
-                continue
-            robust_acc = float(mask.float().mean())
-            kept = {}
-            if attack == strongest and eps == max(threat.eps):
-                kept = self._examples(
-                    ctx, model, x_raw, y, clean & ~mask.to(clean.device), attack, eps, kw_attack
-                )
-            yield finding.model_copy(
-                update={
-                    "artifacts": kept,
-                    "metrics": {
-                        "clean_accuracy": clean_acc,
-                        "robust_accuracy": robust_acc,
-                        "attack_success_rate": 1 - robust_acc / clean_acc if clean_acc else 1.0,
-                    },
-                    "severity": evasion_severity(clean_acc, robust_acc, chance_rate(y)),
-                    "seconds": round(seconds, 3),
-                    "notes": [ctx.space.describe(eps), *notes],
-                }
-            )
-        ctx.robust_masks = masks
-        curve_attack = fit_attacks([threat.curve_attack], ctx.num_classes)[0][0]
-        yield from self._curve(ctx, model, x, y, clean, curve_attack)
-        yield from self._sanity(ctx, model, x, y, clean, masks, strongest)
+        yield finding.model_copy(
+            update={
+                "artifacts": kept,
+                "metrics": {
+                    "clean_accuracy": clean_acc,
+                    "robust_accuracy": robust_acc,
+                    "attack_success_rate": 1 - robust_acc / clean_acc if clean_acc else 1.0,
+                },
+                "severity": evasion_severity(clean_acc, robust_acc, chance_rate(y)),
+                "seconds": round(seconds, 3),
+                "notes": [ctx.space.describe(eps), *s.notes],
+            }
+        )
 
     def _examples(self, ctx, model, x_raw, y, fooled, attack, eps, kw) -> dict[str, str]:
         """A few adversarial examples for the report's gallery (see assess.examples)."""

@@ -19,6 +19,13 @@ Protocol (Carlini et al. 2022, "Membership Inference Attacks From First Principl
   attack (member iff correctly classified) runs. Models that cannot be rebuilt untrained
   get no shadow or reference models: LiRA and RMIA are then skipped (``ctx.skipped``).
 
+The work splits into shards (:class:`~bastion.assess.probe.ShardedProbe`), each one Ray
+task: the loss threshold, one per LiRA shadow model (``lira-shadow-K``: it trains shadow K
+and leaves its confidences on the population), LiRA's scoring (``lira``, after every
+shadow) and RMIA. LiRA seeds each shadow on its own (``seed × 7919 + K``) and draws which
+rows it trains on from the seed for all shadows at once, so a shadow trained in any process
+is the one :meth:`LiRA.fit <bastion.attacks.lira.LiRA.fit>` trains.
+
 Every finding reports ``auc``, ``tpr_at_0.1%_fpr``, ``tpr_at_1%_fpr`` (``tpr_at_fpr`` is
 the one at 0.1 %), ``balanced_accuracy`` and the ROC curve as ``series`` ``fpr``/``tpr``.
 
@@ -40,7 +47,7 @@ from collections.abc import Iterator
 
 import torch
 
-from bastion.assess.probe import ProbeContext
+from bastion.assess.probe import ProbeContext, Shard
 from bastion.assess.schema import Finding, Skipped
 from bastion.assess.scoring import clamp_severity
 from bastion.attacks.inference import (
@@ -57,6 +64,12 @@ from bastion.models.train import accuracy
 
 log = logging.getLogger(__name__)
 FIXED_VARIANCE_BELOW = 64
+LOSS, LIRA, RMIA_SHARD, GAP = "loss-threshold", "lira", "rmia", "gap"
+
+
+def shadow_shard(k: int) -> str:
+    """The shard (and its output's name) that trains LiRA shadow model ``k``."""
+    return f"lira-shadow-{k}"
 
 
 def membership_severity(m: MembershipMetrics) -> float:
@@ -140,14 +153,29 @@ class MembershipProbe:
             parts.append(pool.subset(torch.randperm(len(pool), generator=gen)[:extra]))
         return candidates, is_member, concat(parts, "population")
 
+    def shards(self, ctx: ProbeContext) -> list[Shard]:
+        """The gap attack alone for ``labels``; else the loss threshold, one shard per LiRA
+        shadow model (when LiRA can train them), LiRA's scoring after them, RMIA."""
+        if ctx.threat.access == "labels":
+            return [Shard(GAP)]
+        n_shadow = ctx.threat.budgets.shadow_models
+        trains = ctx.model.rebuild is not None and n_shadow >= 2
+        shadows = tuple(shadow_shard(k) for k in range(n_shadow)) if trains else ()
+        return [Shard(LOSS), *(Shard(s) for s in shadows), Shard(LIRA, shadows), Shard(RMIA_SHARD)]
+
     def run(self, ctx: ProbeContext) -> Iterator[Finding]:
-        threat = ctx.threat
+        """Every shard in order on ``ctx`` (the shadows leave their confidences in
+        ``ctx.shard_outputs`` for LiRA's scoring)."""
+        for shard in self.shards(ctx):
+            yield from self.run_shard(ctx, shard)
+
+    def run_shard(self, ctx: ProbeContext, shard: Shard) -> Iterator[Finding]:
         model = ctx.model.require_module("membership inference").to(ctx.device)
         cand, is_member, population = self.sets(ctx)
         x, y = cand.x.to(ctx.device), cand.y.to(ctx.device)
         n = int(is_member.sum())
         base = {"n_members": n}
-        if threat.access == "labels":
+        if shard.id == GAP:
             finding = Finding(probe=self.name, attack="gap", params=base, severity=0)
             if finding.key not in ctx.done:
                 start = time.perf_counter()
@@ -158,33 +186,66 @@ class MembershipProbe:
                     start,
                     ["label-only access: LiRA, RMIA and the loss threshold need scores"],
                 )
-            return
-        finding = Finding(probe=self.name, attack="loss-threshold", params=base, severity=0)
-        if finding.key not in ctx.done:
-            start = time.perf_counter()
-            m = membership_metrics(loss_threshold_scores(model, x, y), is_member)
-            out = self._finding(finding, m, start, [])
-            out.metrics["train_accuracy"] = accuracy(model, x[is_member], y[is_member])
-            out.metrics["test_accuracy"] = accuracy(model, x[~is_member], y[~is_member])
-            yield out
-        yield from self._lira(ctx, model, cand, is_member, population)
-        yield from self._rmia(ctx, model, cand, is_member, population)
+        elif shard.id == LOSS:
+            finding = Finding(probe=self.name, attack="loss-threshold", params=base, severity=0)
+            if finding.key not in ctx.done:
+                start = time.perf_counter()
+                m = membership_metrics(loss_threshold_scores(model, x, y), is_member)
+                out = self._finding(finding, m, start, [])
+                out.metrics["train_accuracy"] = accuracy(model, x[is_member], y[is_member])
+                out.metrics["test_accuracy"] = accuracy(model, x[~is_member], y[~is_member])
+                yield out
+        elif shard.id == LIRA:
+            yield from self._lira(ctx, model, cand, is_member, population)
+        elif shard.id == RMIA_SHARD:
+            yield from self._rmia(ctx, model, cand, is_member, population)
+        elif shard.id.startswith("lira-shadow-") and shard.id in {s.id for s in self.shards(ctx)}:
+            if self._lira_todo(ctx, is_member):  # else both LiRA findings are done: no need
+                start = time.perf_counter()
+                k = int(shard.id.removeprefix("lira-shadow-"))
+                lira = self._lira_attack(ctx)
+                shadow = lira.train_shadow(population, ctx.model.rebuild, k)
+                ctx.shard_outputs[shard.id] = lira.confidences(shadow, population)
+                seconds = torch.tensor(time.perf_counter() - start, dtype=torch.float64)
+                ctx.shard_outputs[f"{shard.id}.seconds"] = seconds
+        else:
+            raise AssessmentError(f"the membership probe has no shard {shard.id!r} here")
 
-    def _lira(self, ctx, model, cand, is_member, population) -> Iterator[Finding]:
-        recipe = ctx.recipe
+    def _lira_params(self, ctx: ProbeContext, is_member: torch.Tensor) -> dict:
         n_shadow = ctx.threat.budgets.shadow_models
-        fixed = n_shadow < FIXED_VARIANCE_BELOW
-        params = {
+        return {
             "n_members": int(is_member.sum()),
             "n_shadow": n_shadow,
-            "epochs": recipe.epochs,
-            "fixed_variance": fixed,
+            "epochs": ctx.recipe.epochs,
+            "fixed_variance": n_shadow < FIXED_VARIANCE_BELOW,
         }
+
+    def _lira_todo(self, ctx: ProbeContext, is_member: torch.Tensor) -> list[Finding]:
+        """LiRA's findings (online, offline) not done yet."""
+        params = self._lira_params(ctx, is_member)
         todo = [
             Finding(probe=self.name, attack=f"lira-{v}", params=params, severity=0)
             for v in ("online", "offline")
         ]
-        todo = [f for f in todo if f.key not in ctx.done]
+        return [f for f in todo if f.key not in ctx.done]
+
+    def _lira_attack(self, ctx: ProbeContext) -> LiRA:
+        recipe, n_shadow = ctx.recipe, ctx.threat.budgets.shadow_models
+        return LiRA(
+            n_shadow=n_shadow,
+            online=True,
+            fixed_variance=n_shadow < FIXED_VARIANCE_BELOW,
+            epochs=recipe.epochs,
+            lr=recipe.lr,
+            batch_size=recipe.batch_size,
+            seed=ctx.seed,
+            device=ctx.device,
+        )
+
+    def _lira(self, ctx, model, cand, is_member, population) -> Iterator[Finding]:
+        """LiRA online and offline from the shadow shards' confidences."""
+        n_shadow = ctx.threat.budgets.shadow_models
+        todo = self._lira_todo(ctx, is_member)
         if not todo:
             return
         if ctx.model.rebuild is None:
@@ -206,17 +267,16 @@ class MembershipProbe:
             )
             return
         start = time.perf_counter()
-        lira = LiRA(
-            n_shadow=n_shadow,
-            online=True,
-            fixed_variance=fixed,
-            epochs=recipe.epochs,
-            lr=recipe.lr,
-            batch_size=recipe.batch_size,
-            seed=ctx.seed,
-            device=ctx.device,
-        ).fit(population, ctx.model.rebuild)
-        fit_seconds = time.perf_counter() - start
+        names = [shadow_shard(k) for k in range(n_shadow)]
+        missing = [k for k in names if k not in ctx.shard_outputs]
+        if missing:
+            raise AssessmentError(
+                f"LiRA's scoring ran before its shadow model(s) {', '.join(missing)}"
+            )
+        phis = [ctx.shard_outputs[k] for k in names]
+        lira = self._lira_attack(ctx).from_shadows(population, phis)
+        fit_seconds = sum(float(ctx.shard_outputs[f"{k}.seconds"]) for k in names)
+        fit_seconds += time.perf_counter() - start
         note = (
             f"{n_shadow} shadow models on random halves of {len(population)} rows "
             f"(train ∪ test), {fit_seconds:.1f} s to train"

@@ -9,6 +9,16 @@ What probes share is typed: ``robust_masks`` (the white-box per-point results th
 sanity check reads), ``query_target`` (a remote target that replaces the local model as the
 thing attacked), ``space`` (where ε means what the threat model says) and ``members`` (the
 model's known training rows, for membership inference).
+
+A probe may split its work into **shards** (:class:`ShardedProbe`): ``shards(ctx)`` lists
+them in the order a sequential run takes, and ``run_shard(ctx, shard)`` runs one. Each
+shard is one Ray task; the local executor runs the very same shards one after another in
+this process, so both produce the same findings by construction. A shard reads nothing a
+sibling left in the context except what the shards it ``needs`` (earlier ones) left in
+``ctx.robust_masks`` and ``ctx.shard_outputs`` (tensors by name, e.g. a LiRA shadow
+model's confidences), and draws its randomness from ``ctx.generator(salt)`` or a seed of
+its own. A probe without ``shards`` is one shard,
+:data:`WHOLE`, that runs ``run(ctx)``.
 """
 
 from __future__ import annotations
@@ -16,13 +26,14 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 import torch
 
 from bastion.assess.schema import Finding, SanityWarning, Skipped, ThreatModel
 from bastion.assess.space import AttackSpace
 from bastion.data.dataset import DataBundle, Dataset
+from bastion.errors import AssessmentError
 from bastion.models.loaded import LoadedModel
 
 
@@ -86,6 +97,7 @@ class ProbeContext:
     members: Members | None = None
     query_target: Any = None  # a bastion.attacks.targets.QueryTarget replacing the local model
     robust_masks: dict[float, torch.Tensor] = field(default_factory=dict)
+    shard_outputs: dict[str, torch.Tensor] = field(default_factory=dict)  # see Shard
     clean_retrain: Any = None  # the poisoning probe's clean baseline (an nn.Module)
     _space: list[AttackSpace] = field(default_factory=list, repr=False)
 
@@ -115,6 +127,60 @@ class Probe(Protocol):
     def applicable(self, ctx: ProbeContext) -> str | Skipped | None: ...
 
     def run(self, ctx: ProbeContext) -> Iterable[Finding]: ...
+
+
+@dataclass(frozen=True)
+class Shard:
+    """One part of a probe's work that runs on its own (one Ray task): ``id`` is unique
+    within the probe and stable for a given context (the checkpoint records shards by it);
+    ``needs`` names earlier shards of the same probe whose robust masks (``ctx.robust_masks``)
+    and outputs (``ctx.shard_outputs``) it reads."""
+
+    id: str
+    needs: tuple[str, ...] = ()
+
+
+WHOLE = Shard("all")
+"""The one shard of a probe that does not split its work."""
+
+
+@runtime_checkable
+class ShardedProbe(Probe, Protocol):
+    """A probe whose work splits into shards; ``run(ctx)`` must equal running every shard
+    of ``shards(ctx)`` in order on the same context."""
+
+    def shards(self, ctx: ProbeContext) -> list[Shard]: ...
+
+    def run_shard(self, ctx: ProbeContext, shard: Shard) -> Iterable[Finding]: ...
+
+
+def probe_shards(probe: Probe, ctx: ProbeContext) -> list[Shard]:
+    """The probe's shards in run order (``[WHOLE]`` if it does not shard), checked: ids are
+    unique and every shard needs only earlier ones."""
+    if not isinstance(probe, ShardedProbe):
+        return [WHOLE]
+    shards = probe.shards(ctx)
+    seen: set[str] = set()
+    for shard in shards:
+        if shard.id in seen:
+            raise AssessmentError(f"probe {probe.name} lists shard {shard.id!r} twice")
+        late = [n for n in shard.needs if n not in seen]
+        if late:
+            raise AssessmentError(
+                f"probe {probe.name}'s shard {shard.id!r} needs {', '.join(late)}, "
+                "which is not an earlier shard"
+            )
+        seen.add(shard.id)
+    return shards
+
+
+def shard_findings(probe: Probe, ctx: ProbeContext, shard: Shard) -> Iterable[Finding]:
+    """Run one shard of ``probe`` (``WHOLE``: the probe's ``run``)."""
+    if isinstance(probe, ShardedProbe):
+        return probe.run_shard(ctx, shard)
+    if shard != WHOLE:
+        raise AssessmentError(f"probe {probe.name} has no shard {shard.id!r}: it does not shard")
+    return probe.run(ctx)
 
 
 ProbeFactory = Callable[[], Probe]

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from bastion.assess.checks import check_clean_accuracy, check_compatible
 from bastion.assess.executor import Executor, LocalExecutor, ProbeResult
-from bastion.assess.probe import ProbeContext
+from bastion.assess.probe import ProbeContext, Shard, probe_shards
 from bastion.assess.registry import PROBES, make_probe
 from bastion.assess.schema import (
     DatasetRef,
@@ -88,15 +88,19 @@ def preflight(ctx: ProbeContext) -> float:
 
 
 class Checkpoint:
-    """What ``OUT/.partial.jsonl`` holds for this run: findings and warnings as they were
-    written, and a ``probe`` record (its skipped parts, its robust masks) for each probe that
-    finished, so a resumed run, local or on Ray, does not run it again."""
+    """What ``OUT/.partial.jsonl`` holds for this run: findings (each with the position of
+    its shard in its probe's order) and warnings as they were written, a ``shard`` record
+    (its skipped parts, warnings and robust masks) for each probe shard that finished and a
+    ``probe`` record for each probe that did, so a resumed run, local or on Ray, runs
+    neither again."""
 
     def __init__(self, path: Path, fingerprint: str) -> None:
         self.path = path
         self.findings: list[Finding] = []
+        self.order: dict[str, int] = {}  # finding key → its shard's position in its probe
         self.warnings: list[tuple[str | None, SanityWarning]] = []
         self.finished: dict[str, ProbeResult] = {}
+        self.shards: dict[tuple[str, str], ProbeResult] = {}
         self._load(fingerprint)
         if not path.exists():
             path.write_text(json.dumps({"fingerprint": fingerprint}) + "\n")
@@ -128,20 +132,27 @@ class Checkpoint:
                 break  # a line cut short by a kill: everything before it is intact
             try:
                 if rec.get("kind") == "finding":
-                    self.findings.append(Finding.model_validate(rec["data"]))
+                    finding = Finding.model_validate(rec["data"])
+                    self.findings.append(finding)
+                    self.order[finding.key] = int(rec.get("shard_index", 0))
                 elif rec.get("kind") == "warning":
                     w = SanityWarning.model_validate(rec["data"])
                     self.warnings.append((rec.get("probe"), w))
                 elif rec.get("kind") == "probe":
                     done = ProbeResult.from_record(rec["data"])
                     self.finished[done.probe] = done
+                elif rec.get("kind") == "shard":
+                    part = ProbeResult.from_record(rec["data"])
+                    if part.shard is None:
+                        raise ValueError("a shard record without its shard")
+                    self.shards[(part.probe, part.shard)] = part
             except (AttributeError, KeyError, TypeError, ValueError):
                 raise CheckpointError(
                     f"{path}: a recorded finding is not one (edited or corrupt): delete the file "
                     "to run every probe again"
                 ) from None
 
-    def append(self, kind: str, data: dict, **extra: str) -> None:
+    def append(self, kind: str, data: dict, **extra: str | int | None) -> None:
         with self.path.open("a") as f:
             f.write(json.dumps({"kind": kind, "data": data, **extra}) + "\n")
             f.flush()
@@ -150,9 +161,10 @@ class Checkpoint:
 @dataclass
 class Plan:
     """One assessment between choosing its probes and building its report: what the
-    checkpoint already holds, which probes are left (``todo``, registry order), and
-    :meth:`add_finding` / :meth:`record` to checkpoint results as they arrive, from
-    whichever executor runs them, in whatever order they finish."""
+    checkpoint already holds, which probes are left (``todo``, registry order) and which of
+    their shards (:meth:`shards_left`), and :meth:`add_finding` / :meth:`record_shard` to
+    checkpoint results as they arrive, from whichever executor runs them, in whatever order
+    they finish; a probe is recorded (:meth:`record`) when its last shard is in."""
 
     ctx: ProbeContext
     checkpoint: Checkpoint
@@ -160,11 +172,14 @@ class Plan:
     skipped: list[Skipped]
     start: float
     results: dict[str, ProbeResult] = field(default_factory=dict)
+    parts: dict[tuple[str, str], ProbeResult] = field(default_factory=dict)
     _written: set[str] = field(default_factory=set)
+    _shards: dict[str, list[Shard]] = field(default_factory=dict)
 
     @property
     def todo(self) -> list[str]:
-        return [n for n in self.chosen if n not in self.checkpoint.finished]
+        """Chosen probes not finished yet, in this run or an earlier one."""
+        return [n for n in self.chosen if self.finished(n) is None]
 
     @property
     def complete(self) -> bool:
@@ -175,14 +190,55 @@ class Plan:
         """The result of a probe finished in this run or recorded in the checkpoint."""
         return self.results.get(name) or self.checkpoint.finished.get(name)
 
-    def add_finding(self, finding: Finding) -> None:
-        """Checkpoint one finding now (the local executor streams them as they come)."""
-        self._written.add(finding.key)
-        self.checkpoint.append("finding", finding.model_dump(mode="json"))
+    def shards(self, name: str) -> list[Shard]:
+        """Probe ``name``'s shards, in its order."""
+        if name not in self._shards:
+            self._shards[name] = probe_shards(make_probe(name), self.ctx)
+        return self._shards[name]
 
-    def record(self, result: ProbeResult) -> None:
-        """Checkpoint a finished probe: findings not yet written, files, warnings, the
-        probe record."""
+    def shard_index(self, name: str, shard: str) -> int:
+        return next(i for i, s in enumerate(self.shards(name)) if s.id == shard)
+
+    def shard_done(self, name: str, shard: str) -> ProbeResult | None:
+        """A shard's result, from this run or the checkpoint."""
+        return self.parts.get((name, shard)) or self.checkpoint.shards.get((name, shard))
+
+    def shards_left(self, name: str) -> list[Shard]:
+        """Probe ``name``'s shards with no result yet, in its order."""
+        return [s for s in self.shards(name) if self.shard_done(name, s.id) is None]
+
+    def add_finding(self, finding: Finding, shard_index: int = 0) -> None:
+        """Checkpoint one finding now (the local executor streams them as they come), with
+        its shard's position, so the report orders findings as a sequential run does."""
+        self._written.add(finding.key)
+        self.checkpoint.order[finding.key] = shard_index
+        self.checkpoint.append("finding", finding.model_dump(mode="json"), shard_index=shard_index)
+
+    def record_shard(self, part: ProbeResult) -> ProbeResult | None:
+        """Checkpoint a finished shard (its files, findings not yet written, its record);
+        returns its probe's result, recorded, when that was the probe's last shard."""
+        if part.shard is None:
+            raise CheckpointError(f"probe {part.probe} sent a result without its shard")
+        self._write_files(part)
+        index = self.shard_index(part.probe, part.shard)
+        for f in part.findings:
+            if f.key not in self._written:
+                self.add_finding(f, index)
+        self.checkpoint.append("shard", part.to_record())
+        self.parts[(part.probe, part.shard)] = part
+        return None if self.shards_left(part.probe) else self.close(part.probe)
+
+    def close(self, name: str) -> ProbeResult:
+        """Merge probe ``name``'s shards (all finished) into its result and record it."""
+        parts = [self.shard_done(name, s.id) for s in self.shards(name)]
+        if any(p is None for p in parts):
+            raise CheckpointError(f"probe {name} closed before all its shards finished")
+        new = {s for n, s in self.parts if n == name}
+        result = ProbeResult.merge(name, [p for p in parts if p is not None], new=new)
+        self.record(result)
+        return result
+
+    def _write_files(self, result: ProbeResult) -> None:
         root = self.ctx.out_dir.resolve()
         for rel, blob in result.files.items():
             dest = self.ctx.out_dir / rel
@@ -190,6 +246,11 @@ class Plan:
                 raise CheckpointError(f"probe {result.probe} sent a file outside the run: {rel}")
             dest.parent.mkdir(parents=True, exist_ok=True)
             dest.write_bytes(blob)
+
+    def record(self, result: ProbeResult) -> None:
+        """Checkpoint a finished probe: files, findings not yet written, warnings, the
+        probe record."""
+        self._write_files(result)
         for f in result.findings:
             if f.key not in self._written:
                 self.add_finding(f)
@@ -199,11 +260,15 @@ class Plan:
         self.results[result.probe] = result
 
     def report(self) -> Report:
-        """The merged report, in registry order whatever order the probes finished in."""
+        """The merged report, in registry order (within a probe, its shards' order) whatever
+        order the probes and shards finished in."""
         ctx, order = self.ctx, {name: i for i, name in enumerate(PROBES)}
         rank = lambda name: order.get(name, -1)  # noqa: E731
+        shard = self.checkpoint.order
         new = [f for r in self.results.values() for f in r.findings]
-        findings = sorted(self.checkpoint.findings + new, key=lambda f: rank(f.probe))
+        findings = sorted(
+            self.checkpoint.findings + new, key=lambda f: (rank(f.probe), shard.get(f.key, 0))
+        )
         warned = self.checkpoint.warnings + [
             (r.probe, w) for r in self.results.values() for w in r.warnings
         ]

@@ -115,38 +115,60 @@ class LiRA:
     def fit(self, population: Dataset, build_model: Callable[[], nn.Module]) -> LiRA:
         """Train ``n_shadow`` shadow models (``build_model()`` each) on balanced random halves
         of ``population`` and record their confidences on every population example."""
+        models = [self.train_shadow(population, build_model, k) for k in range(self.n_shadow)]
+        self.from_shadows(population, [self._phi(m, population.x, population.y) for m in models])
+        self.shadow_models_ = models
+        return self
+
+    def split(self, population: Dataset) -> torch.Tensor:
+        """Which population rows each shadow trains on, (n_shadow, N) bool: for each row a
+        random permutation of the shadows, drawn from ``seed``; its first half trains on it."""
         if not isinstance(self.n_shadow, int) or self.n_shadow < 2:
             raise AttackError(f"LiRA needs n_shadow >= 2 shadow models, got {self.n_shadow}")
         if len(population) < 4:
             raise AttackError(f"the population has {len(population)} rows: LiRA needs at least 4")
         gen = torch.Generator().manual_seed(self.seed)
-        n = len(population)
-        # a random permutation of shadows per example; the first half of it trains on it
-        order = torch.rand(self.n_shadow, n, generator=gen).argsort(0)
-        in_mask = order < self.n_shadow // 2
-        models = []
-        for k in range(self.n_shadow):
-            torch.manual_seed(self.seed * 7919 + k)
-            model = build_model()
-            train_model(
-                model,
-                population.subset(in_mask[k].nonzero().flatten(), split="shadow"),
-                epochs=self.epochs,
-                batch_size=self.batch_size,
-                lr=self.lr,
-                val_fraction=self.val_fraction,
-                seed=self.seed * 7919 + k,
-                device=self.device,
-                description=f"LiRA shadow model {k + 1}/{self.n_shadow}",
-            )
-            model.eval()
-            models.append(model)
-            log.info("LiRA: trained shadow model %d/%d", k + 1, self.n_shadow)
-        self.shadow_models_ = models
-        self.in_mask_ = in_mask
-        self.shadow_phi_ = torch.stack([self._phi(m, population.x, population.y) for m in models])
+        order = torch.rand(self.n_shadow, len(population), generator=gen).argsort(0)
+        return order < self.n_shadow // 2
+
+    def train_shadow(
+        self, population: Dataset, build_model: Callable[[], nn.Module], k: int
+    ) -> nn.Module:
+        """Shadow model ``k``, trained on its rows of :meth:`split` with its own seed: the
+        same module in any process, so shadows can be trained apart (one task each)."""
+        in_mask = self.split(population)
+        torch.manual_seed(self.seed * 7919 + k)
+        model = build_model()
+        train_model(
+            model,
+            population.subset(in_mask[k].nonzero().flatten(), split="shadow"),
+            epochs=self.epochs,
+            batch_size=self.batch_size,
+            lr=self.lr,
+            val_fraction=self.val_fraction,
+            seed=self.seed * 7919 + k,
+            device=self.device,
+            description=f"LiRA shadow model {k + 1}/{self.n_shadow}",
+        )
+        model.eval()
+        log.info("LiRA: trained shadow model %d/%d", k + 1, self.n_shadow)
+        return model
+
+    def confidences(self, model: nn.Module, population: Dataset) -> torch.Tensor:
+        """A shadow model's (N, A) logit-scaled confidences on the population."""
+        return self._phi(model, population.x, population.y)
+
+    def from_shadows(self, population: Dataset, phis: list[torch.Tensor]) -> LiRA:
+        """Fitted from the shadows' confidences on ``population`` (:meth:`confidences`, in
+        shadow order). Without the shadow modules (``shadow_models_`` stays empty) it scores
+        population rows only."""
+        if len(phis) != self.n_shadow:
+            raise AttackError(f"LiRA has {len(phis)} of its {self.n_shadow} shadow models")
+        self.shadow_models_ = []
+        self.in_mask_ = self.split(population)
+        self.shadow_phi_ = torch.stack(phis)
         self.row_index_ = {key: i for i, key in enumerate(_row_keys(population.x, population.y))}
-        self.pooled_std_ = self._pooled_std(self.shadow_phi_, in_mask)
+        self.pooled_std_ = self._pooled_std(self.shadow_phi_, self.in_mask_)
         return self
 
     @staticmethod

@@ -19,8 +19,8 @@ if TYPE_CHECKING:
 ExecutorOpt = Annotated[
     str,
     typer.Option(
-        help="where probes run: local (this process) | ray (one Ray task per probe; a local "
-        "Ray starts on demand unless --address names a cluster)",
+        help="where probes run: local (this process) | ray (one Ray task per probe shard; "
+        "a local Ray starts on demand unless --address names a cluster)",
         callback=choice_check(("local", "ray"), "executor"),
     ),
 ]
