@@ -82,6 +82,8 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         max_samples=settings.batch_max_samples,
         # shared state: the guard calls Redis, so passes leave the event loop
         inline_max_samples=0 if state.shared_state else settings.inline_max_samples,
+        max_wait_s=settings.batch_wait_ms / 1000,
+        on_pass=state.metrics.pass_requests.observe,
     )
     await state.batcher.start()
     escalation = asyncio.create_task(state.reviews.run_escalation(settings.reviews.check_every_s))

@@ -45,6 +45,7 @@ class ServeMetrics:
     drift_p_value: Gauge
     drift_alert: Gauge
     audit_seconds: Histogram
+    pass_requests: Histogram
 
 
 def make_metrics() -> ServeMetrics:
@@ -96,6 +97,12 @@ def make_metrics() -> ServeMetrics:
             "bastion_audit_commit_seconds",
             "Time from submitting an audit entry to its being durable",
             buckets=LATENCY_BUCKETS,
+            registry=reg,
+        ),
+        pass_requests=Histogram(
+            "bastion_pass_requests",
+            "Predict requests served by one model and guard pass (micro-batching)",
+            buckets=(1, 2, 4, 8, 16, 32, 64),
             registry=reg,
         ),
     )

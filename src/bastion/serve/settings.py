@@ -148,6 +148,8 @@ class ServeSettings(_Section):
     torch_threads: int = Field(1, ge=1, le=256)
     batch_max_samples: int = Field(64, ge=1)  # micro-batching: most samples in one pass
     inline_max_samples: int = Field(8, ge=0)  # passes up to this run on the event loop
+    # a pass waits at most this long for predict requests already in but not yet queued
+    batch_wait_ms: float = Field(2.0, ge=0.0, le=100.0)
     recent_decisions: int = Field(200, ge=0)
     auth: AuthSettings = Field(default_factory=AuthSettings)
     rate_limit: RateLimitSettings = Field(default_factory=RateLimitSettings)
