@@ -17,6 +17,17 @@ def fresh(fitted_guard, guard_module, tmp_path):
     return lambda: Guard.load(tmp_path, guard_module, check_model=False)
 
 
+def _approx(value):
+    """``value`` with every float wrapped in pytest.approx (nested dicts and lists kept)."""
+    if isinstance(value, float):
+        return pytest.approx(value, rel=1e-6)
+    if isinstance(value, dict):
+        return {k: _approx(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_approx(v) for v in value]
+    return value
+
+
 def _batches(digits):
     x = digits.test.x
     return [("alice", x[0:3]), ("bob", x[3:4]), ("carol", x[4:9]), ("alice", x[9:11])]
@@ -39,7 +50,10 @@ def test_groups_equal_one_call_per_client(fresh, digits):
             )
     for client in ("alice", "bob", "carol"):
         assert many.client_status(client) == one.client_status(client)
-        assert many.query_status(client) == one.query_status(client)
+        # float fields (coverage spread) from another batch's float32 sums: equal to ~1e-7
+        assert (
+            _approx(many.query_status(client).model_dump()) == one.query_status(client).model_dump()
+        )
     # the drift window took the batch once, in the same order as the separate calls
     assert many.drift_status() == one.drift_status()
     assert many.drift._count == one.drift._count == 11

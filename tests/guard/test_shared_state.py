@@ -209,3 +209,18 @@ def test_entries_trimmed_before_a_replica_read_them_are_reported(replicas, strea
     b.sync()  # and b carries on with what is there
     assert b.client_status("alice").queries == 2  # the first and the last: two were lost
     assert a.client_status("alice").queries == 4
+
+
+def test_a_status_call_applies_what_the_serving_path_made_under_inference_mode(
+    replicas, stream, digits
+):
+    """The gateway predicts under torch.inference_mode, so a client's PRADA buffers are
+    inference tensors; the drift sampler and the dashboard ask for status outside it, and
+    applying the other replica's observations then updated those buffers in place (a
+    RuntimeError in every status call, seen with two workers)."""
+    a, b, _ = _shared(replicas, stream)
+    with torch.inference_mode():
+        a.inspect(digits.test.x[:5], "c5")
+        b.inspect(digits.test.x[5:10], "c5")  # a has not applied this one yet
+    assert a.drift_status().window_size > 0
+    assert a.client_status("c5").queries == 10

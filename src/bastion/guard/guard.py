@@ -351,7 +351,9 @@ class Guard:
         """Apply the other replicas' observations not applied yet (no-op when unshared)."""
         if self.shared is None:
             return
-        with self._lock:
+        # the serving path runs under inference mode, so the monitors' buffers are
+        # inference tensors: updating them (from a status call) must be too
+        with self._lock, torch.inference_mode():
             for entry in self.shared.catch_up():
                 self._apply(entry)
 

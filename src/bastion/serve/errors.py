@@ -24,6 +24,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
 from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 from starlette.routing import Match
 
 log = logging.getLogger(__name__)
@@ -178,8 +179,16 @@ async def internal_error(request: Request, exc: Exception) -> Response:
     return error_response(500, "internal server error", request_id=request_id)
 
 
+async def client_gone(request: Request, _exc: Exception) -> Response:
+    """The client closed the connection before its body arrived (a load generator stopping,
+    a timeout): nobody reads the answer, and it is no server error."""
+    log.info("client went away during %s %s", request.method, request.url.path)
+    return error_response(400, "the client closed the connection")
+
+
 def install_error_handlers(app: FastAPI) -> None:
     """Route every error the framework raises through :class:`ErrorResponse`."""
+    app.add_exception_handler(ClientDisconnect, client_gone)
     app.add_exception_handler(StarletteHTTPException, http_error)
     app.add_exception_handler(RequestValidationError, validation_error)
     app.add_exception_handler(Exception, internal_error)
