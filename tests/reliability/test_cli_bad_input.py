@@ -202,6 +202,9 @@ CASES: list[tuple[str, int, str]] = [
     ("serve --model {model} --output all", 2, "unknown output 'all'"),
     ("serve --model {model} --scale nan", 2, "'--scale'"),
     ("serve --model /nope", 2, "model not found: /nope"),
+    ("serve --model {model} --workers 0", 2, "'--workers'"),
+    ("serve --model {model} --workers 2", 2, "--workers 2 shares rate limits"),
+    ("serve --upstream openai+http://x/v1 --workers 2", 2, "the LLM firewall runs in one"),
     # serve --upstream (the LLM firewall)
     ("serve --upstream ftp://x/v1", 2, "--upstream must be openai+http://HOST/v1"),
     ("serve --upstream openai+http:///v1", 2, "--upstream 'openai+http:///v1' names no host"),

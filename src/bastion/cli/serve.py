@@ -5,7 +5,7 @@
     bastion serve --model PATH [--entry-point M:F --weights W --onnx-mode M --trust T]
                   [--data TRAIN.csv (+ the data flags of `bastion assess`)] [--guard-dir DIR]
                   --config serve.yaml [--host H --port P --db URL --redis-url URL
-                  --ssl-certfile CERT --ssl-keyfile KEY]
+                  --workers N --ssl-certfile CERT --ssl-keyfile KEY]
 
 ``--model`` is any form `bastion assess` reads. Requests are validated against the model's
 input spec: from its provenance, its fitted guard, or ``--data`` (the training data, read
@@ -17,7 +17,8 @@ model-signing signature (``bastion attest sign``) does not verify.
 Everything is opened before "serving on …" is printed: the model and its guard (a guard
 that is there but unusable refuses the start unless ``--allow-unguarded``), the store, the
 audit log and its key, Redis, the TLS files and the listening socket. A problem with any of
-them is one line and exit 2 (:mod:`bastion.serve.startup`).
+them is one line and exit 2 (:mod:`bastion.serve.startup`). ``--workers N`` runs N gateway
+processes on the one port (:mod:`bastion.serve.workers`; they share state through Redis).
 """
 
 from __future__ import annotations
@@ -113,6 +114,14 @@ def register(app: typer.Typer) -> None:
         redis_url: Annotated[
             str | None, typer.Option(help="share rate limits and guard state via Redis")
         ] = None,
+        workers: Annotated[
+            int | None,
+            typer.Option(
+                help="gateway processes on the one port (one core each; more than one shares "
+                "state through --redis-url)",
+                callback=count_check(1, 64),
+            ),
+        ] = None,
         ssl_certfile: Annotated[Path | None, typer.Option(help="TLS certificate (PEM)")] = None,
         ssl_keyfile: Annotated[Path | None, typer.Option(help="TLS private key (PEM)")] = None,
         log_level: Annotated[
@@ -188,6 +197,7 @@ def register(app: typer.Typer) -> None:
         from bastion.serve.runtime import Runtime
         from bastion.serve.settings import load_settings
         from bastion.serve.startup import bind, preflight, serve_on
+        from bastion.serve.workers import check_workers, run_workers
 
         if wants_firewall(config, upstream):  # the LLM firewall instead of a model
             from bastion.llm.firewall.app import create_firewall_app
@@ -199,6 +209,8 @@ def register(app: typer.Typer) -> None:
 
             if model is not None or entry_point is not None or data is not None:
                 raise ConfigError("--upstream replaces --model/--entry-point/--data: give one")
+            if workers is not None and workers > 1:
+                raise ConfigError("the LLM firewall runs in one process: drop --workers")
             settings, fw = load_firewall_settings(
                 config,
                 {
@@ -267,6 +279,7 @@ def register(app: typer.Typer) -> None:
             redis_url=redis_url,
             ssl_certfile=ssl_certfile,
             ssl_keyfile=ssl_keyfile,
+            workers=workers,
         )
         if guard_dir is not None or allow_unguarded:
             update: dict[str, object] = {"dir": guard_dir} if guard_dir is not None else {}
@@ -300,32 +313,35 @@ def register(app: typer.Typer) -> None:
         elif model_signature is not None:
             raise ConfigError("--model-signature goes with --require-signature PUB.pem")
         runtime = Runtime.from_settings(settings)  # errors here are one line, before binding
+        check_workers(settings, settings.workers)
         preflight(settings)  # the store, the audit log and its key, Redis, TLS: one line each
         sock = bind(settings.host, settings.port)
         port = sock.getsockname()[1]
-        app = create_app(settings)
-        app.state.runtime = runtime
         scheme = "https" if settings.ssl_certfile else "http"
         what = settings.model_dir or settings.entry_point
+        n = settings.workers
         console.print(
             f"serving {what} ({runtime.loaded.form}) on {scheme}://{settings.host}:"
-            f"{port}; inputs {runtime.input_spec.describe()} from {runtime.spec_source}; "
+            f"{port}{f' with {n} workers' if n > 1 else ''}; inputs "
+            f"{runtime.input_spec.describe()} from {runtime.spec_source}; "
             f"guard {'on' if runtime.guard is not None else 'off'}; answers: "
             f"{settings.output.describe()}",
             highlight=False,
             soft_wrap=True,
         )
-        server = uvicorn.Server(
-            uvicorn.Config(
-                app,
-                ssl_certfile=str(settings.ssl_certfile) if settings.ssl_certfile else None,
-                ssl_keyfile=str(settings.ssl_keyfile) if settings.ssl_keyfile else None,
-                log_level=log_level,
-                access_log=access_log,
-                server_header=False,
-            )
-        )
-        serve_on(server, sock)
+        options = {
+            "ssl_certfile": str(settings.ssl_certfile) if settings.ssl_certfile else None,
+            "ssl_keyfile": str(settings.ssl_keyfile) if settings.ssl_keyfile else None,
+            "log_level": log_level,
+            "access_log": access_log,
+        }
+        if n > 1:
+            del runtime  # each worker loads its own
+            run_workers(settings, sock, n, **options)
+            return
+        app = create_app(settings)
+        app.state.runtime = runtime
+        serve_on(uvicorn.Server(uvicorn.Config(app, server_header=False, **options)), sock)
 
 
 def demo_stage(ctx: DemoContext) -> None:

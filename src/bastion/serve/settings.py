@@ -146,6 +146,8 @@ class ServeSettings(_Section):
     ssl_certfile: Path | None = None
     ssl_keyfile: Path | None = None
     torch_threads: int = Field(1, ge=1, le=256)
+    # gateway processes on one socket (bastion.serve.workers); > 1 needs redis_url
+    workers: int = Field(1, ge=1, le=64)
     batch_max_samples: int = Field(64, ge=1)  # micro-batching: most samples in one pass
     inline_max_samples: int = Field(8, ge=0)  # passes up to this run on the event loop
     # a pass waits at most this long for predict requests already in but not yet queued
