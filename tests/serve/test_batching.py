@@ -76,3 +76,43 @@ def test_a_failing_client_fails_alone(runtime, digits):
 def test_infer_before_start_is_an_error(runtime, digits):
     with pytest.raises(RuntimeError, match=r"MicroBatcher.start\(\) was not awaited"):
         asyncio.run(MicroBatcher(runtime).infer(digits.test.x[:1], "c"))
+
+
+def _waves(batcher: MicroBatcher, x: torch.Tensor, *, pause_s: float) -> list[int]:
+    """Four concurrent requests, then the next four as a loaded server sees them: one
+    first, the other three a moment later; then, after ``pause_s``, a lone request.
+    Returns the requests of each pass."""
+    sizes: list[int] = []
+    batcher.on_pass = sizes.append
+
+    async def go() -> float:
+        await batcher.start()
+        try:
+            await asyncio.gather(*[batcher.infer(x[i : i + 1], f"c{i}") for i in range(4)])
+
+            async def late(i: int) -> None:
+                await asyncio.sleep(0.005)
+                await batcher.infer(x[i : i + 1], f"c{i}")
+
+            await asyncio.gather(batcher.infer(x[4:5], "c0"), *[late(i) for i in (5, 6, 7)])
+            await asyncio.sleep(pause_s)
+            start = asyncio.get_running_loop().time()
+            await batcher.infer(x[8:9], "c1")
+            return asyncio.get_running_loop().time() - start
+        finally:
+            await batcher.stop()
+
+    lone = asyncio.run(go())
+    sizes.append(round(lone * 1000))  # the lone request's latency, ms, last
+    return sizes
+
+
+def test_under_steady_load_a_pass_waits_for_the_company_the_last_one_had(runtime, digits):
+    x = digits.test.x[:9]
+    waiting = MicroBatcher(runtime, max_wait_s=0.2, busy_window_s=0.1)
+    *passes, lone_ms = _waves(waiting, x, pause_s=0.3)
+    assert passes == [4, 4, 1]  # the second wave waited for its late three
+    assert lone_ms < 100  # after a pause longer than the busy window: no wait
+    eager = MicroBatcher(runtime, max_wait_s=0.0)
+    *passes, _ = _waves(eager, x, pause_s=0.0)
+    assert passes[:2] == [4, 1]  # without the rule the first of the wave went alone
