@@ -3,6 +3,7 @@
     .venv/bin/python benchmarks/bench_serve.py                  # about 2 minutes
     .venv/bin/python benchmarks/bench_serve.py --duration 5 --json out.json
     .venv/bin/python benchmarks/bench_serve.py --model DIR      # a model (guard fitted if absent)
+    .venv/bin/python benchmarks/bench_serve.py --set workers=2 --set 'redis_url="redis://…"'
 
 Four servers, each ONE process (uvicorn, one worker, torch with one thread), started and
 stopped in turn:
