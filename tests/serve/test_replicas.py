@@ -236,10 +236,15 @@ def _logged_request_ids(url: str) -> set[str]:
 
 
 def _verify(deployment: Deployment) -> subprocess.CompletedProcess:
+    return sign_and_verify(deployment.db_url, deployment.key_file)
+
+
+def sign_and_verify(db_url: str, key_file: Path) -> subprocess.CompletedProcess:
+    """`bastion audit sign` a head over the log (it must succeed), then `audit verify` it."""
     cmd = [sys.executable, "-m", "bastion.cli", "audit"]
-    env = {**os.environ, "BASTION_DB": deployment.db_url}
+    env = {**os.environ, "BASTION_DB": db_url}
     signed = subprocess.run(
-        [*cmd, "sign", "--db", deployment.db_url, "--key-file", str(deployment.key_file)],
+        [*cmd, "sign", "--db", db_url, "--key-file", str(key_file)],
         capture_output=True,
         text=True,
         env=env,
@@ -247,7 +252,7 @@ def _verify(deployment: Deployment) -> subprocess.CompletedProcess:
     )
     assert signed.returncode == 0, signed.stdout + signed.stderr
     return subprocess.run(
-        [*cmd, "verify", "--db", deployment.db_url, "--key", str(deployment.key_file)],
+        [*cmd, "verify", "--db", db_url, "--key", str(key_file)],
         capture_output=True,
         text=True,
         env=env,

@@ -24,7 +24,7 @@ from bastion.store.db import make_engine
 from bastion.store.keys import create_key
 from tests.ports import free_port
 from tests.processes import stop, wait_healthy
-from tests.serve.test_replicas import _guarded_model, _logged_request_ids
+from tests.serve.test_replicas import _guarded_model, _logged_request_ids, sign_and_verify
 from tests.services import REDIS_URL, redis_unreachable
 
 pytestmark = [pytest.mark.slow, pytest.mark.redis]
@@ -132,20 +132,7 @@ def test_both_workers_serve_and_the_log_verifies(workers, digits):
     busy = [pid for pid in kids if _cpu_ticks(pid) - before[pid] >= 5]  # ≥ 50 ms of CPU
     assert len(busy) == 2, (before, {pid: _cpu_ticks(pid) for pid in kids})
     assert set(acked) <= _logged_request_ids(workers.db_url)
-    audit = [sys.executable, "-m", "bastion.cli", "audit"]
-    signed = subprocess.run(
-        [*audit, "sign", "--db", workers.db_url, "--key-file", str(workers.key_file)],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert signed.returncode == 0, signed.stdout + signed.stderr
-    done = subprocess.run(
-        [*audit, "verify", "--db", workers.db_url, "--key", str(workers.key_file)],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    done = sign_and_verify(workers.db_url, workers.key_file)
     assert done.returncode == 0, done.stdout + done.stderr
 
 
