@@ -41,6 +41,7 @@ from bastion.assess.probe import ProbeContext, Shard, shard_findings
 from bastion.assess.registry import make_probe
 from bastion.assess.schema import Finding, SanityWarning, Skipped
 from bastion.errors import AssessmentError, BastionError, ConfigError
+from bastion.progress import track
 
 if TYPE_CHECKING:
     from bastion.assess.runner import Plan
@@ -237,7 +238,9 @@ class LocalExecutor:
         for plan in plans:
             for name in plan.todo:
                 result = None
-                for shard in plan.shards_left(name):
+                left = plan.shards_left(name)
+                shards = track(left, f"{name} shards") if len(left) > 1 else left
+                for shard in shards:
                     index = plan.shard_index(name, shard.id)
                     part = run_shard(
                         plan.ctx,
