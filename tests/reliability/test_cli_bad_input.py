@@ -205,6 +205,7 @@ CASES: list[tuple[str, int, str]] = [
     ("serve --model {model} --workers 0", 2, "'--workers'"),
     ("serve --model {model} --workers 2", 2, "--workers 2 shares rate limits"),
     ("serve --upstream openai+http://x/v1 --workers 2", 2, "the LLM firewall runs in one"),
+    ("serve --upstream openai+http://x/v1 --config {workers_yaml}", 2, "the LLM firewall runs"),
     # serve --upstream (the LLM firewall)
     ("serve --upstream ftp://x/v1", 2, "--upstream must be openai+http://HOST/v1"),
     ("serve --upstream openai+http:///v1", 2, "--upstream 'openai+http:///v1' names no host"),
@@ -430,6 +431,7 @@ def files(tmp_path_factory, digits_model_dir) -> dict[str, str]:
         "llm_profile": "system_prompt: You are a helpful assistant.\nattempts: 1\n",
         "llm_bad_yaml": "system_prompt: [unclosed\n",
         "llm_no_prompt": "tools: []\n",
+        "workers_yaml": "workers: 2\n",
     }
     for name, text in texts.items():
         (d / f"{name}.yaml").write_text(text)

@@ -209,8 +209,6 @@ def register(app: typer.Typer) -> None:
 
             if model is not None or entry_point is not None or data is not None:
                 raise ConfigError("--upstream replaces --model/--entry-point/--data: give one")
-            if workers is not None and workers > 1:
-                raise ConfigError("the LLM firewall runs in one process: drop --workers")
             settings, fw = load_firewall_settings(
                 config,
                 {
@@ -227,8 +225,11 @@ def register(app: typer.Typer) -> None:
                     "redis_url": redis_url,
                     "ssl_certfile": ssl_certfile,
                     "ssl_keyfile": ssl_keyfile,
+                    "workers": workers,
                 },
             )
+            if settings.workers > 1:  # from --workers or serve.yaml alike
+                raise ConfigError("the LLM firewall runs in one process: drop workers")
             app_profile = load_profile(fw)
             upstream_key(fw)  # a missing key variable is one line, before binding
             preflight(settings)
@@ -313,7 +314,7 @@ def register(app: typer.Typer) -> None:
         elif model_signature is not None:
             raise ConfigError("--model-signature goes with --require-signature PUB.pem")
         runtime = Runtime.from_settings(settings)  # errors here are one line, before binding
-        check_workers(settings, settings.workers)
+        check_workers(settings)
         preflight(settings)  # the store, the audit log and its key, Redis, TLS: one line each
         sock = bind(settings.host, settings.port)
         port = sock.getsockname()[1]
@@ -337,7 +338,7 @@ def register(app: typer.Typer) -> None:
         }
         if n > 1:
             del runtime  # each worker loads its own
-            run_workers(settings, sock, n, **options)
+            run_workers(settings, sock, **options)
             return
         app = create_app(settings)
         app.state.runtime = runtime

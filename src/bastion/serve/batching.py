@@ -76,7 +76,7 @@ class MicroBatcher:
         fut: asyncio.Future[Inference] = asyncio.get_running_loop().create_future()
         self._pending.append((x, client_id, fut))
         self._wake.set()
-        if self._company is not None:
+        if self._company is not None:  # set with _wake by start()
             self._company.set()
         return await fut
 

@@ -30,8 +30,9 @@ from bastion.serve.settings import ServeSettings
 ENV = "BASTION_WORKER_SETTINGS"
 
 
-def check_workers(settings: ServeSettings, workers: int) -> None:
+def check_workers(settings: ServeSettings) -> None:
     """More than one worker shares its policy state through Redis: refuse without it."""
+    workers = settings.workers
     if workers <= 1:
         return
     stateful = [
@@ -59,10 +60,8 @@ def worker_app() -> FastAPI:
     return create_app(ServeSettings.model_validate_json(blob))
 
 
-def run_workers(
-    settings: ServeSettings, sock: socket.socket, workers: int, **uvicorn_options: Any
-) -> None:
-    """Serve on ``sock`` with ``workers`` processes until SIGINT/SIGTERM (then each worker
+def run_workers(settings: ServeSettings, sock: socket.socket, **uvicorn_options: Any) -> None:
+    """Serve on ``sock`` with ``settings.workers`` processes until SIGINT/SIGTERM (then each worker
     shuts down gracefully: its pending audit entries are committed). Raises ConfigError when
     a worker failed to start (its error is in the log above)."""
     import uvicorn
@@ -73,7 +72,7 @@ def run_workers(
     config = uvicorn.Config(
         "bastion.serve.workers:worker_app",
         factory=True,
-        workers=workers,
+        workers=settings.workers,
         server_header=False,
         **uvicorn_options,
     )
